@@ -39,7 +39,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: install  ## train the default classifier (quick profile) and show its report
-	$(PY) -m training.demo
+	$(PY) -m training.classifier --quick --out models/classifier
 
 test: install  ## run the whole test suite
 	$(PY) -m pytest -q

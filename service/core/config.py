@@ -1,0 +1,68 @@
+"""Service settings: defaults, then a TOML file (`DIPTYCH_CONFIG`), then `DIPTYCH_*` variables.
+
+Every field can be set either way: field `max_images` is `max_images = 8` in the file
+and `DIPTYCH_MAX_IMAGES=8` in the environment. API keys come from `DIPTYCH_API_KEYS`
+(comma-separated) and/or a mounted file named by `DIPTYCH_API_KEYS_FILE` (one key a line,
+`#` comments); they are kept out of `repr()` so they never reach a log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+
+ENV_PREFIX = "DIPTYCH_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    classifier: str = "classifier:latest"  # BentoML model tag, or a SavedModel folder
+    generator: str = "generator:latest"
+    max_batch_size: int = 32  # items per model call
+    batch_window_ms: float = 0.0  # extra wait for a fuller batch while the model is idle
+    warmup_rounds: int = 3  # model calls per batch size before reporting ready
+    max_body_bytes: int = 16 * 2**20
+    max_images: int = 32  # images per classify request
+    max_pixels: int = 4096 * 4096  # per image, read from its header before decoding
+    max_generate: int = 64  # images per generate request
+    max_steps: int = 32  # interpolation steps
+    max_concurrency: int = 64  # requests in flight; more are refused with Retry-After
+    timeout_s: float = 30.0  # longest wait for a model result
+    api_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    api_keys_file: str | None = None
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        values: dict[str, object] = {}
+        if path := environ.get(ENV_PREFIX + "CONFIG"):
+            values.update(tomllib.loads(Path(path).read_text()))
+        for field in dataclasses.fields(cls):
+            if (raw := environ.get(ENV_PREFIX + field.name.upper())) is not None:
+                values[field.name] = raw
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+        settings = cls(**{f.name: _coerce(f, values[f.name]) for f in dataclasses.fields(cls) if f.name in values})
+        if settings.api_keys_file:
+            lines = Path(settings.api_keys_file).read_text().splitlines()
+            file_keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+            settings = dataclasses.replace(settings, api_keys=settings.api_keys + tuple(file_keys))
+        return settings
+
+
+def _coerce(field: dataclasses.Field, value: object) -> object:
+    kind = field.type
+    try:
+        if kind == "tuple[str, ...]":
+            items = value.split(",") if isinstance(value, str) else value
+            return tuple(item.strip() for item in items if item.strip())
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return None if value in ("", None) and kind.endswith("None") else str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"setting {field.name}: expected {kind}, got {value!r}") from None

@@ -1,0 +1,68 @@
+"""The core's errors. Each protocol adapter maps them to its own status codes, in one place.
+
+`reason` is a short, fixed string: the `type` of an error body and the label of the
+rejected-requests counter (so it stays low-cardinality).
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """A request the service refuses; never a bug (those stay plain exceptions)."""
+
+    reason = "error"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.problem = message
+
+
+class ValidationError(ServiceError):
+    """The request is malformed: `field` names where, `problem` says what is wrong."""
+
+    reason = "invalid_input"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(problem, field)
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.problem}"
+
+
+class LimitExceeded(ValidationError):
+    """The request's content is larger than a configured limit (body, images, pixels)."""
+
+    reason = "limit_exceeded"
+
+
+class NotFound(ServiceError):
+    reason = "not_found"
+
+
+class Unauthenticated(ServiceError):
+    reason = "unauthenticated"
+
+
+class Unavailable(ServiceError):
+    """Try again later; `retry_after_s` says when."""
+
+    retry_after_s = 1
+
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
+
+
+class Overloaded(Unavailable):
+    reason = "overloaded"
+
+
+class NotReady(Unavailable):
+    reason = "not_ready"
+    retry_after_s = 5
+
+
+class DeadlineExceeded(ServiceError):
+    reason = "timeout"

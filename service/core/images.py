@@ -1,0 +1,76 @@
+"""Image bytes in and out: cheap checks before batching, PNG encoding, grids.
+
+Classification decodes inside the model graph (one decode per image), so requests are
+checked from their headers only: the format is known, the size is within the pixel limit.
+Formats the graph cannot decode (TIFF, PPM, ICO, ...) are converted to PNG here once.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import LimitExceeded, ValidationError
+
+# What tf.io.decode_image reads (MPO is a JPEG with extra frames).
+GRAPH_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP"})
+
+
+def prepare(data: bytes, field: str, max_pixels: int) -> bytes:
+    """Return bytes the model graph can decode, or raise ValidationError naming `field`."""
+    if not data:
+        raise ValidationError(field, "the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise LimitExceeded(field, f"the image has more than {max_pixels} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise ValidationError(field, "not an image (unrecognised format)") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise LimitExceeded(field, f"the image has {width}x{height} pixels, more than the limit of {max_pixels}")
+    if width == 0 or height == 0:
+        raise ValidationError(field, "the image has no pixels")
+    return data if image.format in GRAPH_FORMATS else to_png(data, field)
+
+
+def to_png(data: bytes, field: str) -> bytes:
+    """Decode fully with Pillow and re-encode as PNG; a truncated or corrupt file fails here."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return encode_png(np.asarray(image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode)))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        raise ValidationError(field, "the image cannot be decoded (truncated or corrupt file)") from None
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """uint8 [H, W] or [H, W, C] (C in 1, 3, 4) → PNG bytes."""
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def tile(images: np.ndarray, columns: int | None = None) -> np.ndarray:
+    """[N, H, W, C] → one [rows*H, columns*W, C] image; a square-ish grid by default."""
+    count, height, width, channels = images.shape
+    columns = columns or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    canvas = np.zeros((rows * height, columns * width, channels), dtype=images.dtype)
+    for index, image in enumerate(images):
+        row, column = divmod(index, columns)
+        canvas[row * height : (row + 1) * height, column * width : (column + 1) * width] = image
+    return canvas
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

@@ -1,0 +1,39 @@
+"""diptych's Prometheus metrics, next to BentoML's defaults on the same /metrics.
+
+Every label is bounded: model name and version (a handful), the classifier's label set,
+and a fixed list of rejection reasons. prometheus_client is imported on first use, after
+BentoML has set PROMETHEUS_MULTIPROC_DIR in the worker, so the numbers reach /metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        import prometheus_client as prom
+
+        model = ["model", "version"]
+        self.inference_seconds = prom.Histogram(
+            "diptych_inference_seconds", "Duration of one model call (one batch)", model, buckets=LATENCY_BUCKETS
+        )
+        self.batch_size = prom.Histogram("diptych_batch_size", "Items per model call", model, buckets=BATCH_BUCKETS)
+        self.images_classified = prom.Counter("diptych_images_classified", "Images classified", model)
+        self.predictions = prom.Counter(
+            "diptych_predictions", "Top-1 predicted class of each classified image", [*model, "label"]
+        )
+        self.images_generated = prom.Counter("diptych_images_generated", "Images generated", model)
+        self.rejected = prom.Counter("diptych_requests_rejected", "Requests refused, by reason", ["reason"])
+        self.model_info = prom.Gauge(
+            "diptych_model_info", "Loaded models (value 1)", ["kind", *model], multiprocess_mode="livemax"
+        )
+
+
+@functools.cache
+def metrics() -> Metrics:
+    """The process's metrics, created once (Prometheus refuses duplicate names)."""
+    return Metrics()

@@ -1,0 +1,119 @@
+"""The transfer-learning trainer end to end: train → export → reload (no project code) → predict."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.classifier import main as classifier_main
+from training.cli import run_cli
+from training.data import load_dataset
+
+FASHION_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+@pytest.fixture(scope="module")
+def transfer_model(tmp_path_factory):
+    """A tiny but real run of the recipe: both phases, export and evaluation."""
+    out = tmp_path_factory.mktemp("classifier")
+    code = run_cli(lambda: classifier_main([
+        "--data", "fashion-mnist", "--per-class", "30", "--image-size", "64", "--epochs", "30",
+        "--fine-tune-epochs", "1", "--fine-tune-fraction", "0.1", "--eval-limit", "300",
+        "--out", str(out), "--seed", "1",
+    ]))
+    assert code == 0
+    return out / "1"
+
+
+def test_export_has_card_and_labels(transfer_model):
+    card = json.loads((transfer_model / "model_card.json").read_text())
+    assert card["kind"] == "classifier"
+    assert card["version"] == 1
+    assert card["labels"] == FASHION_LABELS
+    assert card["backbone"] == "efficientnet-lite0"
+    assert card["image_size"] == [64, 64]
+    assert card["per_class_counts"] == {label: 30 for label in FASHION_LABELS}
+    assert card["metrics"]["test_examples"] == 300
+    # 300 images of 10 classes: far above chance (10%) already, or the features are broken.
+    assert card["metrics"]["test_accuracy"] > 0.5
+    assert (transfer_model / "assets" / "labels.txt").read_text().split("\n")[:10] == FASHION_LABELS
+
+
+def test_reload_without_project_code(transfer_model, tmp_path):
+    """A client with TensorFlow only: bytes of any format and mode, and raw pixels."""
+    test = load_dataset("fashion-mnist", split="test")
+    grey = test.images[:4, :, :, 0]
+    files = []
+    for index, (fmt, mode) in enumerate([("PNG", "L"), ("JPEG", "RGB"), ("BMP", "RGBA"), ("WEBP", "RGB")]):
+        buffer = io.BytesIO()
+        image = Image.fromarray(grey[index]).convert(mode).resize((100, 100))
+        image.save(buffer, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        path = tmp_path / f"item{index}.{fmt.lower()}"
+        path.write_bytes(buffer.getvalue())
+        files.append(str(path))
+    np.save(tmp_path / "pixels.npy", test.images[:4])
+    script = textwrap.dedent(f"""
+        import json, sys, numpy as np, tensorflow as tf
+        model = tf.saved_model.load({str(transfer_model)!r})
+        by_bytes = model.signatures["serving_default"](
+            image_bytes=tf.constant([open(f, "rb").read() for f in {files!r}]))
+        by_pixels = model.signatures["classify_pixels"](images=tf.constant(np.load({str(tmp_path / 'pixels.npy')!r})))
+        print(json.dumps({{
+            "bytes_scores": by_bytes["scores"].numpy().tolist(),
+            "bytes_classes": [[c.decode() for c in row] for row in by_bytes["classes"].numpy()],
+            "pixels_scores": by_pixels["scores"].numpy().tolist(),
+            "dtypes": [by_bytes["scores"].dtype.name, by_bytes["classes"].dtype.name],
+        }}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                            cwd=tmp_path)  # cwd outside the repo: `training` is not importable there
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    bytes_scores = np.array(out["bytes_scores"])
+    pixels_scores = np.array(out["pixels_scores"])
+    assert bytes_scores.shape == (4, 10) and pixels_scores.shape == (4, 10)
+    assert out["dtypes"] == ["float32", "string"]
+    assert out["bytes_classes"][0] == FASHION_LABELS
+    np.testing.assert_allclose(bytes_scores.sum(axis=1), 1.0, atol=1e-4)
+    # The lossless PNG of an item and its raw pixels are the same picture: same prediction.
+    assert np.argmax(bytes_scores[0]) == np.argmax(pixels_scores[0])
+
+
+def test_scratch_baseline_trains_and_exports(tmp_path):
+    code = run_cli(lambda: classifier_main([
+        "--backbone", "scratch", "--per-class", "20", "--epochs", "2", "--eval-limit", "100",
+        "--out", str(tmp_path),
+    ]))
+    assert code == 0
+    card = json.loads((tmp_path / "1" / "model_card.json").read_text())
+    assert card["backbone"] == "scratch" and card["image_size"] == [28, 28]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backbone", "resnet9000", "--per-class", "5"], "unknown backbone"),
+    (["--per-class", "1"], "--per-class must be at least 2"),
+    (["--data", "no/such/folder"], "no/such/folder"),
+    (["--image-size", "8"], "--image-size"),
+])
+def test_user_mistakes_get_a_clear_error(argv, message, tmp_path, capsys):
+    code = run_cli(lambda: classifier_main([*argv, "--out", str(tmp_path)]))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message.lower() in err.lower()
+    assert "Traceback" not in err
+
+
+def test_one_class_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "data" / "only").mkdir(parents=True)
+    for index in range(4):
+        Image.new("RGB", (32, 32), (index * 40, 0, 0)).save(tmp_path / "data" / "only" / f"{index}.png")
+    code = run_cli(lambda: classifier_main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "m")]))
+    assert code == 2
+    assert "class" in capsys.readouterr().err

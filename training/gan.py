@@ -1,0 +1,341 @@
+"""A class-conditional DCGAN, trained on a CPU in minutes.
+
+    python -m training.gan                  # the full recipe on Fashion-MNIST
+    python -m training.gan --quick          # the demo profile: a few minutes
+
+1. Load the training images and scale them to [-1, 1], the generator's tanh range.
+2. Build the generator and the discriminator (training/gan_model.py), one Adam each.
+3. Train both with one compiled step per batch: the discriminator learns to tell real
+   images of a class from generated ones, the generator learns to fool it (non-saturating
+   loss). A slowly moving average (EMA) of the generator's weights is kept beside it: it
+   averages out the step-to-step wobble of GAN training and is the generator we export.
+4. After every epoch: a checkpoint (so `--resume` continues where a run stopped) and a
+   sample grid from fixed latents, one row per class.
+5. At the end: a plot of the training curves, the SavedModel export with its model card,
+   and the measured quality (domain FID, its floor, class consistency) written into the card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from training.cli import UserError, run_cli
+
+# The default flags are the full recipe (docs/gan.md); --quick is the demo's profile.
+DEFAULTS = dict(
+    data="fashion-mnist", per_class=None, image_size=None, conditional=True,
+    epochs=12, batch_size=128, latent_dim=64, filters=64, learning_rate=2e-4, ema=0.999,
+    seed=0, out="models/generator", name="generator", run_dir="runs/gan", evaluate=True,
+)
+QUICK = dict(epochs=3, filters=32)
+FOLDER_IMAGE_SIZE = 32  # image folders are generated at 32 px unless --image-size says otherwise
+# --resume continues a run as it was started: only these flags may change.
+RESUMABLE = ("epochs", "out", "name", "run_dir", "evaluate")
+SAMPLE_COLUMNS = 10
+RUN_FILES = ("config.json", "history.json", "training_curves.png")
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    per_class: int | None
+    image_size: int | None
+    conditional: bool
+    epochs: int
+    batch_size: int
+    latent_dim: int
+    filters: int
+    learning_rate: float
+    ema: float
+    seed: int
+    out: str
+    name: str
+    run_dir: str
+    evaluate: bool
+
+
+def log(message: str) -> None:
+    print(f"[gan] {message}", flush=True)
+
+
+def train(config: TrainConfig, resume: bool = False) -> Path:
+    """Train (or continue training), export, evaluate; return the exported model's folder."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from training.data import load_dataset, make_pipeline
+    from training.gan_model import GANConfig, build_discriminator, build_generator, to_tanh_range, to_uint8
+
+    run_dir = Path(config.run_dir)
+    keras.utils.set_random_seed(config.seed)
+
+    # -- 1. Data: uint8 images in memory; the pipeline batches and shuffles them.
+    image_size = config.image_size or (None if config.data in ("fashion-mnist", "mnist") else FOLDER_IMAGE_SIZE)
+    dataset = load_dataset(config.data, "train", per_class=config.per_class, seed=config.seed, image_size=image_size)
+    _, size, _, channels = dataset.images.shape
+    num_classes = dataset.num_classes if config.conditional else 1
+    log(f"data: {config.data}, {len(dataset)} training images of {size}x{size}x{channels}, "
+        f"{dataset.num_classes} classes ({'conditional' if num_classes > 1 else 'unconditional'} model)")
+
+    # -- 2. The two networks, their optimizers, and the EMA copy of the generator.
+    model_config = GANConfig(image_size=size, channels=channels, num_classes=num_classes,
+                             latent_dim=config.latent_dim, filters=config.filters)
+    try:
+        model_config.check()
+    except ValueError as error:
+        raise UserError(f"{error} (--image-size)") from None
+    generator = build_generator(model_config)
+    discriminator = build_discriminator(model_config)
+    ema_generator = build_generator(model_config)
+    ema_generator.set_weights(generator.get_weights())
+    generator_optimizer = keras.optimizers.Adam(config.learning_rate, beta_1=0.5)
+    discriminator_optimizer = keras.optimizers.Adam(config.learning_rate, beta_1=0.5)
+    generator_optimizer.build(generator.trainable_variables)
+    discriminator_optimizer.build(discriminator.trainable_variables)
+    latent_rng = tf.random.Generator.from_seed(config.seed)
+    log(f"generator {generator.count_params():,} parameters, discriminator {discriminator.count_params():,}")
+
+    checkpoint = tf.train.Checkpoint(
+        generator=generator, discriminator=discriminator, ema_generator=ema_generator,
+        generator_optimizer=generator_optimizer, discriminator_optimizer=discriminator_optimizer,
+        latent_rng=latent_rng,
+    )
+    checkpoints = tf.train.CheckpointManager(checkpoint, run_dir / "checkpoints", max_to_keep=1)
+    history = {"epochs": [], "steps": []}
+    if resume:
+        checkpoint.restore(checkpoints.latest_checkpoint).assert_existing_objects_matched()
+        history = json.loads((run_dir / "history.json").read_text())
+        log(f"resumed {run_dir} after epoch {len(history['epochs'])}")
+
+    # -- 3. One training step, compiled into a graph (XLA made it slower here: docs/gan.md).
+    @tf.function
+    def train_step(pixels, class_ids):
+        real = to_tanh_range(pixels)
+        latents = latent_rng.normal([tf.shape(real)[0], config.latent_dim])
+        with tf.GradientTape() as generator_tape, tf.GradientTape() as discriminator_tape:
+            fake = generator([latents, class_ids], training=True)
+            real_scores = discriminator([real, class_ids], training=True)
+            fake_scores = discriminator([fake, class_ids], training=True)
+            # Non-saturating GAN loss: log-sigmoid written with softplus for stability.
+            discriminator_loss = tf.reduce_mean(tf.nn.softplus(-real_scores) + tf.nn.softplus(fake_scores))
+            generator_loss = tf.reduce_mean(tf.nn.softplus(-fake_scores))
+        generator_optimizer.apply_gradients(zip(
+            generator_tape.gradient(generator_loss, generator.trainable_variables), generator.trainable_variables))
+        discriminator_optimizer.apply_gradients(zip(
+            discriminator_tape.gradient(discriminator_loss, discriminator.trainable_variables),
+            discriminator.trainable_variables))
+        for average, current in zip(ema_generator.weights, generator.weights):
+            average.assign(config.ema * average + (1 - config.ema) * current)
+        return generator_loss, discriminator_loss
+
+    generate = tf.function(lambda latents, class_ids: to_uint8(ema_generator([latents, class_ids], training=False)))
+    class_names = dataset.class_names if num_classes > 1 else ["any"]
+
+    # -- 4. The epochs: train, checkpoint, draw the fixed-latent grid.
+    from training.evaluate_gan import sample_grid, save_grid
+
+    for epoch in range(len(history["epochs"]) + 1, config.epochs + 1):
+        shuffle_seed = int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0])
+        batches = make_pipeline(dataset, config.batch_size, shuffle=True, seed=shuffle_seed)
+        wall_start, cpu_start = time.monotonic(), time.process_time()
+        losses = []
+        with tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", total=len(batches)) as progress:
+            for pixels, labels in progress:
+                class_ids = labels if num_classes > 1 else tf.zeros_like(labels)
+                losses.append([float(loss) for loss in train_step(pixels, class_ids)])
+                if len(losses) % 20 == 0:
+                    generator_loss, discriminator_loss = np.mean(losses[-20:], axis=0)
+                    progress.set_postfix(G=f"{generator_loss:.3f}", D=f"{discriminator_loss:.3f}")
+        generator_loss, discriminator_loss = np.mean(losses, axis=0)
+        history["steps"] += [[round(g, 4), round(d, 4)] for g, d in losses]
+        history["epochs"].append({
+            "epoch": epoch, "generator_loss": round(float(generator_loss), 4),
+            "discriminator_loss": round(float(discriminator_loss), 4),
+            "wall_seconds": round(time.monotonic() - wall_start, 1),
+            "cpu_seconds": round(time.process_time() - cpu_start, 1),
+        })
+        checkpoints.save()
+        save_json(run_dir / "config.json", asdict(config))
+        save_json(run_dir / "history.json", history)
+        grid = sample_grid(lambda z, y: generate(z, y).numpy(), config.latent_dim, num_classes, SAMPLE_COLUMNS)
+        save_grid(grid, run_dir / "samples" / f"epoch_{epoch:03d}.png", class_names, f"epoch {epoch}")
+
+    # -- 5. Curves, export, evaluation.
+    plot_history(history, run_dir / "training_curves.png")
+    wall_seconds = sum(epoch["wall_seconds"] for epoch in history["epochs"])
+    cpu_seconds = sum(epoch["cpu_seconds"] for epoch in history["epochs"])
+    log(f"trained {len(history['epochs'])} epochs in {wall_seconds / 60:.1f} min "
+        f"({cpu_seconds / 60:.1f} CPU-min); samples and curves in {run_dir}")
+
+    from training.gan_export import export_generator
+
+    card = {
+        "name": config.name,
+        "dataset": config.data,
+        "metrics": {},
+        "training": {"config": asdict(config), "epochs": len(history["epochs"]),
+                     "wall_seconds": round(wall_seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
+                     "train_images": len(dataset)},
+    }
+    model_dir = export_generator(ema_generator, model_config, class_names, config.out, card)
+    log(f"exported {model_dir} (SavedModel + model_card.json)")
+    if config.evaluate:
+        from training.evaluate_gan import evaluate_saved_generator
+
+        log("measuring the export: domain FID, its real-vs-real floor, class consistency")
+        evaluation = evaluate_saved_generator(model_dir, seed=config.seed)
+        card_path = model_dir / "model_card.json"
+        card = json.loads(card_path.read_text())
+        card["metrics"] = evaluation.as_dict()
+        save_json(card_path, card)
+        consistency = evaluation.class_consistency
+        log(f"domain FID {evaluation.fid:.2f} (floor {evaluation.fid_floor:.2f}, "
+            f"{evaluation.fid / evaluation.fid_floor:.1f}x)"
+            + (f", class consistency {consistency:.1%}" if consistency is not None else ""))
+    return model_dir
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove what a previous run wrote into `run_dir` (and nothing else the user keeps there)."""
+    if (run_dir / "config.json").exists():
+        log(f"starting a new run: clearing the previous one in {run_dir}")
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    shutil.rmtree(run_dir / "samples", ignore_errors=True)
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def save_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=1) + "\n")
+
+
+def plot_history(history: dict, path: Path) -> None:
+    """Both losses per step (faint) and their running means, one tick per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    steps = np.array(history["steps"], dtype=float).reshape(-1, 2)
+    window = max(1, len(steps) // 50)
+    kernel = np.ones(window) / window
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for column, (label, color) in enumerate([("generator", "tab:blue"), ("discriminator", "tab:orange")]):
+        ax.plot(steps[:, column], color=color, alpha=0.2, linewidth=0.5)
+        ax.plot(np.arange(window - 1, len(steps)), np.convolve(steps[:, column], kernel, mode="valid"),
+                color=color, label=f"{label} loss")
+    steps_per_epoch = len(steps) / max(1, len(history["epochs"]))
+    ax.set_xticks([steps_per_epoch * epoch["epoch"] for epoch in history["epochs"]],
+                  [str(epoch["epoch"]) for epoch in history["epochs"]])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.set_title("DCGAN training (non-saturating loss)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _as_flags(values: dict) -> str:
+    return " ".join(f"--{name.replace('_', '-')}={value}" for name, value in values.items())
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
+    """The run's config and whether to resume; --resume reads the rest from the run folder."""
+    parser = argparse.ArgumentParser(
+        prog="python -m training.gan",
+        description=__doc__.split("\n\n")[0] + " Exports the generator as a SavedModel with a model card.",
+        epilog=f"Defaults are the full recipe (docs/gan.md). --quick sets {_as_flags(QUICK)}. "
+               "Flags given explicitly always win.",
+    )
+    add = parser.add_argument
+    add("--data", help="fashion-mnist, mnist, or a folder with one subfolder of images per class")
+    add("--per-class", type=int, help="use N images per class (stratified, seeded); default: all")
+    add("--image-size", type=int, help="generate images of this side, e.g. 28, 32 or 64; "
+                                       f"default: 28 for the built-in sets, {FOLDER_IMAGE_SIZE} for folders")
+    add("--conditional", action=argparse.BooleanOptionalAction, help="condition both networks on the class")
+    add("--epochs", type=int, help="passes over the training images (the total, also with --resume)")
+    add("--batch-size", type=int, help="images per step")
+    add("--latent-dim", type=int, help="size of the generator's random input")
+    add("--filters", type=int, help="width of the networks (the last hidden map of the generator)")
+    add("--learning-rate", type=float, help="Adam learning rate of both networks (beta_1 = 0.5)")
+    add("--ema", type=float, help="decay of the exported moving average of the generator's weights "
+                                  "(0 exports the last weights)")
+    add("--seed", type=int, help="random seed for the subset, the weights, the latents and the shuffling")
+    add("--out", help="export into OUT/<next version>/")
+    add("--name", help="model name recorded in the card (and used by the service)")
+    add("--run-dir", help="checkpoints, per-epoch sample grids, history and curves; a new run clears it")
+    add("--evaluate", action=argparse.BooleanOptionalAction, help="measure FID and class consistency at the end")
+    add("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    add("--quick", action="store_true", help="the demo profile: a few minutes on a laptop CPU")
+    for action in parser._actions:
+        if action.dest in DEFAULTS:
+            action.help += f" (default: {DEFAULTS[action.dest]})"
+    parser.set_defaults(**{name: None for name in DEFAULTS})  # None = not given: profiles may fill it
+    args = parser.parse_args(argv)
+    given = {key: value for key, value in vars(args).items() if key in DEFAULTS and value is not None}
+
+    if args.resume:
+        values = resumed_values(Path(given.get("run_dir", DEFAULTS["run_dir"])), given, args.quick)
+    else:
+        values = {**DEFAULTS, **(QUICK if args.quick else {}), **given}
+    config = TrainConfig(**{f.name: values[f.name] for f in fields(TrainConfig)})
+    validate(config)
+    return config, args.resume
+
+
+def resumed_values(run_dir: Path, given: dict, quick: bool) -> dict:
+    """The saved run's flags, with the few a resumed run may change."""
+    saved_path = run_dir / "config.json"
+    if not saved_path.exists():
+        raise UserError(f"nothing to resume in {run_dir}: no config.json there (start a run without --resume)")
+    saved = json.loads(saved_path.read_text())
+    changed = sorted(key for key, value in given.items() if key not in RESUMABLE and value != saved[key])
+    if changed or quick:
+        flags = ", ".join(f"--{key.replace('_', '-')}" for key in changed) or "--quick"
+        raise UserError(f"{flags} cannot change when resuming {run_dir}; only "
+                        f"{', '.join('--' + key.replace('_', '-') for key in RESUMABLE)} can")
+    values = {**saved, **given}
+    done = len(json.loads((run_dir / "history.json").read_text())["epochs"])
+    if values["epochs"] <= done:
+        raise UserError(f"{run_dir} has already trained {done} epochs: pass --epochs N with N > {done} to continue")
+    return values
+
+
+def validate(config: TrainConfig) -> None:
+    if config.per_class is not None and config.per_class < 1:
+        raise UserError("--per-class must be at least 1")
+    for name in ("epochs", "batch_size", "latent_dim", "filters"):
+        if getattr(config, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0.0 <= config.ema < 1.0:
+        raise UserError("--ema must be in [0, 1)")
+    if config.learning_rate <= 0:
+        raise UserError("--learning-rate must be positive")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from training.data import DataError
+
+    config, resume = parse_args(argv)
+    if not resume:
+        clear_run(Path(config.run_dir))
+    try:
+        model_dir = train(config, resume)
+    except DataError as error:
+        raise UserError(str(error)) from None
+    log(f"done: {model_dir}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,130 @@
+"""Export a trained generator as a self-contained SavedModel with a model card.
+
+Two signatures (docs/architecture.md is the contract):
+
+- `serving_default(latents float32 [N, latent_dim], class_ids int32 [N])` → `images uint8 [N, H, W, C]`
+- `generate_seeded(seed int64 [], count int32 [], class_id int32 [])` → `images`, `latents`, `class_ids`;
+  class_id −1 cycles through the classes. The latents come from a stateless RNG keyed by the
+  seed, so the same seed gives the same images on the same machine.
+
+Bad input is checked in the graph, before the network runs, so a client gets an
+InvalidArgumentError that says what is wrong (latent width, NaN/inf, class id, batch size)
+instead of a shape error from deep inside a layer — and a server process never crashes.
+An unconditional generator has a single class: its class ids must be 0 (or −1 when seeded).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from training.export import MODEL_CARD, next_version
+from training.gan_model import GANConfig, to_uint8
+
+MAX_BATCH = 256  # images per call: bounds the memory one request can take
+
+
+class GeneratorModule(tf.Module):
+    """The serving graph around a Keras generator: checks in, uint8 pixels out."""
+
+    def __init__(self, generator: keras.Model, config: GANConfig):
+        super().__init__()
+        self.generator = generator
+        self.latent_dim = config.latent_dim
+        self.num_classes = config.num_classes
+
+    def _generate(self, latents: tf.Tensor, class_ids: tf.Tensor) -> tf.Tensor:
+        rows = tf.shape(latents)[0]
+        checks = [
+            tf.debugging.assert_equal(tf.shape(latents)[1], self.latent_dim, message=(
+                f"latents must have {self.latent_dim} columns (the latent dimension)")),
+            tf.debugging.assert_equal(rows, tf.shape(class_ids)[0], message=(
+                "latents and class_ids must have the same number of rows")),
+            tf.debugging.assert_greater(rows, 0, message="at least one latent row is needed"),
+            tf.debugging.assert_less_equal(rows, MAX_BATCH, message=f"at most {MAX_BATCH} images per call"),
+            tf.debugging.assert_non_negative(class_ids, message="class ids must be >= 0"),
+            tf.debugging.assert_less(class_ids, self.num_classes, message=(
+                f"class ids must be < {self.num_classes} (the number of classes)")),
+        ]
+        with tf.control_dependencies(checks):
+            latents = tf.debugging.assert_all_finite(latents, "latents must be finite (no NaN or inf)")
+            latents = tf.ensure_shape(latents, [None, self.latent_dim])
+            class_ids = tf.identity(class_ids)
+        return to_uint8(self.generator([latents, class_ids], training=False))
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, None], tf.float32, name="latents"),
+        tf.TensorSpec([None], tf.int32, name="class_ids"),
+    ])
+    def generate(self, latents, class_ids):
+        return {"images": self._generate(latents, class_ids)}
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([], tf.int64, name="seed"),
+        tf.TensorSpec([], tf.int32, name="count"),
+        tf.TensorSpec([], tf.int32, name="class_id"),
+    ])
+    def generate_seeded(self, seed, count, class_id):
+        checks = [
+            tf.debugging.assert_positive(count, message="count must be at least 1"),
+            tf.debugging.assert_less_equal(count, MAX_BATCH, message=f"count must be at most {MAX_BATCH}"),
+            tf.debugging.assert_greater_equal(class_id, -1, message="class_id must be -1 (cycle) or a class id"),
+            tf.debugging.assert_less(class_id, self.num_classes, message=(
+                f"class_id must be < {self.num_classes} (the number of classes)")),
+        ]
+        with tf.control_dependencies(checks):
+            count = tf.identity(count)
+        latents = tf.random.stateless_normal([count, self.latent_dim], seed=tf.stack([seed, tf.constant(0, tf.int64)]))
+        class_ids = tf.where(class_id < 0, tf.range(count) % self.num_classes, tf.fill([count], class_id))
+        return {"images": self._generate(latents, class_ids), "latents": latents, "class_ids": class_ids}
+
+
+def export_generator(generator: keras.Model, config: GANConfig, class_names: list[str],
+                     out_dir: str | os.PathLike, card: dict) -> Path:
+    """Write `out_dir/<next version>/`: the SavedModel and model_card.json.
+
+    Written into a temporary folder and renamed into place, so a server watching `out_dir`
+    never loads a half-written version.
+    """
+    out_root = Path(out_dir)
+    out_root.mkdir(parents=True, exist_ok=True)
+    version = next_version(out_root)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_root))
+    try:
+        module = GeneratorModule(generator, config)
+        tf.saved_model.save(module, str(staging), signatures={
+            "serving_default": module.generate,
+            "generate_seeded": module.generate_seeded,
+        })
+        full_card = {
+            "kind": "generator",
+            "name": card.get("name", "generator"),
+            "version": version,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "image_size": [config.image_size, config.image_size],
+            "channels": config.channels,
+            "latent_dim": config.latent_dim,
+            "conditional": config.conditional,
+            "classes": class_names if config.conditional else ["any"],
+            "max_batch": MAX_BATCH,
+            "signatures": {
+                "serving_default": "latents float32 [N, latent_dim], class_ids int32 [N] -> images uint8 [N, H, W, C]",
+                "generate_seeded": "seed int64 [], count int32 [], class_id int32 [] (-1 = cycle through classes) "
+                                   "-> images uint8 [N, H, W, C], latents float32 [N, latent_dim], class_ids int32 [N]",
+            },
+            **{key: value for key, value in card.items() if key != "name"},
+        }
+        (staging / MODEL_CARD).write_text(json.dumps(full_card, indent=2) + "\n")
+        final = out_root / str(version)
+        staging.rename(final)
+        return final
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
