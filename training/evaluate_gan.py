@@ -103,23 +103,23 @@ def build_evaluator(image_size: int, channels: int, num_classes: int):
     return keras.Model(images, scores, name="evaluator")
 
 
-@dataclass
 class Evaluator:
     """The trained evaluator: class scores and FID features for uint8 images."""
 
-    model: object  # keras.Model: images → class scores
-    class_names: list[str]
-    test_accuracy: float
-
-    def scores_and_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __init__(self, model, class_names: list[str], test_accuracy: float):
         import keras
         import tensorflow as tf
 
-        both = keras.Model(self.model.inputs, [self.model.output, self.model.get_layer("features").output])
-        run = tf.function(lambda batch: both(batch, training=False))
+        self.model = model  # keras.Model: float32 pixels 0–255 → class scores
+        self.class_names = class_names
+        self.test_accuracy = test_accuracy
+        both = keras.Model(model.inputs, [model.output, model.get_layer("features").output])
+        self._scores_and_features = tf.function(lambda batch: both(batch, training=False), reduce_retracing=True)
+
+    def scores_and_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores, features = [], []
         for start in range(0, len(images), BATCH_SIZE):
-            batch_scores, batch_features = run(tf.constant(images[start:start + BATCH_SIZE], tf.float32))
+            batch_scores, batch_features = self._scores_and_features(images[start:start + BATCH_SIZE].astype(np.float32))
             scores.append(batch_scores.numpy())
             features.append(batch_features.numpy())
         return np.concatenate(scores), np.concatenate(features)

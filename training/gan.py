@@ -88,10 +88,6 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     # -- 2. The two networks, their optimizers, and the EMA copy of the generator.
     model_config = GANConfig(image_size=size, channels=channels, num_classes=num_classes,
                              latent_dim=config.latent_dim, filters=config.filters)
-    try:
-        model_config.check()
-    except ValueError as error:
-        raise UserError(f"{error} (--image-size)") from None
     generator = build_generator(model_config)
     discriminator = build_discriminator(model_config)
     ema_generator = build_generator(model_config)
@@ -103,20 +99,32 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     latent_rng = tf.random.Generator.from_seed(config.seed)
     log(f"generator {generator.count_params():,} parameters, discriminator {discriminator.count_params():,}")
 
+    epochs_done = tf.Variable(0, dtype=tf.int64)
     checkpoint = tf.train.Checkpoint(
         generator=generator, discriminator=discriminator, ema_generator=ema_generator,
         generator_optimizer=generator_optimizer, discriminator_optimizer=discriminator_optimizer,
-        latent_rng=latent_rng,
+        latent_rng=latent_rng, epochs_done=epochs_done,
+        # Keras leaves the dropout layers' random state out of TF checkpoints; without it a
+        # resumed run would draw other dropout masks than an uninterrupted one.
+        dropout_states=[layer.seed_generator.state for layer in discriminator.layers
+                        if isinstance(layer, keras.layers.Dropout)],
     )
     checkpoints = tf.train.CheckpointManager(checkpoint, run_dir / "checkpoints", max_to_keep=1)
     history = {"epochs": [], "steps": []}
     if resume:
+        if checkpoints.latest_checkpoint is None:
+            raise UserError(f"{run_dir} has no checkpoint yet: start the run again without --resume")
         checkpoint.restore(checkpoints.latest_checkpoint).assert_existing_objects_matched()
+        # The history may be one epoch ahead of the checkpoint if a run died between the two.
         history = json.loads((run_dir / "history.json").read_text())
-        log(f"resumed {run_dir} after epoch {len(history['epochs'])}")
+        history["epochs"] = history["epochs"][:int(epochs_done)]
+        history["steps"] = history["steps"][:sum(epoch["steps"] for epoch in history["epochs"])]
+        log(f"resumed {run_dir} after epoch {int(epochs_done)}")
 
     # -- 3. One training step, compiled into a graph (XLA made it slower here: docs/gan.md).
-    @tf.function
+    # The signature's open batch size keeps the last, smaller batch from retracing (~30 s).
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, channels], tf.float32),
+                                  tf.TensorSpec([None], tf.int32)])
     def train_step(pixels, class_ids):
         real = to_tanh_range(pixels)
         latents = latent_rng.normal([tf.shape(real)[0], config.latent_dim])
@@ -132,8 +140,12 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         discriminator_optimizer.apply_gradients(zip(
             discriminator_tape.gradient(discriminator_loss, discriminator.trainable_variables),
             discriminator.trainable_variables))
+        # The decay warms up from 0 (as in tf.train.ExponentialMovingAverage), so that the
+        # average forgets the random initial weights even in a short run.
+        step = tf.cast(generator_optimizer.iterations, tf.float32)
+        decay = tf.minimum(config.ema, (1 + step) / (10 + step))
         for average, current in zip(ema_generator.weights, generator.weights):
-            average.assign(config.ema * average + (1 - config.ema) * current)
+            average.assign(decay * average + (1 - decay) * current)
         return generator_loss, discriminator_loss
 
     generate = tf.function(lambda latents, class_ids: to_uint8(ema_generator([latents, class_ids], training=False)))
@@ -157,11 +169,12 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         generator_loss, discriminator_loss = np.mean(losses, axis=0)
         history["steps"] += [[round(g, 4), round(d, 4)] for g, d in losses]
         history["epochs"].append({
-            "epoch": epoch, "generator_loss": round(float(generator_loss), 4),
+            "epoch": epoch, "steps": len(losses), "generator_loss": round(float(generator_loss), 4),
             "discriminator_loss": round(float(discriminator_loss), 4),
             "wall_seconds": round(time.monotonic() - wall_start, 1),
             "cpu_seconds": round(time.process_time() - cpu_start, 1),
         })
+        epochs_done.assign(epoch)
         checkpoints.save()
         save_json(run_dir / "config.json", asdict(config))
         save_json(run_dir / "history.json", history)
@@ -322,6 +335,13 @@ def validate(config: TrainConfig) -> None:
         raise UserError("--ema must be in [0, 1)")
     if config.learning_rate <= 0:
         raise UserError("--learning-rate must be positive")
+    if config.image_size is not None:
+        from training.gan_model import GANConfig
+
+        try:
+            GANConfig(image_size=config.image_size).check()
+        except ValueError as error:
+            raise UserError(f"--image-size: {error}") from None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -95,7 +95,7 @@ def build_discriminator(config: GANConfig) -> keras.Model:
     class_ids = keras.Input((), dtype="int32", name="class_ids")
     x, width = images, config.filters
     for stage in range(1, config.upsamplings + 1):
-        x = layers.Conv2D(width, 4, strides=2, padding="same", name=f"down{stage}")(x)
+        x = layers.Conv2D(width, 4, strides=2, padding="same", use_bias=False, name=f"down{stage}")(x)
         x = layers.LeakyReLU(0.2, name=f"down{stage}_lrelu")(x)
         x = layers.Dropout(config.dropout, name=f"down{stage}_dropout")(x)
         width *= 2

@@ -128,12 +128,9 @@ class RestrictedUnpickler(pickle.Unpickler):
                 or pid[0] != "storage" or not isinstance(pid[1], StorageType)):
             raise UnsafePickleError(f"unexpected persistent id {pid!r}")
         _, storage_type, key, _location, numel, *view = pid
-        storage = self.load_storage(storage_type, str(key), int(numel))
-        # Very old legacy files may refer to a slice (a "view") of a storage.
         if view and view[0] is not None:
-            _view_key, offset, view_numel = view[0]
-            return storage[offset:offset + view_numel]
-        return storage
+            raise PthError("storage views (files from torch < 0.4) are not supported")
+        return self.load_storage(storage_type, str(key), int(numel))
 
 
 def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
@@ -204,7 +201,9 @@ def _load_legacy(path: Path):
         obj = RestrictedUnpickler(file, load_storage).load()
         storage_keys = RestrictedUnpickler(file).load()
         for key in storage_keys:
-            storage = storages[key]
+            storage = storages.get(key)
+            if storage is None:
+                raise PthError(f"{path}: storage {key} is listed but never referenced")
             stored_numel = int.from_bytes(file.read(8), "little")
             if stored_numel != storage.size or file.readinto(storage) != storage.nbytes:
                 raise PthError(f"{path}: storage {key} is truncated or mis-sized")

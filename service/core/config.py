@@ -34,6 +34,12 @@ class Settings:
     api_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     api_keys_file: str | None = None
 
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, (int, float)) and value < 0:
+                raise ValueError(f"setting {field.name} must not be negative, got {value}")
+
     @classmethod
     def load(cls, environ: Mapping[str, str] = os.environ) -> Settings:
         values: dict[str, object] = {}

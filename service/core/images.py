@@ -7,7 +7,6 @@ Formats the graph cannot decode (TIFF, PPM, ICO, ...) are converted to PNG here 
 
 from __future__ import annotations
 
-import base64
 import io
 import math
 import warnings
@@ -46,7 +45,7 @@ def to_png(data: bytes, field: str) -> bytes:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-        return encode_png(np.asarray(image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode)))
+        return encode_png(np.asarray(image if image.mode in ("L", "RGB") else image.convert("RGB")))
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         raise ValidationError(field, "the image cannot be decoded (truncated or corrupt file)") from None
 
@@ -71,6 +70,3 @@ def tile(images: np.ndarray, columns: int | None = None) -> np.ndarray:
         canvas[row * height : (row + 1) * height, column * width : (column + 1) * width] = image
     return canvas
 
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")

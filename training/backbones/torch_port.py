@@ -21,11 +21,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from training.pth import load_state_dict
-
-
-class BackboneError(ValueError):
-    """A backbone cannot be built as asked; the message says what to do instead."""
+from training.backbones.errors import BackboneError
+from training.pth import PthError, load_state_dict
 
 
 def find_package_file(package: str, relative_path: str) -> Path:
@@ -147,28 +144,47 @@ class TorchPort:
             return
         if weights == "imagenet":
             weights = find_package_file(imagenet_package, imagenet_file)
-        unused_prefixes = () if "predictions" in self.sources else (f"{self.torch_classifier}.",)
-        state = load_state_dict(weights)
-        unused = {key for key in state
-                  if not key.endswith("num_batches_tracked")
-                  and not key.startswith(unused_prefixes)}
+        if not Path(weights).is_file():
+            raise BackboneError(f"weights file not found: {weights}")
+        try:
+            state = load_state_dict(weights)
+        except PthError as error:
+            raise BackboneError(f"cannot read {weights}: {error}") from error
+
+        used: set[str] = set()
+
+        def tensor(key: str) -> np.ndarray:
+            if key not in state:
+                raise BackboneError(f"{weights} has no tensor {key}: is it this model's?")
+            used.add(key)
+            return state[key]
+
         for layer_name, prefix in self.sources.items():
             layer = model.get_layer(layer_name)
-            if isinstance(layer, keras.layers.BatchNormalization):
-                keys = [f"{prefix}.{p}" for p in ("weight", "bias", "running_mean", "running_var")]
-                convert = [None] * 4
-            elif isinstance(layer, keras.layers.DepthwiseConv2D):
-                keys, convert = [f"{prefix}.weight"], [depthwise_kernel]
-            elif isinstance(layer, keras.layers.Conv2D):
-                keys, convert = [f"{prefix}.weight"], [conv_kernel]
-            else:  # Dense: PyTorch's Linear stores (out, in)
-                keys, convert = [f"{prefix}.weight", f"{prefix}.bias"], [np.transpose, None]
-            missing = [key for key in keys if key not in state]
-            if missing:
-                raise BackboneError(f"{weights}: no tensor {missing[0]} for layer {layer_name}")
-            layer.set_weights([state[key] if to_keras is None else to_keras(state[key])
-                               for key, to_keras in zip(keys, convert)])
-            unused.difference_update(keys)
+            try:
+                layer.set_weights(keras_weights(layer, prefix, tensor))
+            except ValueError as error:  # shapes differ
+                raise BackboneError(
+                    f"{weights}: {prefix} does not fit {layer_name}: {error}") from None
+
+        skipped = () if "predictions" in self.sources else (f"{self.torch_classifier}.",)
+        unused = {key for key in state
+                  if key not in used and not key.endswith("num_batches_tracked")
+                  and not key.startswith(skipped)}
         if unused:
             raise BackboneError(f"{weights}: {len(unused)} tensors have no place in the "
                                 f"port, e.g. {sorted(unused)[:3]}")
+
+
+def keras_weights(layer: keras.layers.Layer, prefix: str, tensor) -> list[np.ndarray]:
+    """``layer``'s weights in Keras's order and layout, from the state dict's
+    tensors under ``prefix`` (``tensor(key)`` looks one up)."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return [tensor(f"{prefix}.{name}")
+                for name in ("weight", "bias", "running_mean", "running_var")]
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return [depthwise_kernel(tensor(f"{prefix}.weight"))]
+    if isinstance(layer, keras.layers.Conv2D):
+        return [conv_kernel(tensor(f"{prefix}.weight"))]
+    # Dense: PyTorch's Linear stores its weight as (out, in).
+    return [tensor(f"{prefix}.weight").T, tensor(f"{prefix}.bias")]

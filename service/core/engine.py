@@ -1,0 +1,167 @@
+"""The one inference path. Every protocol adapter converts its request into these calls,
+converts the results back, and maps `ServiceError`s to its own status codes.
+
+The engine loads and warms up both models in the background (so liveness answers at
+once and readiness turns true only when everything is warm), admits a bounded number of
+requests, and bounds how long a request waits for its batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+
+import numpy as np
+
+from . import validation
+from .auth import ApiKeys
+from .config import Settings
+from .errors import DeadlineExceeded, NotFound, NotReady, Overloaded
+from .metrics import metrics
+from .models import Classifier, Generator, ModelInfo
+
+log = logging.getLogger("diptych")
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+    model: ModelInfo
+    predictions: list[list[tuple[str, float]]]  # per image, the top-k (label, score), best first
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    model: ModelInfo
+    images: np.ndarray  # uint8 [N, H, W, C]
+    latents: np.ndarray  # float32 [N, latent_dim]: feed them back to get the same images
+    class_ids: np.ndarray  # int32 [N]
+    class_names: list[str | None]
+    seed: int | None
+
+
+class Engine:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = ApiKeys(settings.api_keys)
+        self._classifier: Classifier | None = None
+        self._generator: Generator | None = None
+        self._ready = threading.Event()
+        self._failed = False
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        threading.Thread(target=self.load, name="diptych-load", daemon=True).start()
+
+    def load(self) -> None:
+        try:
+            self._classifier = Classifier.load(self.settings.classifier, self.settings)
+            self._generator = Generator.load(self.settings.generator, self.settings)
+            for model in (self._classifier, self._generator):
+                model.warm_up()
+                metrics().model_info.labels(kind=model.info.kind, model=model.info.name, version=model.info.version).set(1)
+                log.info("%s %s:%s loaded from %s and warmed up", model.info.kind, model.info.name, model.info.version, model.info.source)
+            self._ready.set()
+        except Exception:
+            self._failed = True
+            log.exception("loading the models failed")
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def alive(self) -> bool:
+        return not self._failed
+
+    def close(self) -> None:
+        for model in (self._classifier, self._generator):
+            if model is not None:
+                model.close()
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold one of `max_concurrency` request slots, or refuse at once: no unbounded queue."""
+        with self._lock:
+            if self._in_flight >= self.settings.max_concurrency:
+                raise Overloaded(f"more than {self.settings.max_concurrency} requests in flight; retry shortly")
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    # -- models --------------------------------------------------------------------
+    @property
+    def classifier(self) -> Classifier:
+        self._check_ready()
+        return self._classifier
+
+    @property
+    def generator(self) -> Generator:
+        self._check_ready()
+        return self._generator
+
+    def models(self) -> list[ModelInfo]:
+        return [self.classifier.info, self.generator.info]
+
+    def model(self, name: str) -> ModelInfo:
+        for info in self.models():
+            if name in (info.name, info.kind):
+                return info
+        raise NotFound(f"no model named {name!r}", "name")
+
+    # -- inference -----------------------------------------------------------------
+    async def classify(self, images: Sequence[bytes], top_k: int = 5) -> Classification:
+        classifier = self.classifier
+        k = validation.top_k(top_k, classifier.labels)
+        rows = await self._wait(classifier.batcher.submit(validation.images(images, self.settings)))
+        labels = classifier.labels
+        return Classification(
+            classifier.info, [[(labels[i], float(row[i])) for i in np.argsort(-row)[:k]] for row in rows]
+        )
+
+    async def generate(
+        self,
+        count: int | None = None,
+        seed: int | None = None,
+        class_: int | str | None = None,
+        latents: Sequence[Sequence[float]] | None = None,
+    ) -> Generation:
+        generator = self.generator
+        return await self._generate(validation.generation(count, seed, class_, latents, generator, self.settings))
+
+    async def interpolate(
+        self,
+        seeds: Sequence[int] | None = None,
+        latents: Sequence[Sequence[float]] | None = None,
+        steps: int = 8,
+        class_: int | str | None = None,
+    ) -> Generation:
+        generator = self.generator
+        return await self._generate(validation.interpolation(seeds, latents, steps, class_, generator, self.settings))
+
+    async def _generate(self, plan: validation.Latents) -> Generation:
+        generator = self.generator
+        images = await self._wait(generator.batcher.submit(list(zip(plan.latents, plan.class_ids.tolist()))))
+        names = [generator.classes[i] if generator.conditional else None for i in plan.class_ids]
+        return Generation(generator.info, np.stack(images), plan.latents, plan.class_ids, names, plan.seed)
+
+    def _check_ready(self) -> None:
+        if not self.ready:
+            raise NotReady("the models are still loading" if self.alive else "the models failed to load")
+
+    async def _wait(self, futures: list[Future]) -> list:
+        try:
+            return await asyncio.wait_for(
+                asyncio.gather(*(asyncio.wrap_future(future) for future in futures)), self.settings.timeout_s
+            )
+        except TimeoutError:
+            raise DeadlineExceeded(f"no result within {self.settings.timeout_s:g} s") from None

@@ -1,0 +1,296 @@
+"""HTTP side of the BentoML service: request/response schemas, the one error mapping,
+and the guard middleware (API keys, body size, admission) in front of the routes.
+
+Bodies are parsed by pydantic into the schemas below (which are also the OpenAPI),
+then handed to the core `Engine`; every `ServiceError` becomes a JSON error body here.
+Parse errors keep BentoML's shape, `{"error": ..., "detail": [{"loc", "msg", "type"}]}`,
+and the core's errors use the same one.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
+
+import bentoml
+import pydantic
+from _bentoml_sdk import IODescriptor
+from bentoml.validators import ContentType
+from pydantic import ConfigDict, Field, WithJsonSchema
+from pydantic_core import InitErrorDetails, PydanticCustomError
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .core import (
+    DeadlineExceeded,
+    Engine,
+    LimitExceeded,
+    NotFound,
+    ServiceError,
+    Unauthenticated,
+    Unavailable,
+    ValidationError,
+)
+from .core.metrics import metrics
+from .core.models import ModelInfo
+
+# -- schemas -----------------------------------------------------------------------------
+
+
+class Body(IODescriptor):
+    """A strict JSON body: exact types, no unknown fields, never empty."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True, val_json_bytes="base64")
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> Body:
+        try:
+            if request.headers.get("content-type", "").startswith("multipart/form-data"):
+                return await cls.from_form(request)
+            body = await request.body()
+            if not body.strip():
+                raise _parse_error(cls, "body", "empty_body", "the request body is empty: send a JSON object")
+            return cls.model_validate_json(body)
+        except pydantic.ValidationError:
+            metrics().rejected.labels(reason="invalid_input").inc()
+            raise
+
+    @classmethod
+    async def from_form(cls, request: Request) -> Body:
+        raise _parse_error(cls, "body", "unsupported_media_type", "send application/json")
+
+
+# BentoML's OpenAPI keeps the first member of a union only: spell these schemas out.
+Base64 = Annotated[bytes, WithJsonSchema({"type": "string", "format": "byte"})]
+Seed = Annotated[int, Field(description="0 to 2**32-1; the same seed gives the same images")]
+ClassName = Annotated[int | str, WithJsonSchema({"oneOf": [{"type": "integer"}, {"type": "string"}]})]
+Class = Annotated[ClassName | None, Field(alias="class", description="a class name, or its id (int or digit string)")]
+LatentRows = Annotated[list[list[float]], Field(description="one row of latent_dim finite numbers per image")]
+
+
+class ClassifyRequest(Body):
+    """JSON form; the same fields also come as multipart/form-data (files in `images`)."""
+
+    images: list[Base64] = Field(description="base64-encoded image files (JPEG, PNG, GIF, BMP, WebP, TIFF, ...)")
+    top_k: int = Field(5, description="labels per image, best first")
+
+    @classmethod
+    async def from_form(cls, request: Request) -> ClassifyRequest:
+        try:
+            form = await request.form(max_files=1024, max_fields=16)
+        except Exception as error:  # python-multipart's and Starlette's parse errors
+            raise _parse_error(cls, "body", "multipart_invalid", f"malformed multipart body: {error}") from None
+        images: list[bytes] = []
+        fields: dict[str, Any] = {}
+        for name, value in form.multi_items():
+            if name == "images" and isinstance(value, UploadFile):
+                images.append(await value.read())
+            elif name == "images":
+                raise _parse_error(cls, "images", "file_expected", "each `images` part must be a file upload")
+            elif name == "top_k" and isinstance(value, str) and value.strip().isdigit():
+                fields["top_k"] = int(value)
+            else:
+                fields[name] = value  # pydantic names the problem: unknown field or wrong type
+        return cls.model_validate({"images": images, **fields})
+
+
+class GenerateRequest(Body):
+    count: int | None = Field(None, description="number of images (default 1, or the number of latents)")
+    seed: Seed | None = Field(None, description="draw the latents from this seed (random when neither is given)")
+    class_: Class = None
+    latents: LatentRows | None = Field(None, description="explicit latents instead of a seed")
+    format: Literal["png", "grid", "json"] = Field(
+        "png", description="png: one image/png (count 1); grid: one PNG of all images; json: base64 PNGs + latents"
+    )
+
+
+class InterpolateRequest(Body):
+    seeds: list[Seed] | None = Field(None, description="two seeds: the end points")
+    latents: LatentRows | None = Field(None, description="two latents: the end points (instead of seeds)")
+    steps: int = Field(8, description="images in the strip, end points included")
+    class_: Class = None
+
+
+PNG = Annotated[Path, ContentType("image/png")]  # OpenAPI type of the PNG responses
+
+
+class ModelRef(pydantic.BaseModel):
+    name: str
+    version: str
+
+
+class Label(pydantic.BaseModel):
+    label: str
+    score: float
+
+
+class ClassifyResponse(pydantic.BaseModel):
+    model: ModelRef
+    predictions: list[list[Label]] = Field(description="per image, in request order: top_k labels, best first")
+
+
+class GeneratedImage(pydantic.BaseModel):
+    model_config = ConfigDict(ser_json_bytes="base64", populate_by_name=True)
+
+    png: bytes = Field(description="base64 PNG")
+    class_id: int
+    class_: str | None = Field(alias="class", serialization_alias="class")
+    latent: list[float]
+
+
+class GenerateResponse(pydantic.BaseModel):
+    model: ModelRef
+    seed: int | None = Field(description="the seed the latents were drawn from (null when latents were given)")
+    images: list[GeneratedImage]
+
+
+# -- responses and the one error mapping ---------------------------------------------------
+
+STATUS = {  # most specific first
+    LimitExceeded: 413,
+    ValidationError: 400,
+    NotFound: 404,
+    Unauthenticated: 401,
+    Unavailable: 503,
+    DeadlineExceeded: 504,
+}
+
+
+def model_headers(info: ModelInfo) -> dict[str, str]:
+    return {"X-Model-Name": info.name, "X-Model-Version": info.version}
+
+
+def json_response(body: pydantic.BaseModel, info: ModelInfo) -> Response:
+    return Response(body.model_dump_json(by_alias=True), media_type="application/json", headers=model_headers(info))
+
+
+def png_response(data: bytes, info: ModelInfo, **headers: str) -> Response:
+    return Response(data, media_type="image/png", headers={**model_headers(info), **headers})
+
+
+def error_response(error: ServiceError) -> JSONResponse:
+    """Count the rejection and render it: the only place a core error becomes HTTP."""
+    metrics().rejected.labels(reason=error.reason).inc()
+    status = next(code for kind, code in STATUS.items() if isinstance(error, kind))
+    headers = {}
+    if isinstance(error, Unavailable):
+        headers["Retry-After"] = str(error.retry_after_s)
+    if isinstance(error, Unauthenticated):
+        headers["WWW-Authenticate"] = "Bearer"
+    loc = [int(part) if part.isdigit() else part for part in re.findall(r"[^.\[\]]+", error.field or "")]
+    detail = {"loc": loc, "msg": error.problem, "type": error.reason}
+    return JSONResponse({"error": str(error), "detail": [detail]}, status_code=status, headers=headers)
+
+
+def errors(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    """API method decorator: core errors → HTTP error responses."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: Any, **kwargs: Any) -> Response:
+        try:
+            return await handler(*args, **kwargs)
+        except ServiceError as error:
+            return error_response(error)
+
+    return wrapper
+
+
+def _parse_error(model: type, field: str, kind: str, message: str) -> pydantic.ValidationError:
+    return pydantic.ValidationError.from_exception_data(
+        model.__name__, [InitErrorDetails(type=PydanticCustomError(kind, message), loc=(field,), input=None)]
+    )
+
+
+# -- the guard in front of every route -----------------------------------------------------
+
+OPEN_PATHS = ("/livez", "/healthz", "/readyz", "/metrics", "/", "/docs.json", "/schema.json")
+OPEN_PREFIXES = ("/static_content/", "/assets/")
+
+
+def engine() -> Engine:
+    return bentoml.get_current_service().engine
+
+
+class Guard:
+    """ASGI middleware: API keys on everything but health, metrics and docs; for inference
+    (POST) a request slot is taken before the body is read, and the body is size-checked."""
+
+    def __init__(self, app: Callable, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+            return await self.app(scope, receive, send)
+        try:
+            core = engine()
+            core.keys.check(_header(scope, b"authorization"))
+            if scope["method"] != "POST":
+                return await self.app(scope, receive, send)
+            with core.admit():
+                body = await self._read_body(scope, receive)
+                await self.app(scope, _replay(body, receive), send)
+        except ServiceError as error:
+            await error_response(error)(scope, receive, send)
+
+    async def _read_body(self, scope: dict, receive: Callable) -> bytes:
+        too_large = LimitExceeded("body", f"larger than {self.max_body_bytes} bytes")
+        declared = _header(scope, b"content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise too_large
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                raise too_large
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+
+def _header(scope: dict, name: bytes) -> str | None:
+    return next((value.decode("latin-1") for key, value in scope["headers"] if key == name), None)
+
+
+def _replay(body: bytes, receive: Callable) -> Callable:
+    """Hand the already-read body to the app once, then pass through (disconnects)."""
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+# -- GET /models (BentoML API routes are POST-only) -----------------------------------------
+
+
+def card(info: ModelInfo) -> dict[str, Any]:
+    return {"name": info.name, "version": info.version, "kind": info.kind, "source": info.source, "card": info.card}
+
+
+@errors
+async def list_models(request: Request) -> Response:
+    return JSONResponse({"models": [card(info) for info in engine().models()]})
+
+
+@errors
+async def get_model(request: Request) -> Response:
+    return JSONResponse(card(engine().model(request.path_params["name"])))
+
+
+models_app = Starlette(routes=[Route("/models", list_models), Route("/models/{name}", get_model)])

@@ -1,0 +1,246 @@
+"""The DCGAN: network shapes, the exported signatures and their checks, training on a toy task.
+
+The toy task is an image folder with two classes, a bright band in the top half or in the
+bottom half of a dark 32-px RGB image: a tiny conditional GAN learns it in seconds, and
+whether a sample honours its class can be read off its pixels, no classifier needed.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from training import gan
+from training.cli import run_cli
+from training.gan_export import MAX_BATCH, export_generator
+from training.gan_model import GANConfig, build_discriminator, build_generator
+
+TINY = GANConfig(image_size=28, channels=1, num_classes=3, latent_dim=8, filters=8)
+TOY_FLAGS = ["--epochs", "6", "--filters", "16", "--latent-dim", "8", "--batch-size", "32", "--learning-rate", "1e-3"]
+TOY_STEPS_PER_EPOCH = 20  # 2 classes x 400 images, 20% held out for test, batches of 32
+
+
+# --- networks --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size, upsamplings, base", [(28, 2, 7), (32, 2, 8), (64, 3, 8)])
+def test_generator_and_discriminator_shapes(size, upsamplings, base):
+    config = GANConfig(image_size=size, channels=3, num_classes=4, latent_dim=8, filters=8)
+    assert (config.upsamplings, config.base_size) == (upsamplings, base)
+    latents, class_ids = tf.random.normal([5, 8]), tf.constant([0, 1, 2, 3, 0])
+    images = build_generator(config)([latents, class_ids])
+    assert images.shape == (5, size, size, 3)
+    assert float(tf.reduce_min(images)) >= -1 and float(tf.reduce_max(images)) <= 1
+    assert build_discriminator(config)([images, class_ids]).shape == (5,)
+
+
+def test_sizes_the_ladder_cannot_make_are_refused():
+    with pytest.raises(ValueError, match="cannot be generated"):
+        build_generator(GANConfig(image_size=30))
+
+
+# --- the export ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """An untrained tiny generator, exported and loaded back with tf.saved_model.load alone."""
+    out = tmp_path_factory.mktemp("generator")
+    model_dir = export_generator(build_generator(TINY), TINY, ["a", "b", "c"], out, {"name": "tiny", "metrics": {}})
+    return model_dir, tf.saved_model.load(str(model_dir))
+
+
+def test_export_writes_a_versioned_model_with_its_card(exported):
+    model_dir, _ = exported
+    assert model_dir.name == "1" and (model_dir / "saved_model.pb").exists()
+    card = json.loads((model_dir / "model_card.json").read_text())
+    assert card["kind"] == "generator" and card["name"] == "tiny" and card["version"] == 1
+    assert card["image_size"] == [28, 28] and card["channels"] == 1
+    assert card["latent_dim"] == 8 and card["classes"] == ["a", "b", "c"] and card["conditional"] is True
+    for key in ("created", "metrics", "max_batch", "signatures"):
+        assert key in card
+
+
+def test_serving_default_gives_uint8_images(exported):
+    _, model = exported
+    out = model.signatures["serving_default"](latents=tf.random.normal([4, 8]), class_ids=tf.constant([0, 1, 2, 0]))
+    assert out["images"].dtype == tf.uint8 and out["images"].shape == (4, 28, 28, 1)
+
+
+def test_seeded_generation_is_deterministic(exported):
+    _, model = exported
+    seeded = model.signatures["generate_seeded"]
+
+    def call(seed, count=6, class_id=-1):
+        return seeded(seed=tf.constant(seed, tf.int64), count=tf.constant(count), class_id=tf.constant(class_id))
+
+    first, again, other = call(7), call(7), call(8)
+    np.testing.assert_array_equal(first["images"], again["images"])
+    np.testing.assert_array_equal(first["latents"], again["latents"])
+    assert not np.array_equal(first["latents"], other["latents"])
+    assert first["class_ids"].numpy().tolist() == [0, 1, 2, 0, 1, 2]  # -1 cycles through the classes
+    assert call(7, class_id=2)["class_ids"].numpy().tolist() == [2] * 6
+    # The seeded images are exactly what serving_default makes from the returned latents.
+    direct = model.signatures["serving_default"](latents=first["latents"], class_ids=first["class_ids"])
+    np.testing.assert_array_equal(direct["images"], first["images"])
+
+
+@pytest.mark.parametrize("latents, class_ids, message", [
+    (np.zeros([2, 5]), [0, 1], "latents must have 8 columns"),
+    (np.full([2, 8], np.nan), [0, 1], "latents must be finite"),
+    (np.full([2, 8], np.inf), [0, 1], "latents must be finite"),
+    (np.zeros([2, 8]), [0, 3], "class ids must be < 3"),
+    (np.zeros([2, 8]), [-1, 0], "class ids must be >= 0"),
+    (np.zeros([2, 8]), [0], "same number of rows"),
+    (np.zeros([0, 8]), [], "at least one latent row"),
+    (np.zeros([MAX_BATCH + 1, 8]), [0] * (MAX_BATCH + 1), f"at most {MAX_BATCH} images"),
+])
+def test_bad_latents_or_classes_raise_a_clear_error(exported, latents, class_ids, message):
+    _, model = exported
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        model.signatures["serving_default"](latents=tf.constant(latents, tf.float32),
+                                            class_ids=tf.constant(class_ids, tf.int32))
+
+
+@pytest.mark.parametrize("count, class_id, message", [
+    (0, 0, "count must be at least 1"),
+    (-3, 0, "count must be at least 1"),
+    (MAX_BATCH + 1, 0, f"count must be at most {MAX_BATCH}"),
+    (4, 3, "class_id must be < 3"),
+    (4, -2, "class_id must be -1"),
+])
+def test_bad_seeded_requests_raise_a_clear_error(exported, count, class_id, message):
+    _, model = exported
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        model.signatures["generate_seeded"](seed=tf.constant(1, tf.int64), count=tf.constant(count),
+                                            class_id=tf.constant(class_id))
+
+
+def test_unconditional_generator_takes_class_zero_only(tmp_path):
+    config = GANConfig(image_size=28, channels=1, num_classes=1, latent_dim=8, filters=8)
+    model_dir = export_generator(build_generator(config), config, ["ignored"], tmp_path, {"metrics": {}})
+    assert json.loads((model_dir / "model_card.json").read_text())["classes"] == ["any"]
+    serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    assert serve(latents=tf.zeros([2, 8]), class_ids=tf.constant([0, 0]))["images"].shape == (2, 28, 28, 1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="class ids must be < 1"):
+        serve(latents=tf.zeros([1, 8]), class_ids=tf.constant([1]))
+
+
+# --- training on the toy task ----------------------------------------------------------
+
+
+def _band_images(count: int, top: bool, rng) -> list[np.ndarray]:
+    images = []
+    for _ in range(count):
+        image = rng.integers(0, 40, (32, 32, 3)).astype(np.uint8)
+        row = rng.integers(2, 10) if top else rng.integers(22, 30)
+        image[row - 2:row + 2, 4:28] = rng.integers(200, 256)
+        images.append(image)
+    return images
+
+
+@pytest.fixture(scope="module")
+def toy_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bands")
+    rng = np.random.default_rng(0)
+    for name, top in (("bottom", False), ("top", True)):
+        (root / name).mkdir()
+        for index, image in enumerate(_band_images(400, top, rng)):
+            Image.fromarray(image).save(root / name / f"{index:03d}.png")
+    return root
+
+
+def _train(argv: list[str]) -> int:
+    return run_cli(lambda: gan.main(argv))
+
+
+def _band_on_top(images: np.ndarray) -> np.ndarray:
+    """Per image: is the top half brighter than the bottom half?"""
+    return images[:, :16].mean(axis=(1, 2, 3)) > images[:, 16:].mean(axis=(1, 2, 3))
+
+
+@pytest.fixture(scope="module")
+def toy_run(toy_folder, tmp_path_factory, monkeypatch_module):
+    """Train the toy GAN in two pieces: 3 epochs, then --resume to 6 (with evaluation)."""
+    work = tmp_path_factory.mktemp("toy")
+    monkeypatch_module.chdir(work)  # the evaluator cache (.cache/) goes here
+    common = ["--run-dir", "run", "--out", "models"]
+    assert _train(["--data", str(toy_folder), *TOY_FLAGS, "--epochs", "3", "--no-evaluate", *common]) == 0
+    assert _train(["--resume", "--epochs", "6", "--evaluate", *common]) == 0
+    return work
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.mark.slow
+def test_toy_generator_respects_the_requested_class(toy_run):
+    model_dir = toy_run / "models" / "2"
+    seeded = tf.saved_model.load(str(model_dir)).signatures["generate_seeded"]
+    card = json.loads((model_dir / "model_card.json").read_text())
+    assert card["classes"] == ["bottom", "top"] and card["channels"] == 3 and card["image_size"] == [32, 32]
+    for class_id, name in enumerate(card["classes"]):
+        images = seeded(seed=tf.constant(0, tf.int64), count=tf.constant(32), class_id=tf.constant(class_id))
+        on_top = _band_on_top(images["images"].numpy()).mean()
+        assert on_top == (1.0 if name == "top" else 0.0), f"{name}: {on_top:.0%} of the samples have the band on top"
+    metrics = card["metrics"]
+    assert metrics["class_consistency"] >= 0.9
+    assert np.isfinite(metrics["fid"]) and metrics["fid_floor"] > 0
+
+
+@pytest.mark.slow
+def test_resume_continues_where_the_run_stopped(toy_run, toy_folder):
+    run = toy_run / "run"
+    history = json.loads((run / "history.json").read_text())
+    assert [epoch["epoch"] for epoch in history["epochs"]] == [1, 2, 3, 4, 5, 6]
+    assert len(history["steps"]) == 6 * TOY_STEPS_PER_EPOCH
+    assert sorted(path.name for path in (run / "samples").iterdir())[-1] == "epoch_006.png"
+    assert (run / "training_curves.png").exists()
+    # The resumed run ends where an uninterrupted one does: same optimizer step count and
+    # the same weights (same shuffles, latents and dropout masks after the restore).
+    straight = ["--data", str(toy_folder), *TOY_FLAGS, "--no-evaluate", "--run-dir", "straight", "--out", "straight"]
+    assert _train(straight) == 0
+    resumed = tf.saved_model.load(str(toy_run / "models" / "2")).signatures["generate_seeded"]
+    uninterrupted = tf.saved_model.load(str(toy_run / "straight" / "1")).signatures["generate_seeded"]
+    request = dict(seed=tf.constant(3, tf.int64), count=tf.constant(8), class_id=tf.constant(-1))
+    np.testing.assert_allclose(resumed(**request)["images"].numpy().astype(int),
+                               uninterrupted(**request)["images"].numpy().astype(int), atol=1)
+    straight_history = json.loads((toy_run / "straight" / "history.json").read_text())
+    np.testing.assert_allclose(history["steps"], straight_history["steps"], atol=1e-3)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--ema", "1.5"], "--ema must be in [0, 1)"),
+    (["--data", "no/such/folder"], "no/such/folder"),
+    (["--data", "fashion-mnist", "--image-size", "30"], "cannot be generated"),
+    (["--resume"], "nothing to resume"),
+])
+def test_user_mistakes_get_a_clear_error(argv, message, tmp_path, capsys):
+    assert _train([*argv, "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_resume_refuses_to_change_the_recipe(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({**gan.DEFAULTS, "run_dir": str(run)}))
+    (run / "history.json").write_text(json.dumps({"epochs": [{"epoch": 1}], "steps": []}))
+    assert _train(["--resume", "--run-dir", str(run), "--filters", "8", "--epochs", "3"]) == 2
+    assert "--filters cannot change" in capsys.readouterr().err
+    assert _train(["--resume", "--run-dir", str(run), "--epochs", "1"]) == 2
+    assert "already trained 1 epochs" in capsys.readouterr().err
+
+
+def test_help_states_every_default(capsys):
+    with pytest.raises(SystemExit):
+        gan.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, value in gan.DEFAULTS.items():
+        assert f"(default: {value})" in text, name

@@ -1,0 +1,449 @@
+"""The BentoML service over real HTTP: `bentoml serve` on loopback with tiny real models.
+
+Two servers start side by side, once for the module: an open one with the defaults
+(models from the BentoML store) and a locked-down one (API keys, small limits, models
+from folders).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = ("key-from-env", "key-from-file")
+LIMITS = {"DIPTYCH_MAX_IMAGES": "2", "DIPTYCH_MAX_PIXELS": "100000", "DIPTYCH_MAX_BODY_BYTES": "200000",
+          "DIPTYCH_MAX_GENERATE": "4", "DIPTYCH_MAX_STEPS": "4", "DIPTYCH_MAX_CONCURRENCY": "1",
+          "DIPTYCH_TIMEOUT_S": "0"}  # no wait at all: every inference times out, deterministically
+
+
+class Server:
+    """`bentoml serve service.service:Diptych` on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        bentoml = Path(sys.executable).with_name("bentoml")
+        self.process = subprocess.Popen(
+            [str(bentoml), "serve", "service.service:Diptych", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def wait(self, path: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"the server exited:\n{self.log.read_text()[-3000:]}"
+            try:
+                if self.client.get(path).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"{path} not 200 after {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.client.close()
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_models, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("service")
+    env = {**os.environ, "BENTOML_HOME": str(tmp / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {key: value for key, value in env.items() if not key.startswith("DIPTYCH_")}
+    publish = subprocess.run([sys.executable, "-m", "training.publish", str(tiny_models["classifier"]),
+                              str(tiny_models["generator"])], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert publish.returncode == 0, publish.stderr[-3000:]
+    (tmp / "keys").write_text(f"# mounted secret\n{KEYS[1]}\n")
+    open_server = Server(env, tmp / "open.log")
+    locked = Server({**env, **LIMITS, "DIPTYCH_API_KEYS": KEYS[0], "DIPTYCH_API_KEYS_FILE": str(tmp / "keys"),
+                     "DIPTYCH_CLASSIFIER": str(tiny_models["classifier"]),
+                     "DIPTYCH_GENERATOR": str(tiny_models["generator"])}, tmp / "locked.log")
+    try:
+        open_server.wait("/livez")
+        # Live but still loading: readiness and inference say so, with Retry-After.
+        open_server.startup = (open_server.client.get("/readyz"), classify(open_server.client, [png_bytes()]))
+        open_server.wait("/readyz")
+        locked.wait("/readyz")
+        yield open_server, locked
+    finally:
+        open_server.stop()
+        locked.stop()
+
+
+@pytest.fixture(scope="module")
+def server(servers) -> Server:
+    return servers[0]
+
+
+@pytest.fixture(scope="module")
+def locked(servers) -> Server:
+    return servers[1]
+
+
+@pytest.fixture(scope="module")
+def fashion(tiny_models):
+    """30 Fashion-MNIST test items as PNG bytes, their labels, and the raw model's scores."""
+    import tensorflow as tf
+
+    from training.data import load_dataset
+
+    test = load_dataset("fashion-mnist", split="test")
+    images = [png_bytes(image) for image in test.images[:30]]
+    raw = tf.saved_model.load(str(tiny_models["classifier"])).signatures["serving_default"]
+    scores = raw(image_bytes=tf.constant(images))["scores"].numpy()
+    return images, [test.class_names[i] for i in test.labels[:30]], scores, test.class_names
+
+
+def png_bytes(pixels: np.ndarray | None = None, fmt: str = "PNG", mode: str | None = None) -> bytes:
+    image = Image.fromarray(np.squeeze(pixels)) if pixels is not None else Image.new("RGB", (40, 30), (90, 30, 200))
+    buffer = io.BytesIO()
+    (image.convert(mode) if mode else image).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def classify(client: httpx.Client, images: list[bytes], **fields) -> httpx.Response:
+    body = {"images": [base64.b64encode(image).decode() for image in images], **fields}
+    return client.post("/classify", json=body)
+
+
+def assert_error(response: httpx.Response, status: int, field: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    if field:
+        fields = [".".join(str(part) for part in item["loc"]) for item in body["detail"]]
+        assert any(name.startswith(field) for name in fields), (field, body)
+    assert all(item["msg"] for item in body["detail"])
+    return body
+
+
+def scrape(client: httpx.Client) -> dict[tuple[str, frozenset], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        for sample in family.samples
+    }
+
+
+def total(metrics: dict, name: str, **labels: str) -> float:
+    wanted = set(labels.items())
+    return sum(value for (sample, sample_labels), value in metrics.items() if sample == name and wanted <= sample_labels)
+
+
+# -- readiness, health, models --------------------------------------------------------------
+
+
+def test_ready_only_after_models_are_warm(server):
+    readyz, inference = server.startup
+    assert readyz.status_code == 503
+    assert inference.status_code == 503 and inference.headers["Retry-After"]
+    assert inference.json()["detail"][0]["type"] == "not_ready"
+    assert server.client.get("/readyz").status_code == 200
+    assert server.client.get("/livez").status_code == 200
+
+
+def test_models_lists_both_cards(server, tiny_models):
+    models = {model["kind"]: model for model in server.client.get("/models").json()["models"]}
+    assert models["classifier"]["name"] == "classifier" and models["classifier"]["version"] == "1"
+    assert models["classifier"]["source"] == "classifier:latest"
+    assert len(models["classifier"]["card"]["labels"]) == 10
+    assert models["generator"]["card"]["latent_dim"] > 0
+    assert server.client.get("/models/generator").json()["card"]["classes"][7] == "Sneaker"
+    assert_error(server.client.get("/models/nope"), 404, "name")
+
+
+def test_openapi_documents_every_field(server):
+    spec = server.client.get("/docs.json").json()
+    fields = {
+        route: set(spec["paths"][route]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"])
+        for route in ("/classify", "/generate", "/interpolate")
+    }
+    assert fields == {
+        "/classify": {"images", "top_k"},
+        "/generate": {"count", "seed", "class", "latents", "format"},
+        "/interpolate": {"seeds", "latents", "steps", "class"},
+    }
+
+
+# -- classify -------------------------------------------------------------------------------
+
+
+def test_classify_photos_as_multipart(server):
+    photos = {"coffee.jpg": png_bytes(skimage.data.coffee(), "JPEG"), "chelsea.png": png_bytes(skimage.data.chelsea()),
+              "astronaut.webp": png_bytes(skimage.data.astronaut(), "WEBP")}
+    response = server.client.post("/classify", files=[("images", (name, data)) for name, data in photos.items()],
+                                  data={"top_k": "3"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == {"name": "classifier", "version": "1"}
+    assert response.headers["X-Model-Name"] == "classifier" and response.headers["X-Model-Version"] == "1"
+    assert [len(labels) for labels in body["predictions"]] == [3, 3, 3]
+    for labels in body["predictions"]:
+        scores = [item["score"] for item in labels]
+        assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
+
+
+def test_classify_fashion_mnist_matches_the_raw_model(server, fashion):
+    images, truth, raw_scores, class_names = fashion
+    response = classify(server.client, images[:30], top_k=10)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    for labels, raw in zip(predictions, raw_scores):
+        served = {item["label"]: item["score"] for item in labels}
+        np.testing.assert_allclose([served[name] for name in class_names], raw, atol=1e-4)
+    top1 = [labels[0]["label"] for labels in predictions]
+    assert np.mean([p == t for p, t in zip(top1, truth)]) > 0.3  # chance is 0.1
+
+
+def test_classify_every_format_and_mode(server):
+    photo = skimage.data.chelsea()[::8, ::8]
+    variants = [png_bytes(photo, "BMP"), png_bytes(photo, "GIF"), png_bytes(photo, "TIFF"),
+                png_bytes(photo, "PNG", "RGBA"), png_bytes(photo, "PNG", "I;16"), png_bytes(photo, "JPEG", "CMYK"),
+                png_bytes(photo, "BMP", "1"), png_bytes(photo, "PNG", "P"), png_bytes(photo, "JPEG", "L")]
+    response = classify(server.client, variants)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == len(variants)
+
+
+# -- generate and interpolate ---------------------------------------------------------------
+
+
+def test_generate_is_deterministic_for_a_seed(server):
+    first = server.client.post("/generate", json={"seed": 7, "class": "Sneaker"})
+    again = server.client.post("/generate", json={"seed": 7, "class": 7})
+    assert first.status_code == 200 and first.headers["content-type"] == "image/png"
+    assert first.headers["X-Seed"] == "7" and first.headers["X-Model-Name"] == "generator"
+    assert first.content == again.content
+    shown = server.client.post("/generate", json={"seed": 7, "count": 3, "format": "json"}).json()
+    assert shown["seed"] == 7 and [image["class"] for image in shown["images"]] == ["T-shirt/top", "Trouser", "Pullover"]
+    replay = server.client.post("/generate", json={"latents": [image["latent"] for image in shown["images"]],
+                                                   "class": 0, "format": "json"}).json()
+    assert replay["seed"] is None
+    assert replay["images"][0]["png"] == shown["images"][0]["png"]
+
+
+def test_generate_without_seed_reports_the_one_it_drew(server):
+    drawn = server.client.post("/generate", json={})
+    again = server.client.post("/generate", json={"seed": int(drawn.headers["X-Seed"])})
+    assert drawn.content == again.content
+
+
+def test_generate_grid_and_interpolate_strip(server):
+    card = server.client.get("/models/generator").json()["card"]
+    height, width = card["image_size"]
+    grid = Image.open(io.BytesIO(server.client.post("/generate", json={"count": 5, "format": "grid"}).content))
+    assert grid.size == (3 * width, 2 * height)
+    strip = server.client.post("/interpolate", json={"seeds": [1, 2], "steps": 6, "class": "Bag"})
+    assert strip.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(strip.content)).size == (6 * width, height)
+    latents = np.random.default_rng(0).standard_normal((2, card["latent_dim"])).tolist()
+    assert server.client.post("/interpolate", json={"latents": latents, "steps": 3}).status_code == 200
+
+
+# -- bad input: a 4xx naming the field, never a 500 -----------------------------------------
+
+PNG = png_bytes()
+BAD_CLASSIFY_JSON = [
+    ({"images": ["not base64!"]}, "images"),
+    ({"images": [base64.b64encode(b"just text").decode()]}, "images"),
+    ({"images": [base64.b64encode(PNG[: len(PNG) // 2]).decode()]}, "images"),
+    ({"images": [""]}, "images"),
+    ({"images": []}, "images"),
+    ({"images": "abc"}, "images"),
+    ({"images": [base64.b64encode(PNG).decode()], "top_k": "5"}, "top_k"),
+    ({"images": [base64.b64encode(PNG).decode()], "top_k": 0}, "top_k"),
+    ({"images": [base64.b64encode(PNG).decode()], "top_k": 11}, "top_k"),
+    ({"images": [base64.b64encode(PNG).decode()], "topk": 5}, "topk"),
+    ({}, "images"),
+]
+BAD_GENERATE = [
+    ({"class": "Unicorn"}, "class"),
+    ({"class": 10}, "class"),
+    ({"latents": [[0.0, 1.0]]}, "latents"),
+    ({"count": 0}, "count"),
+    ({"count": 65, "format": "json"}, "count"),
+    ({"count": "2"}, "count"),
+    ({"seed": -1}, "seed"),
+    ({"seed": 1, "latents": [[0.0]]}, "seed"),
+    ({"count": 2}, "format"),
+    ({"format": "gif"}, "format"),
+    ({"colour": "red"}, "colour"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), BAD_CLASSIFY_JSON)
+def test_bad_classify_json(server, body, field):
+    assert_error(server.client.post("/classify", json=body), 400, field)
+
+
+@pytest.mark.parametrize(("body", "field"), BAD_GENERATE)
+def test_bad_generate(server, body, field):
+    assert_error(server.client.post("/generate", json=body), 400, field)
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-1e999"])
+def test_latents_must_be_finite(server, value):
+    dim = server.client.get("/models/generator").json()["card"]["latent_dim"]
+    row = ", ".join([value] + ["0.5"] * (dim - 1))
+    body = f'{{"latents": [[{row}]]}}'
+    assert_error(server.client.post("/generate", content=body, headers={"content-type": "application/json"}), 400, "latents")
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"seeds": [1, 2, 3]}, "seeds"), ({"seeds": [1, 2], "steps": 1}, "steps"), ({}, "seeds"),
+    ({"seeds": [1, 2], "latents": [[0.0], [1.0]]}, "seeds"),
+])
+def test_bad_interpolate(server, body, field):
+    assert_error(server.client.post("/interpolate", json=body), 400, field)
+
+
+@pytest.mark.parametrize(("content", "content_type", "field"), [
+    (b"", "application/json", "body"),
+    (b"{not json", "application/json", ""),
+    (b"[1, 2]", "application/json", ""),
+])
+def test_unparseable_bodies(server, content, content_type, field):
+    for route in ("/classify", "/generate", "/interpolate"):
+        assert_error(server.client.post(route, content=content, headers={"content-type": content_type}), 400, field)
+
+
+@pytest.mark.parametrize(("files", "field"), [
+    ([("images", ("empty.png", b""))], "images"),
+    ([("images", ("note.txt", b"hello"))], "images"),
+    ([("images", ("cut.jpg", png_bytes(fmt="JPEG")[:300]))], "images"),
+    ([("images", ("ok.png", PNG)), ("top_k", (None, "many"))], "top_k"),
+    ([("images", (None, "not a file"))], "images"),
+    ([("images", ("ok.png", PNG)), ("extra", (None, "1"))], "extra"),
+])
+def test_bad_multipart(server, files, field):
+    assert_error(server.client.post("/classify", files=files), 400, field)
+
+
+def test_bad_image_in_a_batch_spares_the_others(server):
+    """Undecodable images are isolated: the error names the right one."""
+    truncated = png_bytes(skimage.data.coffee(), "JPEG")[:2000]
+    body = assert_error(classify(server.client, [PNG, truncated, PNG]), 400, "images.1")
+    assert "truncated" in body["error"]
+
+
+# -- metrics --------------------------------------------------------------------------------
+
+
+def test_metrics_move_after_real_requests(server, fashion):
+    before = scrape(server.client)
+    assert classify(server.client, fashion[0][:4]).status_code == 200
+    assert server.client.post("/generate", json={"count": 3, "format": "grid"}).status_code == 200
+    assert server.client.post("/generate", json={"count": 0}).status_code == 400
+    after = scrape(server.client)
+
+    def moved(name, **labels):
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    clf, gen = {"model": "classifier", "version": "1"}, {"model": "generator", "version": "1"}
+    assert moved("diptych_images_classified_total", **clf) == 4
+    assert moved("diptych_predictions_total", **clf) == 4
+    assert moved("diptych_images_generated_total", **gen) == 3
+    assert moved("diptych_inference_seconds_count", **clf) >= 1
+    assert moved("diptych_batch_size_sum", **gen) == 3
+    assert moved("diptych_requests_rejected_total", reason="invalid_input") == 1
+    assert total(after, "diptych_model_info", kind="classifier", **clf) == 1
+    assert moved("bentoml_service_request_total") >= 3  # BentoML's own metrics are there too
+
+
+# -- the locked-down server: API keys and limits --------------------------------------------
+
+
+def test_keys_are_required_for_inference_and_models(locked):
+    for response in (locked.client.get("/models"), classify(locked.client, [PNG]),
+                     locked.client.get("/models", headers={"Authorization": "Bearer wrong"}),
+                     locked.client.get("/models", headers={"Authorization": KEYS[0]})):
+        body = assert_error(response, 401, "authorization")
+        assert response.headers["WWW-Authenticate"] == "Bearer" and "API key" in body["error"]
+    for key in KEYS:
+        assert locked.client.get("/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+def test_health_and_metrics_stay_open(locked):
+    for path in ("/livez", "/readyz", "/metrics", "/docs.json"):
+        assert locked.client.get(path).status_code == 200
+
+
+def test_keys_are_never_logged(locked):
+    locked.client.get("/models", headers={"Authorization": f"Bearer {KEYS[0]}"})
+    assert not any(key in locked.log.read_text() for key in KEYS)
+
+
+def test_auth_is_off_without_keys(server):
+    assert server.client.get("/models").status_code == 200
+
+
+AUTH = {"Authorization": f"Bearer {KEYS[1]}"}
+
+
+@pytest.mark.parametrize(("request_args", "status", "field"), [
+    (("/classify", {"images": [base64.b64encode(PNG).decode()] * 3}), 413, "images"),
+    (("/classify", {"images": [base64.b64encode(png_bytes(np.zeros((400, 400), np.uint8))).decode()]}), 413, "images.0"),
+    (("/classify", {"images": [base64.b64encode(os.urandom(160_000)).decode()]}), 413, "body"),
+    (("/generate", {"count": 5, "format": "grid"}), 400, "count"),
+    (("/interpolate", {"seeds": [1, 2], "steps": 5}), 400, "steps"),
+])
+def test_limits(locked, request_args, status, field):
+    route, body = request_args
+    assert_error(locked.client.post(route, json=body, headers=AUTH), status, field)
+
+
+def test_chunked_body_over_the_limit(locked):
+    chunks = (b"x" * 50_000 for _ in range(5))
+    assert_error(locked.client.post("/classify", content=chunks, headers=AUTH), 413, "body")
+
+
+def test_timeout_is_a_504(locked):
+    body = assert_error(locked.client.post("/generate", json={"seed": 1}, headers=AUTH), 504, "")
+    assert body["detail"][0]["type"] == "timeout"
+
+
+def test_excess_concurrency_is_refused_with_retry_after(locked):
+    """One request slot: a request still sending its body holds it, the next is refused."""
+
+    def slow_body():
+        yield b'{"images": ['
+        time.sleep(1.5)
+        yield b"]}"
+
+    holder = threading.Thread(target=lambda: httpx.post(f"{locked.url}/classify", content=slow_body(),
+                                                        headers=AUTH, timeout=30))
+    holder.start()
+    time.sleep(0.5)
+    refused = locked.client.post("/generate", json={"seed": 1}, headers=AUTH)
+    holder.join()
+    assert_error(refused, 503, "")
+    assert refused.headers["Retry-After"] == "1" and refused.json()["detail"][0]["type"] == "overloaded"
+

@@ -1,0 +1,83 @@
+"""Publish an exported model into the BentoML model store, where the service finds it.
+
+    python -m training.publish models/classifier/3        # one version
+    python -m training.publish models/generator           # its highest version
+    python -m training.publish models/classifier models/generator
+
+The store tag is `<card name>:<card version>` (`classifier:3`), so the service's default
+`classifier:latest` picks it up; the model card becomes the tag's metadata, its kind,
+dataset and backbone its labels. Publishing the same export again changes nothing;
+a different export under a tag that exists needs --force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+from training.cli import UserError, run_cli
+from training.export import latest_version_dir, read_card
+
+DIGEST_LABEL = "saved_model_sha256"
+
+
+def publish(path: str | Path, name: str | None = None, force: bool = False) -> str:
+    """Import the SavedModel at `path` (a version folder or its parent); return the tag."""
+    import bentoml
+
+    source = _version_dir(Path(path))
+    card = read_card(source)
+    tag = bentoml.Tag(name or card["name"], str(card["version"]))
+    digest = hashlib.sha256((source / "saved_model.pb").read_bytes()).hexdigest()
+    try:
+        existing = bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound:
+        existing = None
+    if existing is not None:
+        if existing.info.labels.get(DIGEST_LABEL) == digest:
+            return f"{tag} (already published)"
+        if not force:
+            raise UserError(f"{tag} already holds a different model: retrain into a new version or pass --force")
+        bentoml.models.delete(tag)
+    labels = {key: str(card[key]) for key in ("kind", "dataset", "backbone") if card.get(key) is not None}
+    with bentoml.models.create(tag, labels={**labels, DIGEST_LABEL: digest}, metadata=_without_none(card)) as model:
+        shutil.copytree(source, model.path, dirs_exist_ok=True)
+    return str(tag)
+
+
+def _version_dir(path: Path) -> Path:
+    if (path / "saved_model.pb").is_file():
+        return path
+    latest = latest_version_dir(path) if path.is_dir() else None
+    if latest is None:
+        raise UserError(f"{path}: neither a SavedModel folder nor a folder of numbered versions")
+    return latest
+
+
+def _without_none(value: Any) -> Any:
+    """BentoML metadata takes basic types only: drop the card's nulls."""
+    if isinstance(value, dict):
+        return {key: _without_none(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_none(item) for item in value if item is not None]
+    return value
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m training.publish", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="models/<kind>/<version>, or models/<kind> for its highest version")
+    parser.add_argument("--name", help="store name (default: the card's name, which the service looks up); one PATH only")
+    parser.add_argument("--force", action="store_true", help="replace a different model published under the same tag")
+    args = parser.parse_args(argv)
+    if args.name and len(args.paths) > 1:
+        raise UserError("--name applies to one PATH only")
+    for path in args.paths:
+        print(f"published {publish(path, args.name, args.force)}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
