@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import re
-from pathlib import Path
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bentoml
@@ -28,8 +28,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .core import (
+    Classification,
     DeadlineExceeded,
     Engine,
+    Generation,
     LimitExceeded,
     NotFound,
     ServiceError,
@@ -37,6 +39,7 @@ from .core import (
     Unavailable,
     ValidationError,
 )
+from .core.images import encode_png, tile
 from .core.metrics import metrics
 from .core.models import ModelInfo
 
@@ -109,6 +112,12 @@ class GenerateRequest(Body):
         "png", description="png: one image/png (count 1); grid: one PNG of all images; json: base64 PNGs + latents"
     )
 
+    def check_format(self) -> None:
+        """Refuse before generating what the format cannot return."""
+        wanted = len(self.latents) if self.latents is not None else self.count or 1
+        if self.format == "png" and wanted > 1:
+            raise ValidationError("format", "png returns one image: use grid or json for more")
+
 
 class InterpolateRequest(Body):
     seeds: list[Seed] | None = Field(None, description="two seeds: the end points")
@@ -150,16 +159,29 @@ class GenerateResponse(pydantic.BaseModel):
     images: list[GeneratedImage]
 
 
-# -- responses and the one error mapping ---------------------------------------------------
+# -- responses, and the one error mapping ---------------------------------------------------
 
-STATUS = {  # most specific first
-    LimitExceeded: 413,
-    ValidationError: 400,
-    NotFound: 404,
-    Unauthenticated: 401,
-    Unavailable: 503,
-    DeadlineExceeded: 504,
-}
+def classified(result: Classification) -> Response:
+    predictions = [[Label(label=label, score=score) for label, score in row] for row in result.predictions]
+    return json_response(ClassifyResponse(model=model_ref(result.model), predictions=predictions), result.model)
+
+
+def generated(result: Generation, form: str) -> Response:
+    """`form`: json (base64 PNGs and latents), grid (one PNG), strip (one PNG row); png is a grid of one."""
+    if form == "json":
+        images = [
+            GeneratedImage(png=encode_png(image), class_id=int(class_id), class_=name, latent=latent.tolist())
+            for image, class_id, name, latent in zip(result.images, result.class_ids, result.class_names, result.latents)
+        ]
+        body = GenerateResponse(model=model_ref(result.model), seed=result.seed, images=images)
+        return json_response(body, result.model)
+    grid = tile(result.images, columns=len(result.images) if form == "strip" else None)
+    seed = {} if result.seed is None else {"X-Seed": str(result.seed)}
+    return Response(encode_png(grid), media_type="image/png", headers={**model_headers(result.model), **seed})
+
+
+def model_ref(info: ModelInfo) -> ModelRef:
+    return ModelRef(name=info.name, version=info.version)
 
 
 def model_headers(info: ModelInfo) -> dict[str, str]:
@@ -170,8 +192,14 @@ def json_response(body: pydantic.BaseModel, info: ModelInfo) -> Response:
     return Response(body.model_dump_json(by_alias=True), media_type="application/json", headers=model_headers(info))
 
 
-def png_response(data: bytes, info: ModelInfo, **headers: str) -> Response:
-    return Response(data, media_type="image/png", headers={**model_headers(info), **headers})
+STATUS = {  # most specific first
+    LimitExceeded: 413,
+    ValidationError: 400,
+    NotFound: 404,
+    Unauthenticated: 401,
+    Unavailable: 503,
+    DeadlineExceeded: 504,
+}
 
 
 def error_response(error: ServiceError) -> JSONResponse:

@@ -15,7 +15,7 @@ from service.core import Engine, LimitExceeded, NotReady, Overloaded, Settings, 
 from service.core import validation
 from service.core.auth import ApiKeys
 from service.core.batching import Batcher
-from service.core.images import prepare, tile
+from service.core.images import prepare, tile, to_png
 
 
 def test_batcher_runs_a_lone_item_at_once_and_batches_what_piles_up():
@@ -94,12 +94,34 @@ def test_prepare_checks_headers_and_converts_what_the_graph_cannot_read():
     png = encoded()
     assert prepare(png, "images[0]", 1000) is png
     assert prepare(encoded("TIFF"), "images[0]", 1000).startswith(b"\x89PNG")
+    rotated = Image.new("RGB", (20, 10))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # stored sideways: to be turned 90 degrees
+    buffer = io.BytesIO()
+    rotated.save(buffer, format="JPEG", exif=exif)
+    assert Image.open(io.BytesIO(prepare(buffer.getvalue(), "images[0]", 1000))).size == (10, 20)
     with pytest.raises(LimitExceeded, match="20x10"):
         prepare(png, "images[3]", 100)
     for data in (b"", b"text, not an image"):
         with pytest.raises(ValidationError) as error:
             prepare(data, "images[1]", 1000)
         assert error.value.field == "images[1]"
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"])
+def test_corrupt_files_are_validation_errors(fmt):
+    """Whatever the bytes, the answer is usable bytes or a ValidationError, never a crash."""
+    rng = np.random.default_rng(0)
+    data = encoded(fmt, size=(24, 16))
+    for _ in range(100):
+        corrupt = bytearray(data[: rng.integers(1, len(data) + 1)])
+        for position in rng.integers(0, len(corrupt), 3):
+            corrupt[position] = rng.integers(0, 256)
+        try:
+            prepare(bytes(corrupt), "images[0]", 10_000)
+            to_png(bytes(corrupt), "images[0]")
+        except ValidationError:
+            pass
 
 
 def test_tile_makes_grids_and_strips():

@@ -364,12 +364,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model", help="a version folder (models/generator/3) or its parent (latest version)")
     parser.add_argument("--data", default=None, help="the data set to compare with (default: the one in the card)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents")
+    parser.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=True,
+                        help="measure FID, floor and class consistency (--no-metrics: figures only)")
     parser.add_argument("--figures", type=Path, default=None,
                         help="also write gan_samples.png and gan_interpolation.png into this folder")
     args = parser.parse_args(argv)
     model_dir = resolve_model_dir(args.model)
-    evaluation = evaluate_saved_generator(model_dir, args.data, args.seed)
-    print(json.dumps({"model": str(model_dir), **evaluation.as_dict()}, indent=2))
+    if args.metrics:
+        evaluation = evaluate_saved_generator(model_dir, args.data, args.seed)
+        print(json.dumps({"model": str(model_dir), **evaluation.as_dict()}, indent=2))
     if args.figures:
         for path in write_figures(model_dir, args.figures):
             print(f"wrote {path}")

