@@ -9,6 +9,7 @@ and the core's errors use the same one.
 
 from __future__ import annotations
 
+import base64
 import functools
 import re
 from collections.abc import Awaitable, Callable
@@ -145,9 +146,9 @@ class ClassifyResponse(pydantic.BaseModel):
 
 
 class GeneratedImage(pydantic.BaseModel):
-    model_config = ConfigDict(ser_json_bytes="base64", populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)
 
-    png: bytes = Field(description="base64 PNG")
+    png: str = Field(description="base64 PNG (standard alphabet, padded)")
     class_id: int
     class_: str | None = Field(alias="class", serialization_alias="class")
     latent: list[float]
@@ -170,7 +171,7 @@ def generated(result: Generation, form: str) -> Response:
     """`form`: json (base64 PNGs and latents), grid (one PNG), strip (one PNG row); png is a grid of one."""
     if form == "json":
         images = [
-            GeneratedImage(png=encode_png(image), class_id=int(class_id), class_=name, latent=latent.tolist())
+            GeneratedImage(png=base64.b64encode(encode_png(image)).decode(), class_id=int(class_id), class_=name, latent=latent.tolist())
             for image, class_id, name, latent in zip(result.images, result.class_ids, result.class_names, result.latents)
         ]
         body = GenerateResponse(model=model_ref(result.model), seed=result.seed, images=images)

@@ -26,6 +26,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.slow
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("key-from-env", "key-from-file")
@@ -231,6 +232,19 @@ def test_classify_every_format_and_mode(server):
     response = classify(server.client, variants)
     assert response.status_code == 200, response.text
     assert len(response.json()["predictions"]) == len(variants)
+
+
+def test_python_client(server, fashion):
+    """The README's example: bentoml.SyncHTTPClient, one dict per call."""
+    import bentoml
+
+    with bentoml.SyncHTTPClient(server.url) as client:
+        result = client.classify({"images": [base64.b64encode(fashion[0][0]).decode()], "top_k": 3})
+        generated = client.generate({"seed": 1, "count": 2, "format": "json"})
+        strip = client.interpolate({"seeds": [1, 2], "steps": 4})
+    assert result["model"]["name"] == "classifier" and len(result["predictions"][0]) == 3
+    assert generated["seed"] == 1 and len(generated["images"]) == 2
+    assert Image.open(strip).size[0] == 4 * Image.open(io.BytesIO(base64.b64decode(generated["images"][0]["png"]))).size[0]
 
 
 # -- generate and interpolate ---------------------------------------------------------------

@@ -123,9 +123,9 @@ def train(config: ClassifierConfig) -> Path:
         head = build_head(train_features.mean(axis=0), train_features.var(axis=0), len(labels),
                           config.dropout, config.l2)
         model = stack_backbone_and_head(extractor, head, config.image_size)
+        model.compile(keras.optimizers.Adam(config.learning_rate), **COMPILE)
         if config.augment:
             log("phase 1: training the head on augmented images through the frozen backbone")
-            model.compile(keras.optimizers.Adam(config.learning_rate), **COMPILE)
             model.fit(pipeline(train_set, shuffle=True, augment=True), epochs=config.epochs,
                       validation_data=pipeline(validation_set), callbacks=[early_stop], verbose=2)
         else:

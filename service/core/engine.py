@@ -121,9 +121,8 @@ class Engine:
     # -- inference -----------------------------------------------------------------
     async def classify(self, images: Sequence[bytes], top_k: int = 5) -> Classification:
         classifier = self.classifier
-        k = validation.top_k(top_k, classifier.labels)
+        labels, k = classifier.labels, validation.top_k(top_k, classifier.labels)
         rows = await self._wait(classifier.batcher.submit(validation.images(images, self.settings)))
-        labels = classifier.labels
         return Classification(
             classifier.info, [[(labels[i], float(row[i])) for i in np.argsort(-row)[:k]] for row in rows]
         )
@@ -135,8 +134,7 @@ class Engine:
         class_: int | str | None = None,
         latents: Sequence[Sequence[float]] | None = None,
     ) -> Generation:
-        generator = self.generator
-        return await self._generate(validation.generation(count, seed, class_, latents, generator, self.settings))
+        return await self._generate(validation.generation(count, seed, class_, latents, self.generator, self.settings))
 
     async def interpolate(
         self,
@@ -145,8 +143,9 @@ class Engine:
         steps: int = 8,
         class_: int | str | None = None,
     ) -> Generation:
-        generator = self.generator
-        return await self._generate(validation.interpolation(seeds, latents, steps, class_, generator, self.settings))
+        return await self._generate(
+            validation.interpolation(seeds, latents, steps, class_, self.generator, self.settings)
+        )
 
     async def _generate(self, plan: validation.Latents) -> Generation:
         generator = self.generator

@@ -55,6 +55,8 @@ def locate(ref: str) -> tuple[str, ModelInfo]:
 class ServedModel:
     """A loaded model behind its batcher; subclasses say how a batch is run."""
 
+    kind = ""  # the card's `kind` this class serves
+
     def __init__(self, info: ModelInfo, runtime: Runtime, settings: Settings) -> None:
         self.info = info
         self._runtime = runtime
@@ -69,6 +71,8 @@ class ServedModel:
     @classmethod
     def load(cls, ref: str, settings: Settings) -> ServedModel:
         path, info = locate(ref)
+        if info.kind != cls.kind:
+            raise ValueError(f"{ref} holds a {info.kind}, not a {cls.kind}")
         return cls(info, SavedModelRuntime(path), settings)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -97,6 +101,8 @@ class ServedModel:
 
 class Classifier(ServedModel):
     """Items are (encoded image, request field); results are score rows over `labels`."""
+
+    kind = "classifier"
 
     def __init__(self, info: ModelInfo, runtime: Runtime, settings: Settings) -> None:
         super().__init__(info, runtime, settings)
@@ -139,6 +145,8 @@ class Classifier(ServedModel):
 
 class Generator(ServedModel):
     """Items are (latent vector, class id); results are uint8 [H, W, C] images."""
+
+    kind = "generator"
 
     def __init__(self, info: ModelInfo, runtime: Runtime, settings: Settings) -> None:
         super().__init__(info, runtime, settings)
