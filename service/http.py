@@ -4,19 +4,23 @@ and the guard middleware (API keys, body size, admission) in front of the routes
 Bodies are parsed by pydantic into the schemas below (which are also the OpenAPI),
 then handed to the core `Engine`; every `ServiceError` becomes a JSON error body here.
 Parse errors keep BentoML's shape, `{"error": ..., "detail": [{"loc", "msg", "type"}]}`,
-and the core's errors use the same one.
+and the core's errors use the same one. The Open Inference Protocol's REST routes
+(`/v2/...`) live here too, beside `GET /models`; their data plane is `service.v2`.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+import json
 import re
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bentoml
+import numpy as np
 import pydantic
 from _bentoml_sdk import IODescriptor
 from bentoml.validators import ContentType
@@ -28,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from . import v2
 from .core import (
     Classification,
     DeadlineExceeded,
@@ -62,7 +67,7 @@ class Body(IODescriptor):
                 raise _parse_error(cls, "body", "empty_body", "the request body is empty: send a JSON object")
             return cls.model_validate_json(body)
         except pydantic.ValidationError:
-            metrics().rejected.labels(reason="invalid_input").inc()
+            metrics().rejected.labels(reason="invalid_input", protocol="http").inc()
             raise
 
     @classmethod
@@ -133,6 +138,7 @@ PNG = Annotated[Path, ContentType("image/png")]  # OpenAPI type of the PNG respo
 class ModelRef(pydantic.BaseModel):
     name: str
     version: str
+    runtime: str = Field(description="what runs the model: litert or tensorflow")
 
 
 class Label(pydantic.BaseModel):
@@ -182,11 +188,11 @@ def generated(result: Generation, form: str) -> Response:
 
 
 def model_ref(info: ModelInfo) -> ModelRef:
-    return ModelRef(name=info.name, version=info.version)
+    return ModelRef(name=info.name, version=info.version, runtime=info.runtime)
 
 
 def model_headers(info: ModelInfo) -> dict[str, str]:
-    return {"X-Model-Name": info.name, "X-Model-Version": info.version}
+    return {"X-Model-Name": info.name, "X-Model-Version": info.version, "X-Model-Runtime": info.runtime}
 
 
 def json_response(body: pydantic.BaseModel, info: ModelInfo) -> Response:
@@ -205,7 +211,7 @@ STATUS = {  # most specific first
 
 def error_response(error: ServiceError) -> JSONResponse:
     """Count the rejection and render it: the only place a core error becomes HTTP."""
-    metrics().rejected.labels(reason=error.reason).inc()
+    metrics().rejected.labels(reason=error.reason, protocol="http").inc()
     status = next(code for kind, code in STATUS.items() if isinstance(error, kind))
     headers = {}
     if isinstance(error, Unavailable):
@@ -238,8 +244,10 @@ def _parse_error(model: type, field: str, kind: str, message: str) -> pydantic.V
 
 # -- the guard in front of every route -----------------------------------------------------
 
-OPEN_PATHS = ("/livez", "/healthz", "/readyz", "/metrics", "/", "/docs.json", "/schema.json")
+OPEN_PATHS = ("/livez", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics", "/", "/docs.json",
+              "/schema.json")
 OPEN_PREFIXES = ("/static_content/", "/assets/")
+ROUTE = re.compile(r"/(classify|generate|interpolate|models(/[^/]+)?|v2(/models/[^/]+(/versions/[^/]+)?(/ready|/infer)?)?)")
 
 
 def engine() -> Engine:
@@ -258,16 +266,28 @@ class Guard:
         path = scope.get("path", "")
         if scope["type"] != "http" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def answer(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
             core = engine()
             core.keys.check(_header(scope, b"authorization"))
             if scope["method"] != "POST":
-                return await self.app(scope, receive, send)
+                return await self.app(scope, receive, answer)
             with core.admit():
                 body = await self._read_body(scope, receive)
-                await self.app(scope, _replay(body, receive), send)
+                await self.app(scope, _replay(body, receive), answer)
         except ServiceError as error:
-            await error_response(error)(scope, receive, send)
+            await error_response(error)(scope, receive, answer)
+        finally:
+            method = f"{scope['method']} {route(path)}"
+            metrics().requests.labels(protocol="http", method=method, code=str(status)).inc()
+            metrics().request_seconds.labels(protocol="http", method=method).observe(time.perf_counter() - start)
 
     async def _read_body(self, scope: dict, receive: Callable) -> bytes:
         too_large = LimitExceeded("body", f"larger than {self.max_body_bytes} bytes")
@@ -285,6 +305,14 @@ class Guard:
                 raise too_large
             more = message.get("more_body", False)
         return b"".join(chunks)
+
+
+def route(path: str) -> str:
+    """A bounded metrics label for a path: names and versions become {name} and {version}."""
+    if not ROUTE.fullmatch(path):
+        return "other"
+    path = re.sub(r"^(/v2)?/models/[^/]+", r"\1/models/{name}", path)
+    return re.sub(r"/versions/[^/]+", "/versions/{version}", path)
 
 
 def _header(scope: dict, name: bytes) -> str | None:
@@ -309,7 +337,8 @@ def _replay(body: bytes, receive: Callable) -> Callable:
 
 
 def card(info: ModelInfo) -> dict[str, Any]:
-    return {"name": info.name, "version": info.version, "kind": info.kind, "source": info.source, "card": info.card}
+    return {"name": info.name, "version": info.version, "kind": info.kind, "source": info.source,
+            "runtime": info.runtime, "litert": info.litert, "card": info.card}
 
 
 @errors
@@ -322,4 +351,125 @@ async def get_model(request: Request) -> Response:
     return JSONResponse(card(engine().model(request.path_params["name"])))
 
 
-models_app = Starlette(routes=[Route("/models", list_models), Route("/models/{name}", get_model)])
+# -- the Open Inference Protocol (KServe V2) over REST: service.v2 is its data plane --------
+
+
+class V2Tensor(pydantic.BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] = {}
+    data: Any = None  # row-major values, flat or nested; absent when sent as binary data
+
+
+class V2Output(pydantic.BaseModel):
+    name: str
+    parameters: dict[str, Any] = {}
+
+
+class V2InferRequest(pydantic.BaseModel):
+    id: str = ""
+    parameters: dict[str, Any] = {}
+    inputs: list[V2Tensor]
+    outputs: list[V2Output] = []
+
+
+def v2_request(
+    body: bytes, header_length: str | None, name: str, version: str = ""
+) -> tuple[v2.Request, Callable[[str], bool]]:
+    """A JSON request, or JSON followed by binary tensor data (Triton's extension, which
+    tritonclient uses by default); also says which outputs go back as binary data."""
+    split = int(header_length) if header_length and header_length.isdigit() else len(body)
+    try:
+        head = V2InferRequest.model_validate_json(body[:split])
+    except pydantic.ValidationError as error:
+        problem = error.errors()[0]
+        raise ValidationError(".".join(map(str, problem["loc"])) or "body", problem["msg"]) from None
+    binary, inputs = body[split:], {}
+    for i, tensor in enumerate(head.inputs):
+        if (size := tensor.parameters.get("binary_data_size")) is not None:
+            if not isinstance(size, int) or not 0 <= size <= len(binary):
+                raise ValidationError(f"inputs[{i}].parameters.binary_data_size", "more than the binary data left")
+            data, binary = binary[:size], binary[size:]
+        elif tensor.datatype == "BYTES":
+            data = _text_bytes(f"inputs[{i}].data", tensor.data, tensor.parameters.get("content_type") == "base64")
+        else:
+            data = tensor.data
+        inputs[tensor.name] = v2.tensor(f"inputs[{i}]", tensor.datatype, tensor.shape, data)
+    if binary:
+        raise ValidationError("body", f"{len(binary)} bytes of binary data belong to no input")
+    everything = bool(head.parameters.get("binary_data_output", False))
+    chosen = {out.name: bool(out.parameters.get("binary_data", everything)) for out in head.outputs}
+    request = v2.Request(name, version, head.id, inputs, list(chosen))
+    return request, lambda output: chosen.get(output, everything)
+
+
+def _text_bytes(field: str, data: Any, base64_encoded: bool) -> list[bytes]:
+    """JSON carries BYTES as strings: text, or base64 (`"parameters": {"content_type": "base64"}`)."""
+    flat = np.array([] if data is None else data, dtype=object).ravel().tolist()
+    if not all(isinstance(item, str) for item in flat):
+        raise ValidationError(field, "BYTES data must be strings (base64 with content_type base64)")
+    try:
+        return [base64.b64decode(item, validate=True) if base64_encoded else item.encode() for item in flat]
+    except ValueError:
+        raise ValidationError(field, "not valid base64") from None
+
+
+def v2_response(result: v2.Response, binary: Callable[[str], bool]) -> Response:
+    outputs, chunks = [], []
+    for name, array in result.outputs.items():
+        tensor = {"name": name, "datatype": v2.datatype(array), "shape": list(array.shape)}
+        if binary(name):
+            chunks.append(v2.raw(array))
+            tensor["parameters"] = {"binary_data_size": len(chunks[-1])}
+        else:
+            tensor["data"] = v2.values(array)
+        outputs.append(tensor)
+    head = json.dumps({"model_name": result.model, "model_version": result.version, "id": result.id,
+                       "outputs": outputs}).encode()
+    headers = {"X-Model-Name": result.model, "X-Model-Version": result.version}
+    if not chunks:
+        return Response(head, media_type="application/json", headers=headers)
+    headers["Inference-Header-Content-Length"] = str(len(head))
+    return Response(head + b"".join(chunks), media_type="application/octet-stream", headers=headers)
+
+
+@errors
+async def v2_infer(request: Request) -> Response:
+    parsed, binary = v2_request(await request.body(), request.headers.get("inference-header-content-length"),
+                                **request.path_params)
+    return v2_response(await v2.infer(engine(), parsed), binary)
+
+
+@errors
+async def v2_model(request: Request) -> Response:
+    return JSONResponse(v2.model_metadata(engine(), **request.path_params))
+
+
+@errors
+async def v2_model_ready(request: Request) -> Response:
+    ready = v2.model_ready(engine(), **request.path_params)
+    return JSONResponse({"name": request.path_params["name"], "ready": ready}, status_code=200 if ready else 503)
+
+
+async def v2_server(request: Request) -> Response:
+    return JSONResponse(v2.server_metadata())
+
+
+async def v2_live(request: Request) -> Response:
+    return JSONResponse({"live": engine().alive}, status_code=200 if engine().alive else 503)
+
+
+async def v2_ready(request: Request) -> Response:
+    return JSONResponse({"ready": engine().ready}, status_code=200 if engine().ready else 503)
+
+
+V2_ROUTES = [
+    Route("/v2", v2_server),
+    Route("/v2/health/live", v2_live),
+    Route("/v2/health/ready", v2_ready),
+    *(Route(f"/v2/models/{{name}}{version}{suffix}", endpoint, methods=[method])
+      for version in ("", "/versions/{version}")
+      for suffix, endpoint, method in (("", v2_model, "GET"), ("/ready", v2_model_ready, "GET"), ("/infer", v2_infer, "POST"))),
+]
+models_app = Starlette(routes=[Route("/models", list_models), Route("/models/{name}", get_model), *V2_ROUTES])

@@ -4,6 +4,8 @@ A thin adapter: each API hands the parsed request to the core `Engine` and the r
 `http` to become a response; `http.errors` maps the core's errors to statuses, and the
 `http.Guard` middleware checks API keys, admission and body size before any parsing.
 Models load and warm up in the background: /livez answers at once, /readyz once both are warm.
+The gRPC APIs (diptych.v1, TF Serving, Open Inference Protocol) are served from this worker
+too, on `grpc_port`, by `service.grpc`: they call the same engine, models and batches.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import bentoml
 
 from . import http
 from .core import Engine, Settings
+from .grpc import GrpcServer
 
 settings = Settings.load()
 
@@ -23,6 +26,7 @@ class Diptych:
     def __init__(self) -> None:
         self.engine = Engine(settings)
         self.engine.start()
+        self.grpc: GrpcServer | None = None
 
     def __is_ready__(self) -> bool:
         return self.engine.ready
@@ -30,8 +34,17 @@ class Diptych:
     def __is_alive__(self) -> bool:
         return self.engine.alive
 
+    @bentoml.on_startup
+    async def serve_grpc(self) -> None:
+        if settings.grpc_port:
+            self.grpc = GrpcServer(self.engine, settings)
+            await self.grpc.start()
+
     @bentoml.on_shutdown
-    def close(self) -> None:
+    async def close(self) -> None:
+        """gRPC calls in flight finish first (up to `timeout_s`); then the batchers stop."""
+        if self.grpc is not None:
+            await self.grpc.stop(settings.timeout_s)
         self.engine.close()
 
     @bentoml.api(route="/classify")

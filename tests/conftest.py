@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +38,89 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         output, _ = run.communicate(timeout=900)
         assert run.returncode == 0, f"training the tiny {kind} failed:\n{output[-3000:]}"
     return {kind: root / kind / "1" for kind in commands}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """`bentoml serve service.service:Diptych` on loopback: HTTP and gRPC on free ports."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port, self.grpc_port = free_port(), free_port()
+        self.url, self.grpc_target = f"http://127.0.0.1:{self.port}", f"127.0.0.1:{self.grpc_port}"
+        self.log = log
+        env = {**env, "DIPTYCH_GRPC_PORT": str(self.grpc_port), "DIPTYCH_GRPC_HOST": "127.0.0.1"}
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("bentoml")), "serve", "service.service:Diptych",
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def wait(self, path: str, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"the server exited:\n{self.log.read_text()[-3000:]}"
+            try:
+                if self.client.get(path).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"{path} not 200 after {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def server_env(tiny_models, tmp_path_factory) -> dict[str, str]:
+    """A clean environment for `bentoml serve`, with the tiny models published to its own store."""
+    home = tmp_path_factory.mktemp("bentoml-home")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DIPTYCH_")}
+    env.update(BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true", TF_CPP_MIN_LOG_LEVEL="3")
+    publish = subprocess.run([sys.executable, "-m", "training.publish", str(tiny_models["classifier"]),
+                              str(tiny_models["generator"])], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert publish.returncode == 0, publish.stderr[-3000:]
+    return env
+
+
+GRPC_KEYS = ("grpc-key-from-env", "grpc-key-from-file")
+
+
+@pytest.fixture(scope="session")
+def grpc_servers(server_env, tiny_models, tmp_path_factory):
+    """Two servers for the gRPC and V2 tests, started once: an open one with the defaults
+    (models from the store) and a locked-down one (API keys, small limits, one request slot,
+    a 1 s batch window that holds every inference call in flight; models from folders).
+    The open one also records what its APIs said while the models were still loading."""
+    from tests.grpc_clients import startup_answers
+
+    tmp = tmp_path_factory.mktemp("grpc-servers")
+    (tmp / "keys").write_text(f"# mounted secret\n{GRPC_KEYS[1]}\n")
+    open_server = Server(server_env, tmp / "open.log")
+    locked = Server({**server_env, "DIPTYCH_API_KEYS": GRPC_KEYS[0], "DIPTYCH_API_KEYS_FILE": str(tmp / "keys"),
+                     "DIPTYCH_MAX_IMAGES": "2", "DIPTYCH_MAX_BODY_BYTES": "200000", "DIPTYCH_MAX_GENERATE": "4",
+                     "DIPTYCH_MAX_CONCURRENCY": "1", "DIPTYCH_BATCH_WINDOW_MS": "1000",
+                     "DIPTYCH_CLASSIFIER": str(tiny_models["classifier"]),
+                     "DIPTYCH_GENERATOR": str(tiny_models["generator"])}, tmp / "locked.log")
+    try:
+        open_server.startup = startup_answers(open_server)
+        open_server.wait("/readyz")
+        locked.wait("/readyz")
+        yield open_server, locked
+    finally:
+        open_server.stop()
+        locked.stop()

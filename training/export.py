@@ -86,6 +86,14 @@ class ClassifierModule(tf.Module):
         )
         return self._classify(tf.ensure_shape(rgb, [None, None, None, 3]))
 
+    def classify_resized(self, images):
+        """The numeric core alone: RGB already at the model's size, scores only.
+
+        No string, decoding or resizing ops, so it converts to a LiteRT flatbuffer of
+        builtin ops: the service decodes and resizes outside it (service/core/images.py).
+        """
+        return {"scores": self.model(tf.cast(images, tf.float32), training=False)}
+
 
 def export_classifier(
     model: keras.Model,
@@ -113,6 +121,8 @@ def export_classifier(
             signatures={
                 "serving_default": module.classify_bytes,
                 "classify_pixels": module.classify_pixels,
+                "classify_resized": tf.function(module.classify_resized, input_signature=[
+                    tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="images")]),
             },
         )
         labels_path.unlink()  # the SavedModel keeps its own copy under assets/
@@ -127,6 +137,7 @@ def export_classifier(
             "signatures": {
                 "serving_default": "image_bytes: string [N] -> scores float32 [N, C], classes string [N, C]",
                 "classify_pixels": "images: uint8 [N, H, W, 1|3] -> scores, classes",
+                "classify_resized": f"images: uint8 [N, {image_size}, {image_size}, 3] -> scores",
             },
             **{k: v for k, v in card.items() if k != "name"},
         }

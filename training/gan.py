@@ -107,7 +107,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         # Keras leaves the dropout layers' random state out of TF checkpoints; without it a
         # resumed run would draw other dropout masks than an uninterrupted one.
         dropout_states=[layer.seed_generator.state for layer in discriminator.layers
-                        if isinstance(layer, keras.layers.Dropout)],
+                        if hasattr(layer, "seed_generator")],
     )
     checkpoints = tf.train.CheckpointManager(checkpoint, run_dir / "checkpoints", max_to_keep=1)
     history = {"epochs": [], "steps": []}

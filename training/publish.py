@@ -8,6 +8,12 @@ The store tag is `<card name>:<card version>` (`classifier:3`), so the service's
 `classifier:latest` picks it up; the model card becomes the tag's metadata, its kind,
 dataset and backbone its labels. Publishing the same export again changes nothing;
 a different export under a tag that exists needs --force.
+
+Beside the SavedModel goes its LiteRT conversion (`litert/model.tflite`), verified against
+TensorFlow on real inputs, and a report of the check and of both runtimes' measured speed
+(`litert/report.json`, service/core/conversion.py): the service runs the flatbuffer when it
+is verified (and, by default, faster), so it need not convert at every start. A model that
+fails the check is published all the same; the report says why, and the service uses TensorFlow.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from service.core.conversion import Conversion, convert_and_verify
+from service.core.runtime import cores
 from training.cli import UserError, run_cli
 from training.export import latest_version_dir, read_card
 
@@ -25,7 +33,8 @@ DIGEST_LABEL = "saved_model_sha256"
 
 
 def publish(path: str | Path, name: str | None = None, force: bool = False) -> str:
-    """Import the SavedModel at `path` (a version folder or its parent); return the tag."""
+    """Import the SavedModel at `path` (a version folder or its parent) with its LiteRT
+    conversion; return the tag and what became of the conversion."""
     import bentoml
 
     source = _version_dir(Path(path))
@@ -43,9 +52,20 @@ def publish(path: str | Path, name: str | None = None, force: bool = False) -> s
             raise UserError(f"{tag} already holds a different model: retrain into a new version or pass --force")
         bentoml.models.delete(tag)
     labels = {key: str(card[key]) for key in ("kind", "dataset", "backbone") if card.get(key) is not None}
+    conversion = convert_and_verify(source, card, cores())
     with bentoml.models.create(tag, labels={**labels, DIGEST_LABEL: digest}, metadata=_without_none(card)) as model:
         shutil.copytree(source, model.path, dirs_exist_ok=True)
-    return str(tag)
+        conversion.save(model.path)
+    return f"{tag} ({_summary(conversion)})"
+
+
+def _summary(conversion: Conversion) -> str:
+    speed = conversion.report.get("images_per_second", {})
+    measured = ", ".join(f"{runtime} {value:g} images/s" for runtime, value in speed.items())
+    if not conversion.verified:
+        return f"LiteRT conversion not verified: {conversion.report['reason']}; the service will use TensorFlow"
+    return f"LiteRT verified: {conversion.report['reason']}, largest difference " \
+           f"{conversion.report['max_difference']:.2g}; measured {measured}"
 
 
 def _version_dir(path: Path) -> Path:

@@ -1,7 +1,7 @@
-"""diptych's serving core: protocol-free. Adapters (HTTP now, gRPC next) call `Engine`."""
+"""diptych's serving core: protocol-free. Adapters (HTTP, gRPC) call `Engine`."""
 
 from .config import Settings
-from .engine import Classification, Engine, Generation
+from .engine import Classification, Engine, Generation, Scores
 from .errors import (
     DeadlineExceeded,
     LimitExceeded,
@@ -23,6 +23,7 @@ __all__ = [
     "NotFound",
     "NotReady",
     "Overloaded",
+    "Scores",
     "ServiceError",
     "Settings",
     "Unauthenticated",

@@ -1,17 +1,20 @@
 """Adaptive batching, shared by every protocol adapter.
 
-One worker thread per model takes whatever items are queued (up to `max_batch_size`)
-whenever the model is free, and runs them in one model call. Alone, a request runs at
-once; under load, items pile up while the model is busy and the next call takes them
-all, so the batch size follows the traffic. `window_s` optionally waits a little for a
-fuller batch. Callers get `concurrent.futures.Future`s, so asyncio code (HTTP, grpc.aio)
-and plain threads can submit alike; a cancelled future (a caller that timed out) is
-dropped before its batch runs.
+A model's worker threads (one per LiteRT interpreter, see runtime.py) take whatever items
+are queued whenever one of them is free, and each runs its items in one model call. Alone,
+a request runs at once; under load, items pile up while the workers are busy and the next
+free one takes them, so the batch size follows the traffic. A worker takes its fair share
+of the queue (the queue split among the idle workers, at most `max_batch_size`), so a burst
+keeps every worker, and so every core, busy instead of one worker taking it all.
+`window_s` optionally waits a little for a fuller batch. Callers get
+`concurrent.futures.Future`s, so asyncio code (HTTP, grpc.aio) and plain threads can
+submit alike; a cancelled future (a caller that timed out) is dropped before its batch runs.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +32,7 @@ class Batcher(Generic[Item, Result]):
         max_batch_size: int,
         window_s: float = 0.0,
         name: str = "batcher",
+        workers: int = 1,
     ) -> None:
         self._run_batch = run_batch
         self._max_batch_size = max_batch_size
@@ -36,8 +40,10 @@ class Batcher(Generic[Item, Result]):
         self._queue: collections.deque[tuple[Item, Future[Result], float]] = collections.deque()
         self._wakeup = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
-        self._thread.start()
+        self._idle = 0  # workers waiting for items
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, items: Sequence[Item]) -> list[Future[Result]]:
         futures: list[Future[Result]] = [Future() for _ in items]
@@ -52,25 +58,32 @@ class Batcher(Generic[Item, Result]):
     def close(self) -> None:
         with self._wakeup:
             self._closed = True
-            self._wakeup.notify()
-        self._thread.join()
+            self._wakeup.notify_all()
+        for thread in self._threads:
+            thread.join()
 
     def _next_batch(self) -> list[tuple[Item, Future[Result]]] | None:
         with self._wakeup:
+            self._idle += 1
             while not self._queue and not self._closed:
                 self._wakeup.wait()
             if self._closed:
+                self._idle -= 1
                 for _, future, _ in self._queue:
                     future.cancel()
                 return None
             deadline = self._queue[0][2] + self._window_s
             while len(self._queue) < self._max_batch_size and (left := deadline - time.monotonic()) > 0:
                 self._wakeup.wait(left)
+            share = min(self._max_batch_size, math.ceil(len(self._queue) / self._idle))
+            self._idle -= 1
             batch = []
-            while self._queue and len(batch) < self._max_batch_size:
+            while self._queue and len(batch) < share:
                 item, future, _ = self._queue.popleft()
                 if future.set_running_or_notify_cancel():
                     batch.append((item, future))
+            if self._queue:
+                self._wakeup.notify()  # the rest is another idle worker's share
             return batch
 
     def _work(self) -> None:

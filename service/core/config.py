@@ -15,12 +15,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 ENV_PREFIX = "DIPTYCH_"
+RUNTIMES = ("auto", "litert", "tensorflow")
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     classifier: str = "classifier:latest"  # BentoML model tag, or a SavedModel folder
     generator: str = "generator:latest"
+    classifier_runtime: str = "auto"  # auto (LiteRT when verified and faster), litert, tensorflow
+    generator_runtime: str = "auto"
+    interpreters: int = 0  # LiteRT interpreters, and batch workers, per model; 0: one per CPU core
     max_batch_size: int = 32  # items per model call
     batch_window_ms: float = 0.0  # extra wait for a fuller batch while the model is idle
     warmup_rounds: int = 3  # model calls per batch size before reporting ready
@@ -31,6 +35,8 @@ class Settings:
     max_steps: int = 32  # interpolation steps
     max_concurrency: int = 64  # requests in flight; more are refused with Retry-After
     timeout_s: float = 30.0  # longest wait for a model result
+    grpc_port: int = 50051  # the gRPC server in each worker (SO_REUSEPORT); 0: none
+    grpc_host: str = "[::]"
     api_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     api_keys_file: str | None = None
 
@@ -39,6 +45,9 @@ class Settings:
             value = getattr(self, field.name)
             if isinstance(value, (int, float)) and value < 0:
                 raise ValueError(f"setting {field.name} must not be negative, got {value}")
+        for name in ("classifier_runtime", "generator_runtime"):
+            if getattr(self, name) not in RUNTIMES:
+                raise ValueError(f"setting {name} must be one of {', '.join(RUNTIMES)}, got {getattr(self, name)!r}")
 
     @classmethod
     def load(cls, environ: Mapping[str, str] = os.environ) -> Settings:

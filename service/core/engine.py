@@ -35,6 +35,13 @@ class Classification:
 
 
 @dataclasses.dataclass(frozen=True)
+class Scores:
+    model: ModelInfo
+    labels: list[str]
+    scores: np.ndarray  # float32 [N, len(labels)]: every class's score, in label order
+
+
+@dataclasses.dataclass(frozen=True)
 class Generation:
     model: ModelInfo
     images: np.ndarray  # uint8 [N, H, W, C]
@@ -65,8 +72,10 @@ class Engine:
             self._generator = Generator.load(self.settings.generator, self.settings)
             for model in (self._classifier, self._generator):
                 model.warm_up()
-                metrics().model_info.labels(kind=model.info.kind, model=model.info.name, version=model.info.version).set(1)
-                log.info("%s %s:%s loaded from %s and warmed up", model.info.kind, model.info.name, model.info.version, model.info.source)
+                metrics().model_info.labels(kind=model.info.kind, model=model.info.name, version=model.info.version,
+                                            runtime=model.info.runtime).set(1)
+                log.info("%s %s:%s loaded from %s and warmed up on %s", model.info.kind, model.info.name,
+                         model.info.version, model.info.source, model.info.runtime)
             self._ready.set()
         except Exception:
             self._failed = True
@@ -120,12 +129,18 @@ class Engine:
 
     # -- inference -----------------------------------------------------------------
     async def classify(self, images: Sequence[bytes], top_k: int = 5) -> Classification:
-        classifier = self.classifier
-        labels, k = classifier.labels, validation.top_k(top_k, classifier.labels)
-        rows = await self._wait(classifier.batcher.submit(validation.images(images, self.settings)))
+        k = validation.top_k(top_k, self.classifier.labels)
+        result = await self.score(images)
+        labels = result.labels
         return Classification(
-            classifier.info, [[(labels[i], float(row[i])) for i in np.argsort(-row)[:k]] for row in rows]
+            result.model, [[(labels[i], float(row[i])) for i in np.argsort(-row)[:k]] for row in result.scores]
         )
+
+    async def score(self, images: Sequence[bytes]) -> Scores:
+        """Every class's score for each image: the model's whole output, for the tensor protocols."""
+        classifier = self.classifier
+        rows = await self._wait(classifier.batcher.submit(validation.images(images, self.settings)))
+        return Scores(classifier.info, classifier.labels, np.stack(rows))
 
     async def generate(
         self,
@@ -146,6 +161,10 @@ class Engine:
         return await self._generate(
             validation.interpolation(seeds, latents, steps, class_, self.generator, self.settings)
         )
+
+    async def render(self, latents: np.ndarray, class_ids: np.ndarray) -> Generation:
+        """One image per (latent row, class id), as the generator's own signature takes them."""
+        return await self._generate(validation.rows(latents, class_ids, self.generator, self.settings))
 
     async def _generate(self, plan: validation.Latents) -> Generation:
         generator = self.generator

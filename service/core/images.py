@@ -1,9 +1,10 @@
-"""Image bytes in and out: cheap checks before batching, PNG encoding, grids.
+"""Image bytes in and out: cheap checks before batching, decoding, PNG encoding, grids.
 
-Classification decodes inside the model graph (one decode per image), so requests are
-checked from their headers only: the format is known, the size is within the pixel limit.
-Formats the graph cannot decode (TIFF, PPM, ICO, ...) and photos with an EXIF rotation
-(JPEG; the graph ignores it, the trainer applies it) are converted to upright PNG here once.
+Requests are checked from their headers only (format known, pixel count within the
+limit) before they join a batch; the batch workers then decode each image once with
+Pillow, in parallel, exactly as the exported graph's `serving_default` would: upright (EXIF),
+RGB, resized with an antialiased bilinear filter in float, rounded to uint8. The model
+runtimes take those pixels (the SavedModel's `classify_resized`, or its LiteRT conversion).
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from PIL import Image, ImageOps
 
 from .errors import LimitExceeded, ValidationError
 
-# What tf.io.decode_image reads (MPO is a JPEG with extra frames).
-GRAPH_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP"})
-EXIF_ORIENTATION = 0x0112
+DRAFT_FACTOR = 2  # JPEG draft decoding stops at this multiple of the model's input size
 
 
 def prepare(data: bytes, field: str, max_pixels: int) -> bytes:
-    """Return bytes the model graph can decode, or raise ValidationError naming `field`."""
+    """Check the header (a known format, pixels within the limit) and return `data`;
+    decompression bombs are refused before anything is decoded. Else ValidationError naming `field`."""
     if not data:
         raise ValidationError(field, "the file is empty")
     try:
@@ -39,26 +39,50 @@ def prepare(data: bytes, field: str, max_pixels: int) -> bytes:
         raise LimitExceeded(field, f"the image has {width}x{height} pixels, more than the limit of {max_pixels}")
     if width == 0 or height == 0:
         raise ValidationError(field, "the image has no pixels")
-    return data if image.format in GRAPH_FORMATS and _upright(image) else to_png(data, field)
+    return data
 
 
-def _upright(image: Image.Image) -> bool:
-    """A JPEG's EXIF rotation is in its header (reading other formats' EXIF means decoding)."""
-    if image.format not in ("JPEG", "MPO"):
-        return True
+def decode(data: bytes, size: int, field: str) -> np.ndarray:
+    """Encoded image (any format Pillow reads) → uint8 RGB [size, size, 3], or ValidationError.
+
+    A large JPEG is decoded at a reduced scale (libjpeg's DCT scaling: 1/2, 1/4, 1/8),
+    never below DRAFT_FACTOR × `size`: a 12-megapixel photo decodes ~10x faster, and the
+    antialiased resize that follows still averages several pixels into each one.
+    """
     try:
-        return image.getexif().get(EXIF_ORIENTATION, 1) == 1
-    except Exception:  # malformed EXIF: take the pixels as stored, as the graph does
-        return True
-
-
-def to_png(data: bytes, field: str) -> bytes:
-    """Decode fully with Pillow, upright, and re-encode as PNG; a truncated or corrupt file fails here."""
-    try:
-        image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
-        return encode_png(np.asarray(image if image.mode in ("L", "RGB") else image.convert("RGB")))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # headers were checked in prepare(); Pillow's notes are noise here
+            image = Image.open(io.BytesIO(data))
+            if image.format in ("JPEG", "MPO"):
+                image.draft(None, (DRAFT_FACTOR * size, DRAFT_FACTOR * size))
+            return resize(_rgb_or_grey(ImageOps.exif_transpose(image)), size)
     except Exception:  # Pillow raises many kinds of error on malformed input
         raise ValidationError(field, "the image cannot be decoded (truncated or corrupt file)") from None
+
+
+def _rgb_or_grey(image: Image.Image) -> np.ndarray:
+    """uint8 [H, W, 3] or [H, W, 1], as tf.io.decode_image reads the file (alpha dropped)."""
+    if image.mode.startswith("I"):  # 16-bit grey: keep the high byte, as the graph's PNG decoder does
+        return (np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)[..., None]
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")
+    pixels = np.asarray(image)
+    return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def resize(pixels: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [H, W, C] (C 1 or 3) → uint8 [size, size, 3], as the graph's
+    `tf.image.resize(..., antialias=True)` then round: Pillow's bilinear filter widens with
+    the scale as TF's does, and in float ("F") mode it matches TF to rounding (one grey level
+    at most, on ties); Pillow's uint8 mode rounds between its two passes and differs more."""
+    height, width, channels = pixels.shape
+    if (height, width) != (size, size):
+        planes = [
+            np.asarray(Image.fromarray(pixels[..., c].astype(np.float32), "F").resize((size, size), Image.BILINEAR))
+            for c in range(channels)
+        ]
+        pixels = np.clip(np.round(np.stack(planes, axis=-1)), 0, 255).astype(np.uint8)
+    return np.repeat(pixels, 3, axis=-1) if channels == 1 else pixels
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

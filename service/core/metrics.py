@@ -1,8 +1,9 @@
 """diptych's Prometheus metrics, next to BentoML's defaults on the same /metrics.
 
 Every label is bounded: model name and version (a handful), the classifier's label set,
-and a fixed list of rejection reasons. prometheus_client is imported on first use, after
-BentoML has set PROMETHEUS_MULTIPROC_DIR in the worker, so the numbers reach /metrics.
+a fixed list of rejection reasons, the protocol (http, grpc) and its routes or methods.
+prometheus_client is imported on first use, after BentoML has set PROMETHEUS_MULTIPROC_DIR
+in the worker, so the numbers reach /metrics.
 """
 
 from __future__ import annotations
@@ -18,18 +19,24 @@ class Metrics:
         import prometheus_client as prom
 
         model = ["model", "version"]
+        run = [*model, "runtime"]  # runtime: litert or tensorflow (service/core/runtime.py)
         self.inference_seconds = prom.Histogram(
-            "diptych_inference_seconds", "Duration of one model call (one batch)", model, buckets=LATENCY_BUCKETS
+            "diptych_inference_seconds", "Duration of one model call (one batch)", run, buckets=LATENCY_BUCKETS
         )
-        self.batch_size = prom.Histogram("diptych_batch_size", "Items per model call", model, buckets=BATCH_BUCKETS)
+        self.batch_size = prom.Histogram("diptych_batch_size", "Items per model call", run, buckets=BATCH_BUCKETS)
         self.images_classified = prom.Counter("diptych_images_classified", "Images classified", model)
         self.predictions = prom.Counter(
             "diptych_predictions", "Top-1 predicted class of each classified image", [*model, "label"]
         )
         self.images_generated = prom.Counter("diptych_images_generated", "Images generated", model)
-        self.rejected = prom.Counter("diptych_requests_rejected", "Requests refused, by reason", ["reason"])
+        self.rejected = prom.Counter("diptych_requests_rejected", "Requests refused, by reason", ["reason", "protocol"])
+        call = ["protocol", "method"]
+        self.requests = prom.Counter("diptych_requests", "Requests answered, by status code", [*call, "code"])
+        self.request_seconds = prom.Histogram(
+            "diptych_request_seconds", "Time to answer a request", call, buckets=LATENCY_BUCKETS
+        )
         self.model_info = prom.Gauge(
-            "diptych_model_info", "Loaded models (value 1)", ["kind", *model], multiprocess_mode="livemax"
+            "diptych_model_info", "Loaded models (value 1)", ["kind", *run], multiprocess_mode="livemax"
         )
 
 

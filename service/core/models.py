@@ -1,14 +1,19 @@
-"""The two served models: where they come from, their cards, warm-up, and batch execution.
+"""The two served models: where they come from, their cards, their runtime, warm-up, and batch execution.
 
 A model is named by a BentoML model-store tag (`classifier:latest`) or a SavedModel folder
-(`models/classifier/3`, with `model_card.json` beside `saved_model.pb`). Each one owns a
-`Batcher`: every request's items join the next batch, which is one `Runtime.run` call.
+(`models/classifier/3`, with `model_card.json` beside `saved_model.pb`). It runs on LiteRT
+or on TensorFlow (runtime.py), chosen per model by the settings: `auto` takes LiteRT when
+its conversion is verified and measured faster, `litert` whenever it is verified,
+`tensorflow` never converts. A conversion that fails verification is not used: the model
+is served by TensorFlow, with a warning that says why. Each model owns a `Batcher` with one
+worker per interpreter: every request's items join the next batch, which is one `Runtime.run`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -17,12 +22,14 @@ import numpy as np
 
 from .batching import Batcher
 from .config import Settings
+from .conversion import Conversion, convert_and_verify, tensorflow_signature
 from .errors import ValidationError
-from .images import encode_png, to_png
+from .images import decode
 from .metrics import metrics
-from .runtime import Runtime, RuntimeInputError, SavedModelRuntime
+from .runtime import LITERT, TENSORFLOW, LiteRTRuntime, Runtime, SavedModelRuntime, cores
 
 CARD = "model_card.json"
+log = logging.getLogger("diptych")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +39,8 @@ class ModelInfo:
     version: str
     source: str  # the tag or folder it was loaded from
     card: dict[str, Any]
+    runtime: str = TENSORFLOW  # what runs it: TENSORFLOW or LITERT
+    litert: dict[str, Any] | None = None  # the LiteRT conversion's report, when there was one
 
 
 def locate(ref: str) -> tuple[str, ModelInfo]:
@@ -52,6 +61,29 @@ def locate(ref: str) -> tuple[str, ModelInfo]:
     return str(path), ModelInfo(card["kind"], name, version, ref, card)
 
 
+def load_runtime(path: str, info: ModelInfo, choice: str, interpreters: int) -> tuple[Runtime, ModelInfo]:
+    """The runtime `choice` (auto, litert, tensorflow) leads to, and `info` saying which it is."""
+    model = f"{info.kind} {info.name}:{info.version}"
+    if choice == TENSORFLOW:
+        log.info("%s runs on TensorFlow, as configured", model)
+        return SavedModelRuntime(path, tensorflow_signature(info.kind, path)), info
+    conversion = Conversion.load(path)
+    if conversion is None:
+        log.info("%s has no stored LiteRT conversion: converting it now (training.publish stores one)", model)
+        conversion = convert_and_verify(path, info.card, interpreters)
+    info = dataclasses.replace(info, litert=conversion.report)
+    if not conversion.verified:
+        log.warning("%s runs on TensorFlow: its LiteRT conversion is not used: %s", model, conversion.report["reason"])
+    elif choice == LITERT or conversion.faster:
+        log.info("%s runs on LiteRT, %d single-threaded interpreters (%s; images/s as measured: %s)", model,
+                 interpreters, conversion.report["reason"], conversion.report["images_per_second"])
+        return LiteRTRuntime(conversion.flatbuffer, interpreters), dataclasses.replace(info, runtime=LITERT)
+    else:
+        log.info("%s runs on TensorFlow: it measured faster than LiteRT (images/s: %s)", model,
+                 conversion.report["images_per_second"])
+    return SavedModelRuntime(path, tensorflow_signature(info.kind, path)), info
+
+
 class ServedModel:
     """A loaded model behind its batcher; subclasses say how a batch is run."""
 
@@ -61,11 +93,12 @@ class ServedModel:
         self.info = info
         self._runtime = runtime
         self._settings = settings
-        labels = {"model": info.name, "version": info.version}
+        labels = {"model": info.name, "version": info.version, "runtime": info.runtime}
         self._latency = metrics().inference_seconds.labels(**labels)
         self._batch_size = metrics().batch_size.labels(**labels)
         self.batcher: Batcher = Batcher(
-            self.run_batch, settings.max_batch_size, settings.batch_window_ms / 1000, name=f"{info.kind}-batcher"
+            self.run_batch, settings.max_batch_size, settings.batch_window_ms / 1000, name=f"{info.kind}-batcher",
+            workers=settings.interpreters or cores(),
         )
 
     @classmethod
@@ -73,7 +106,9 @@ class ServedModel:
         path, info = locate(ref)
         if info.kind != cls.kind:
             raise ValueError(f"{ref} holds a {info.kind}, not a {cls.kind}")
-        return cls(info, SavedModelRuntime(path), settings)
+        choice = getattr(settings, f"{cls.kind}_runtime")
+        runtime, info = load_runtime(path, info, choice, settings.interpreters or cores())
+        return cls(info, runtime, settings)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         start = time.perf_counter()
@@ -106,41 +141,33 @@ class Classifier(ServedModel):
 
     def __init__(self, info: ModelInfo, runtime: Runtime, settings: Settings) -> None:
         super().__init__(info, runtime, settings)
-        self.labels: list[str] = [label.decode() for label in runtime.run(self.example(1))["classes"][0]]
+        self.labels: list[str] = list(info.card["labels"])
+        self.image_size = int(info.card["image_size"][0])
         model = {"model": info.name, "version": info.version}
         self._classified = metrics().images_classified.labels(**model)
         self._predicted = {label: metrics().predictions.labels(**model, label=label) for label in self.labels}
 
     def example(self, size: int) -> dict[str, np.ndarray]:
-        height, width = self.info.card.get("image_size", (32, 32))
-        gray = encode_png(np.full((height, width, 3), 128, np.uint8))
-        return {"image_bytes": np.array([gray] * size, dtype=object)}
+        return {"images": np.full((size, self.image_size, self.image_size, 3), 128, np.uint8)}
 
     def run_batch(self, items: list[tuple[bytes, str]]) -> list[np.ndarray | Exception]:
-        """One model call; if the graph cannot decode some image, bisect to find it."""
-        try:
-            return list(self._classify([data for data, _ in items]))
-        except RuntimeInputError:
-            if len(items) == 1:
-                return [self._retry_as_png(*items[0])]
-            middle = len(items) // 2
-            return self.run_batch(items[:middle]) + self.run_batch(items[middle:])
+        """Decode each image here, in this worker (a broken one fails alone), then one model call."""
+        decoded: list[np.ndarray | Exception] = []
+        for data, field in items:
+            try:
+                decoded.append(decode(data, self.image_size, field))
+            except ValidationError as error:
+                decoded.append(error)
+        pixels = [item for item in decoded if not isinstance(item, Exception)]
+        scores = iter(self._classify(np.stack(pixels)) if pixels else [])
+        return [item if isinstance(item, Exception) else next(scores) for item in decoded]
 
-    def _classify(self, images: list[bytes]) -> np.ndarray:
-        scores = self.run({"image_bytes": np.array(images, dtype=object)})["scores"]
-        self._classified.inc(len(images))
+    def _classify(self, pixels: np.ndarray) -> np.ndarray:
+        scores = self.run({"images": pixels})["scores"]
+        self._classified.inc(len(scores))
         for row in scores:
             self._predicted[self.labels[int(row.argmax())]].inc()
         return scores
-
-    def _retry_as_png(self, data: bytes, field: str) -> np.ndarray | Exception:
-        """Pillow reads some variants the graph cannot (1-bit BMP, animated WebP)."""
-        try:
-            return self._classify([to_png(data, field)])[0]
-        except ValidationError as error:
-            return error
-        except RuntimeInputError:
-            return ValidationError(field, "the model cannot decode this image")
 
 
 class Generator(ServedModel):

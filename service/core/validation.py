@@ -70,6 +70,12 @@ def seed(value: int | None, field: str = "seed") -> int:
     return value
 
 
+def image_count(value: int, settings: Settings, field: str = "count") -> int:
+    if not 1 <= value <= settings.max_generate:
+        raise ValidationError(field, f"must be between 1 and {settings.max_generate} images")
+    return value
+
+
 def latents_for_seed(value: int, count: int, dim: int) -> np.ndarray:
     return np.random.RandomState(value).standard_normal((count, dim)).astype(np.float32)
 
@@ -99,9 +105,7 @@ def generation(
         if count is not None and count != len(latents):
             raise ValidationError("count", f"is {count} but {len(latents)} latents were given")
         count = len(latents)
-    count = 1 if count is None else count
-    if not 1 <= count <= settings.max_generate:
-        raise ValidationError("latents" if latents is not None else "count", f"must be between 1 and {settings.max_generate} images")
+    count = image_count(1 if count is None else count, settings, "latents" if latents is not None else "count")
     if latents is not None:
         rows, used_seed = latent_rows(latents, generator.latent_dim), None
     else:
@@ -110,6 +114,18 @@ def generation(
     fixed = class_id(class_value, generator)
     ids = np.arange(count) % max(len(generator.classes), 1) if fixed is None else np.full(count, fixed)
     return Latents(rows, (ids if generator.conditional else np.zeros(count)).astype(np.int32), used_seed)
+
+
+def rows(latents: np.ndarray, class_ids: np.ndarray, generator: Generator, settings: Settings) -> Latents:
+    """Explicit rows, as the generator's own signature takes them: a latent and a class id each."""
+    if len(class_ids) != len(latents):
+        raise ValidationError("class_ids", f"has {len(class_ids)} values for {len(latents)} latents")
+    image_count(len(latents), settings, "latents")
+    classes = len(generator.classes) if generator.conditional else 1
+    for i, value in enumerate(class_ids.tolist()):
+        if not 0 <= value < classes:
+            raise ValidationError(f"class_ids[{i}]", f"unknown class {value}: use an id 0-{classes - 1}")
+    return Latents(latent_rows(latents, generator.latent_dim), np.asarray(class_ids, np.int32), None)
 
 
 def interpolation(

@@ -1,0 +1,70 @@
+"""diptych.v1 (`proto/diptych/v1/diptych.proto`): the HTTP API's calls, typed.
+
+Each method converts the request, calls the `Engine`, converts the result back; the
+`Gate` interceptor maps the core's errors, so the messages are the HTTP API's.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from proto.diptych.v1 import diptych_pb2 as pb
+from proto.diptych.v1 import diptych_pb2_grpc
+
+from ..core import Classification, Engine, Generation
+from ..core.images import encode_png, tile
+from ..core.models import ModelInfo
+
+
+class DiptychServicer(diptych_pb2_grpc.DiptychServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
+        top_k = request.top_k if request.HasField("top_k") else 5
+        return classified(await self.engine.classify(list(request.images), top_k))
+
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
+        result = await self.engine.generate(*generation_arguments(request))
+        return generated(result, request.format)
+
+    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[model(info) for info in self.engine.models()])
+
+
+def generation_arguments(request: pb.GenerateRequest) -> tuple:
+    """(count, seed, class, latents) as `Engine.generate` takes them; absent fields are None."""
+    present = request.WhichOneof("class")
+    return (
+        request.count if request.HasField("count") else None,
+        request.seed if request.HasField("seed") else None,
+        getattr(request, present) if present else None,
+        [list(latent.values) for latent in request.latents] or None,
+    )
+
+
+def classified(result: Classification) -> pb.ClassifyResponse:
+    predictions = [pb.Prediction(labels=[pb.Label(label=label, score=score) for label, score in row])
+                   for row in result.predictions]
+    return pb.ClassifyResponse(model=model_ref(result.model), predictions=predictions)
+
+
+def generated(result: Generation, form: pb.Format) -> pb.GenerateResponse:
+    grid = form == pb.FORMAT_GRID
+    images = [
+        pb.GeneratedImage(png=b"" if grid else encode_png(image), class_id=int(class_id), class_name=name or "",
+                          latent=pb.Latent(values=latent))
+        for image, class_id, name, latent in zip(result.images, result.class_ids, result.class_names, result.latents)
+    ]
+    return pb.GenerateResponse(model=model_ref(result.model), seed=result.seed, images=images,
+                               grid=encode_png(tile(result.images)) if grid else b"")
+
+
+def model_ref(info: ModelInfo) -> pb.ModelRef:
+    return pb.ModelRef(name=info.name, version=info.version)
+
+
+def model(info: ModelInfo) -> pb.Model:
+    card = json_format.ParseDict(info.card, struct_pb2.Struct())
+    return pb.Model(name=info.name, version=info.version, kind=info.kind, source=info.source, card=card)

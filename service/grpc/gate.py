@@ -1,0 +1,104 @@
+"""The one interceptor every gRPC call goes through, whichever of the three APIs it uses:
+the gRPC twin of the HTTP side's `Guard` and `errors`.
+
+It checks the API key (metadata `authorization: Bearer <key>`), takes one of the engine's
+request slots for inference calls, bounds the call by its deadline (the work is cancelled,
+and queued items leave their batch, when it passes), maps every `ServiceError` to a status
+code (the only place that happens), and counts the call in the protocol-labelled metrics.
+Health checks, reflection and the V2 liveness/readiness calls stay open, as on HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from ..core import (
+    DeadlineExceeded,
+    Engine,
+    NotFound,
+    Overloaded,
+    ServiceError,
+    Unauthenticated,
+    Unavailable,
+    ValidationError,
+)
+from ..core.metrics import metrics
+
+OPEN = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.",
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+)
+INFERENCE = frozenset({
+    "/diptych.v1.Diptych/Classify",
+    "/diptych.v1.Diptych/Generate",
+    "/tensorflow.serving.PredictionService/Classify",
+    "/tensorflow.serving.PredictionService/Predict",
+    "/inference.GRPCInferenceService/ModelInfer",
+})
+STATUS = {  # most specific first; LimitExceeded is a ValidationError
+    ValidationError: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class Gate(grpc.aio.ServerInterceptor):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None or details.method.startswith(OPEN):
+            return handler
+        return handler._replace(unary_unary=self._guarded(handler.unary_unary, details.method))
+
+    def _guarded(self, behavior: Behavior, method: str) -> Behavior:
+        slot = self.engine.admit if method in INFERENCE else contextlib.nullcontext
+        requests = metrics().requests
+        seconds = metrics().request_seconds.labels(protocol="grpc", method=method)
+
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start, code = time.perf_counter(), grpc.StatusCode.OK
+            try:
+                self.engine.keys.check(dict(context.invocation_metadata() or ()).get("authorization"))
+                with slot():
+                    return await _within_deadline(behavior(request, context), context.time_remaining())
+            except ServiceError as error:
+                code = next(status for kind, status in STATUS.items() if isinstance(error, kind))
+                metrics().rejected.labels(reason=error.reason, protocol="grpc").inc()
+                retry = [("retry-after", str(error.retry_after_s))] if isinstance(error, Unavailable) else []
+                await context.abort(code, str(error), trailing_metadata=tuple(retry))
+            except grpc.aio.AbortError:  # the servicer answered with a status of its own
+                code = context.code()
+                raise
+            except asyncio.CancelledError:  # the client cancelled, or went away
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:  # a bug: grpc logs it and answers UNKNOWN
+                code = grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                requests.labels(protocol="grpc", method=method, code=code.name).inc()
+                seconds.observe(time.perf_counter() - start)
+
+        return call
+
+
+async def _within_deadline(work: Awaitable[Any], seconds_left: float | None) -> Any:
+    try:
+        return await asyncio.wait_for(work, seconds_left)
+    except TimeoutError:
+        raise DeadlineExceeded("the call's deadline passed before its result was ready") from None

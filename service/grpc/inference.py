@@ -1,0 +1,68 @@
+"""The Open Inference Protocol (KServe V2) over gRPC: `inference.GRPCInferenceService`.
+
+The data plane is `service.v2`, shared with the REST routes; this module only converts
+messages. Inputs come as typed `contents` or as `raw_input_contents`; outputs always go
+back as `raw_output_contents`, as Triton answers (tritonclient reads nothing else).
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import json_format
+
+from proto.inference import grpc_predict_v2_pb2 as pb
+from proto.inference import grpc_predict_v2_pb2_grpc
+
+from .. import v2
+from ..core import Engine, ValidationError
+
+CONTENTS = {  # which InferTensorContents field holds each datatype's values
+    "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+
+
+class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.engine.alive)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.engine.ready)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=v2.model_ready(self.engine, request.name, request.version))
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest,
+                             context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**v2.server_metadata())
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
+        metadata = v2.model_metadata(self.engine, request.name, request.version)
+        return json_format.ParseDict(metadata, pb.ModelMetadataResponse())
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        return infer_response(await v2.infer(self.engine, infer_request(request)))
+
+
+def infer_request(message: pb.ModelInferRequest) -> v2.Request:
+    raw = message.raw_input_contents
+    if raw and len(raw) != len(message.inputs):
+        raise ValidationError("raw_input_contents", f"has {len(raw)} entries for {len(message.inputs)} inputs")
+    inputs = {
+        tensor.name: v2.tensor(f"inputs[{i}]", tensor.datatype, tensor.shape,
+                               raw[i] if raw else list(getattr(tensor.contents, CONTENTS.get(tensor.datatype, "bytes_contents"))))
+        for i, tensor in enumerate(message.inputs)
+    }
+    return v2.Request(message.model_name, message.model_version, message.id, inputs, [out.name for out in message.outputs])
+
+
+def infer_response(result: v2.Response) -> pb.ModelInferResponse:
+    outputs = [pb.ModelInferResponse.InferOutputTensor(name=name, datatype=v2.datatype(array), shape=array.shape)
+               for name, array in result.outputs.items()]
+    return pb.ModelInferResponse(model_name=result.model, model_version=result.version, id=result.id, outputs=outputs,
+                                 raw_output_contents=[v2.raw(array) for array in result.outputs.values()])

@@ -1,0 +1,132 @@
+"""TF Serving's PredictionService (the `tensorflow-serving-api` stubs) over the same core,
+so an existing TF Serving client switches to diptych without a changed line.
+
+- `Predict` runs any served signature of either model (`serving_default` and
+  `classify_pixels` of the classifier, `serving_default` and `generate_seeded` of the
+  generator), checked against the SavedModel's real SignatureDefs, through the engine's
+  batching; outputs keep the signature's names, `output_filter` picks some.
+- `Classify` takes tf.Examples with an `image_bytes` bytes feature (an encoded image) and
+  returns every class with its score, in the model's label order, as TF Serving does.
+- `GetModelMetadata` returns the real SignatureDefMap from saved_model.pb.
+
+Models are named and versioned as TF Serving reports them (the card's integer version),
+and an unknown one is NOT_FOUND "Servable not found for request: Latest(name)".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    input_pb2,
+    model_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from .. import tensors
+from ..core import Engine, NotFound, Scores, ValidationError
+from ..core.models import ModelInfo
+
+SIGNATURE_DEF = "signature_def"  # the one metadata field TF Serving knows
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def Predict(self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext) -> predict_pb2.PredictResponse:
+        info, spec = servable(self.engine, request.model_spec)
+        outputs = await tensors.run(self.engine, info, spec.signature_name, arrays(request.inputs), request.output_filter)
+        return predict_pb2.PredictResponse(model_spec=spec, outputs=protos(outputs))
+
+    async def Classify(self, request: classification_pb2.ClassificationRequest,
+                       context: grpc.aio.ServicerContext) -> classification_pb2.ClassificationResponse:
+        info, spec = servable(self.engine, request.model_spec, classify=True)
+        result = await self.engine.score(encoded_images(request.input))
+        return classification_pb2.ClassificationResponse(model_spec=spec, result=classifications(result))
+
+    async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
+                               context: grpc.aio.ServicerContext) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        info, spec = servable(self.engine, request.model_spec)
+        return metadata(info, spec, request.metadata_field)
+
+    async def Regress(self, request: object, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no regression model is served")
+
+    async def MultiInference(self, request: object, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not served: use Classify or Predict")
+
+
+def servable(engine: Engine, spec: model_pb2.ModelSpec, classify: bool = False) -> tuple[ModelInfo, model_pb2.ModelSpec]:
+    """The model a ModelSpec names, and the spec to answer with (version and signature filled in)."""
+    if not spec.name:
+        raise ValidationError("model_spec", "Missing ModelSpec")
+    choice = spec.WhichOneof("version_choice")
+    wanted = {"version": f"Specific({spec.name}, {spec.version.value})",
+              "version_label": f"Labeled({spec.name}, {spec.version_label})"}.get(choice, f"Latest({spec.name})")
+    try:
+        info = engine.model(spec.name)
+    except NotFound:
+        raise NotFound(f"Servable not found for request: {wanted}", "model_spec") from None
+    if choice == "version_label" or (choice == "version" and spec.version.value != tensors.version(info)):
+        raise NotFound(f"Servable not found for request: {wanted}", "model_spec")
+    signature = spec.signature_name or "serving_default"
+    if classify and (info.kind != "classifier" or signature != "serving_default"):
+        raise ValidationError("model_spec", "Classify serves the classifier's serving_default signature; use Predict")
+    answer = model_pb2.ModelSpec(name=spec.name, signature_name=signature)
+    answer.version.value = tensors.version(info)
+    return info, answer
+
+
+def arrays(inputs: Mapping[str, tensor_pb2.TensorProto]) -> dict[str, np.ndarray]:
+    result = {}
+    for name, proto in inputs.items():
+        try:
+            result[name] = tf.make_ndarray(proto)
+        except (ValueError, TypeError) as error:
+            raise ValidationError(f"inputs.{name}", f"not a valid TensorProto: {error}") from None
+    return result
+
+
+def protos(outputs: Mapping[str, np.ndarray]) -> dict[str, tensor_pb2.TensorProto]:
+    return {name: tf.make_tensor_proto(value) for name, value in outputs.items()}
+
+
+def encoded_images(request: input_pb2.Input) -> list[bytes]:
+    if request.WhichOneof("kind") != "example_list":
+        raise ValidationError("input", "send an example_list of tf.Examples, each with an image_bytes feature")
+    images = []
+    for i, example in enumerate(request.example_list.examples):
+        values = example.features.feature["image_bytes"].bytes_list.value
+        if len(values) != 1:
+            raise ValidationError(f"input.example_list.examples[{i}]", "needs one `image_bytes` bytes value (an encoded image)")
+        images.append(values[0])
+    return images
+
+
+def classifications(result: Scores) -> classification_pb2.ClassificationResult:
+    return classification_pb2.ClassificationResult(classifications=[
+        classification_pb2.Classifications(classes=[
+            classification_pb2.Class(label=label, score=score) for label, score in zip(result.labels, row.tolist())
+        ])
+        for row in result.scores
+    ])
+
+
+def metadata(info: ModelInfo, spec: model_pb2.ModelSpec, fields: list[str]) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    if not fields:
+        raise ValidationError("metadata_field", "GetModelMetadataRequest must specify at least one metadata_field")
+    for field in fields:
+        if field != SIGNATURE_DEF:
+            raise ValidationError("metadata_field", f"Metadata field {field} is not supported")
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    response.model_spec.name, response.model_spec.version.value = spec.name, spec.version.value
+    response.metadata[SIGNATURE_DEF].Pack(get_model_metadata_pb2.SignatureDefMap(signature_def=tensors.signature_defs(info)))
+    return response

@@ -1,0 +1,145 @@
+"""The Open Inference Protocol (KServe V2) data plane, shared by its REST and gRPC adapters.
+
+Each model is served as its SavedModel's `serving_default` signature: `classifier` takes
+`image_bytes` (BYTES [-1], encoded image files) and returns `scores` (FP32 [-1, C]) and
+`classes` (BYTES [-1, C]); `generator` takes `latents` (FP32 [-1, latent_dim]) and
+`class_ids` (INT32 [-1]) and returns `images` (UINT8 [-1, H, W, C]). An adapter turns its
+wire format into a `Request` of numpy arrays with `tensor()` (one set of checks for both),
+calls `infer`, and lays the outputs out with `raw()` / `values()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import tensors
+from .core import Engine, NotFound, ValidationError
+from .core.models import ModelInfo
+
+SIGNATURE = "serving_default"
+PLATFORM = "tensorflow_savedmodel"  # what Triton calls a SavedModel
+DATATYPES = {
+    "BOOL": np.dtype(bool), "UINT8": np.dtype("u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"), "INT8": np.dtype("i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"), "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+NAMES = {dtype: name for name, dtype in DATATYPES.items()}
+
+
+def server_metadata() -> dict[str, Any]:
+    try:
+        version = importlib.metadata.version("diptych")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        version = "dev"
+    return {"name": "diptych", "version": version, "extensions": ["binary_tensor_data"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    model: str
+    version: str  # empty: the served one
+    id: str
+    inputs: dict[str, np.ndarray]
+    outputs: list[str]  # empty: every output
+
+
+@dataclasses.dataclass(frozen=True)
+class Response:
+    model: str
+    version: str
+    id: str
+    outputs: dict[str, np.ndarray]
+
+
+def model(engine: Engine, name: str, version: str = "") -> ModelInfo:
+    """The served model `name` (at `version`, when given), or NotFound in Triton's words."""
+    try:
+        info = engine.model(name)
+    except NotFound:
+        raise NotFound(f"Request for unknown model: '{name}' is not found", "name") from None
+    if version and version != str(tensors.version(info)):
+        raise NotFound(f"Request for unknown model: '{name}' version {version} is not found", "version")
+    return info
+
+
+def model_ready(engine: Engine, name: str, version: str = "") -> bool:
+    if not engine.ready:
+        return False
+    model(engine, name, version)
+    return True
+
+
+def model_metadata(engine: Engine, name: str, version: str = "") -> dict[str, Any]:
+    info = model(engine, name, version)
+    served = tensors.signature(info, SIGNATURE)
+
+    def describe(specs: dict[str, tensors.Spec]) -> list[dict[str, Any]]:
+        return [{"name": key, "datatype": NAMES[spec.dtype], "shape": [-1] if spec.shape is None else list(spec.shape)}
+                for key, spec in specs.items()]
+
+    return {"name": name, "versions": [str(tensors.version(info))], "platform": PLATFORM,
+            "inputs": describe(served.inputs), "outputs": describe(served.outputs)}
+
+
+async def infer(engine: Engine, request: Request) -> Response:
+    info = model(engine, request.model, request.version)
+    outputs = await tensors.run(engine, info, SIGNATURE, request.inputs, request.outputs)
+    return Response(request.model, str(tensors.version(info)), request.id, outputs)
+
+
+# -- tensors on the wire: the same checks and layout for REST and gRPC --------------------
+
+
+def tensor(field: str, datatype: str, shape: Sequence[int], data: bytes | Sequence[Any]) -> np.ndarray:
+    """One input tensor as an array. `data` is its raw bytes (BYTES: each element after a
+    4-byte little-endian length) or its values, flat or nested in row-major order."""
+    dtype = DATATYPES.get(datatype)
+    if dtype is None:
+        raise ValidationError(f"{field}.datatype", f"unknown datatype {datatype!r}: use one of {', '.join(DATATYPES)}")
+    if any(size < 0 for size in shape):
+        raise ValidationError(f"{field}.shape", f"{list(shape)}: sizes must not be negative")
+    try:
+        if isinstance(data, bytes):
+            array = np.array(_split(data), dtype=object) if datatype == "BYTES" else np.frombuffer(data, dtype)
+        else:
+            array = np.array(data, dtype=dtype).ravel()
+    except (ValueError, TypeError, OverflowError) as error:
+        raise ValidationError(f"{field}.data", f"not {datatype} data: {error}") from None
+    if array.size != math.prod(shape):
+        raise ValidationError(f"{field}.shape", f"{list(shape)} needs {math.prod(shape)} values, got {array.size}")
+    return array.reshape(shape)
+
+
+def _split(data: bytes) -> list[bytes]:
+    items, at = [], 0
+    while at < len(data):
+        size = int.from_bytes(data[at : at + 4], "little")
+        if at + 4 + size > len(data):
+            raise ValueError("an element is shorter than its 4-byte length prefix says")
+        items.append(data[at + 4 : at + 4 + size])
+        at += 4 + size
+    return items
+
+
+def datatype(array: np.ndarray) -> str:
+    return NAMES[array.dtype]
+
+
+def raw(array: np.ndarray) -> bytes:
+    """The binary layout of the protocol: little-endian, row-major; BYTES length-prefixed."""
+    if array.dtype == object:
+        return b"".join(len(item).to_bytes(4, "little") + item for item in array.ravel())
+    return np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes()
+
+
+def values(array: np.ndarray) -> list[Any]:
+    """Flat row-major values for JSON (BYTES as text: every BYTES output here is a label)."""
+    flat = array.ravel().tolist()
+    return [item.decode() for item in flat] if array.dtype == object else flat
