@@ -31,7 +31,7 @@ ROWS = {
     "500-scratch": "--per-class 500 --backbone scratch",
     "500-transfer": "--per-class 500",
     "full-scratch": "--backbone scratch",
-    "full-transfer": "--image-size 96",
+    "full-transfer": "--image-size 96 --fine-tune-epochs 0",
 }
 
 

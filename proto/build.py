@@ -29,6 +29,7 @@ def generate(out: Path = ROOT) -> list[Path]:
     return sorted(path for source in SOURCES for path in (out / source).parent.glob(Path(source).stem + "_pb2*"))
 
 
-if __name__ == "__main__":
-    for path in generate():
-        print(path.relative_to(ROOT), file=sys.stderr)
+if __name__ == "__main__":  # python -m proto.build [OUT]: OUT defaults to the repository root
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT
+    for path in generate(out):
+        print(path.relative_to(out), file=sys.stderr)

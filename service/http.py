@@ -384,7 +384,8 @@ def v2_request(
         head = V2InferRequest.model_validate_json(body[:split])
     except pydantic.ValidationError as error:
         problem = error.errors()[0]
-        raise ValidationError(".".join(map(str, problem["loc"])) or "body", problem["msg"]) from None
+        field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in problem["loc"])
+        raise ValidationError(field.lstrip(".") or "body", problem["msg"]) from None
     binary, inputs = body[split:], {}
     for i, tensor in enumerate(head.inputs):
         if (size := tensor.parameters.get("binary_data_size")) is not None:
@@ -446,22 +447,25 @@ async def v2_model(request: Request) -> Response:
     return JSONResponse(v2.model_metadata(engine(), **request.path_params))
 
 
-@errors
+def v2_health(key: str, value: bool, **more: str) -> Response:
+    """The protocol's health answers: 200 for true, a 4xx for false."""
+    return JSONResponse({**more, key: value}, status_code=200 if value else 400)
+
+
+async def v2_live(request: Request) -> Response:
+    return v2_health("live", engine().alive)
+
+
+async def v2_ready(request: Request) -> Response:
+    return v2_health("ready", engine().ready)
+
+
 async def v2_model_ready(request: Request) -> Response:
-    ready = v2.model_ready(engine(), **request.path_params)
-    return JSONResponse({"name": request.path_params["name"], "ready": ready}, status_code=200 if ready else 503)
+    return v2_health("ready", v2.model_ready(engine(), **request.path_params), name=request.path_params["name"])
 
 
 async def v2_server(request: Request) -> Response:
     return JSONResponse(v2.server_metadata())
-
-
-async def v2_live(request: Request) -> Response:
-    return JSONResponse({"live": engine().alive}, status_code=200 if engine().alive else 503)
-
-
-async def v2_ready(request: Request) -> Response:
-    return JSONResponse({"ready": engine().ready}, status_code=200 if engine().ready else 503)
 
 
 V2_ROUTES = [

@@ -70,10 +70,11 @@ def model(engine: Engine, name: str, version: str = "") -> ModelInfo:
 
 
 def model_ready(engine: Engine, name: str, version: str = "") -> bool:
-    if not engine.ready:
+    """False for an unknown model too, as Triton answers."""
+    try:
+        return engine.ready and model(engine, name, version) is not None
+    except NotFound:
         return False
-    model(engine, name, version)
-    return True
 
 
 def model_metadata(engine: Engine, name: str, version: str = "") -> dict[str, Any]:

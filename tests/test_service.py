@@ -79,6 +79,7 @@ def servers(tiny_models, tmp_path_factory):
     env = {**os.environ, "BENTOML_HOME": str(tmp / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
            "TF_CPP_MIN_LOG_LEVEL": "3"}
     env = {key: value for key, value in env.items() if not key.startswith("DIPTYCH_")}
+    env["DIPTYCH_GRPC_PORT"] = "0"  # HTTP only here; tests/test_grpc.py serves gRPC on loopback
     publish = subprocess.run([sys.executable, "-m", "training.publish", str(tiny_models["classifier"]),
                               str(tiny_models["generator"])], env=env, capture_output=True, text=True, cwd=ROOT)
     assert publish.returncode == 0, publish.stderr[-3000:]
@@ -204,7 +205,8 @@ def test_classify_photos_as_multipart(server):
                                   data={"top_k": "3"})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["model"] == {"name": "classifier", "version": "1"}
+    assert response.headers["X-Model-Runtime"] in ("litert", "tensorflow")  # auto: the faster, when verified
+    assert body["model"] == {"name": "classifier", "version": "1", "runtime": response.headers["X-Model-Runtime"]}
     assert response.headers["X-Model-Name"] == "classifier" and response.headers["X-Model-Version"] == "1"
     assert [len(labels) for labels in body["predictions"]] == [3, 3, 3]
     for labels in body["predictions"]:

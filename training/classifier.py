@@ -31,13 +31,13 @@ from training.cli import UserError, run_cli
 DEFAULTS = dict(
     data="fashion-mnist", per_class=None, backbone="efficientnet-lite0", image_size=160, features="multi",
     epochs=200, learning_rate=1e-3, dropout=0.5, l2=1e-2, batch_size=64,
-    fine_tune_epochs=3, fine_tune_fraction=0.3, fine_tune_learning_rate=1e-5,
+    fine_tune_epochs=3, fine_tune_fraction=0.3, fine_tune_learning_rate=1e-4, fine_tune_augment=True,
     augment=False, validation_fraction=0.1, patience=10, seed=0,
     out="models/classifier", name="classifier", evaluate=True, eval_limit=None,
 )
 COMPILE = dict(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 QUICK = dict(per_class=100, image_size=96, epochs=100, fine_tune_epochs=0, eval_limit=2000)
-SCRATCH = dict(image_size=28, epochs=60, learning_rate=1e-3, fine_tune_epochs=0, augment=False)
+SCRATCH = dict(image_size=28, epochs=30, learning_rate=1e-3, fine_tune_epochs=0, augment=False)
 
 
 @dataclass
@@ -55,6 +55,7 @@ class ClassifierConfig:
     fine_tune_epochs: int
     fine_tune_fraction: float
     fine_tune_learning_rate: float
+    fine_tune_augment: bool
     augment: bool
     validation_fraction: float
     patience: int
@@ -151,7 +152,7 @@ def train(config: ClassifierConfig) -> Path:
             phase_1_weights = model.get_weights()
             fine_tune_stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=2,
                                                            restore_best_weights=True)
-            history = model.fit(pipeline(train_set, shuffle=True, augment=config.augment),
+            history = model.fit(pipeline(train_set, shuffle=True, augment=config.fine_tune_augment),
                                 epochs=config.fine_tune_epochs, validation_data=pipeline(validation_set),
                                 callbacks=[fine_tune_stop], verbose=2)
             best = max(history.history["val_accuracy"])
@@ -230,7 +231,11 @@ def parse_args(argv: list[str] | None = None) -> ClassifierConfig:
     add("--fine-tune-epochs", type=int, help="phase 2 epochs; 0 skips fine-tuning")
     add("--fine-tune-fraction", type=float, help="top share of the backbone's layers to unfreeze in phase 2")
     add("--fine-tune-learning-rate", type=float, help="phase 2 learning rate")
-    add("--augment", action=argparse.BooleanOptionalAction, help="random flips/shifts/zooms while training")
+    add("--augment", action=argparse.BooleanOptionalAction,
+        help="random flips/shifts/zooms in phase 1 (then it runs through the backbone every epoch)")
+    add("--fine-tune-augment", action=argparse.BooleanOptionalAction,
+        help="random flips/shifts/zooms in phase 2: the head has already fit the plain images, so "
+             "without them fine-tuning has little left to learn from")
     add("--validation-fraction", type=float, help="share of the training data held out for early stopping")
     add("--patience", type=int, help="early-stopping patience in epochs (phase 1)")
     add("--seed", type=int, help="random seed for the subset, the split, and the weights")

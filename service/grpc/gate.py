@@ -58,12 +58,17 @@ Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 class Gate(grpc.aio.ServerInterceptor):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._guarded_handlers: dict[str, grpc.RpcMethodHandler] = {}  # by method: wrapped once
 
     async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
+        if (guarded := self._guarded_handlers.get(details.method)) is not None:
+            return guarded
         handler = await continuation(details)
         if handler is None or handler.unary_unary is None or details.method.startswith(OPEN):
             return handler
-        return handler._replace(unary_unary=self._guarded(handler.unary_unary, details.method))
+        guarded = handler._replace(unary_unary=self._guarded(handler.unary_unary, details.method))
+        self._guarded_handlers[details.method] = guarded
+        return guarded
 
     def _guarded(self, behavior: Behavior, method: str) -> Behavior:
         slot = self.engine.admit if method in INFERENCE else contextlib.nullcontext

@@ -5,8 +5,9 @@ BentoML 1.4 serves no gRPC for new-style services, so this grpc.aio server runs 
 each BentoML worker, on the worker's event loop, and calls the worker's `Engine`: HTTP and
 gRPC requests share the loaded models, the batches and the admission slots. With several
 workers, each one binds the same port with SO_REUSEPORT and the kernel spreads the
-connections. Messages may be as large as an HTTP body (`max_body_bytes`). Health reports
-NOT_SERVING until the models are warm, and again from the start of a shutdown.
+connections. A request may be as large as an HTTP body (`max_body_bytes`); replies are not
+limited, as on HTTP. Health reports NOT_SERVING until the models are warm, and again from
+the start of a shutdown.
 """
 
 from __future__ import annotations
@@ -41,11 +42,9 @@ class GrpcServer:
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self.engine = engine
         self.address = f"{settings.grpc_host}:{settings.grpc_port}"
-        limit = settings.max_body_bytes
         self.server = grpc.aio.server(
             interceptors=[Gate(engine)],
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-                     ("grpc.so_reuseport", 1)],
+            options=[("grpc.max_receive_message_length", settings.max_body_bytes), ("grpc.so_reuseport", 1)],
         )
         self.health = health.aio.HealthServicer()
         diptych_pb2_grpc.add_DiptychServicer_to_server(DiptychServicer(engine), self.server)
