@@ -117,3 +117,34 @@ def test_one_class_folder_is_refused(tmp_path, capsys):
     code = run_cli(lambda: classifier_main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "m")]))
     assert code == 2
     assert "class" in capsys.readouterr().err
+
+
+def test_quick_profile_without_fine_tuning(tmp_path):
+    """--quick skips phase 2: the stacked model must still evaluate and export."""
+    code = run_cli(lambda: classifier_main([
+        "--quick", "--per-class", "10", "--image-size", "32", "--eval-limit", "50", "--out", str(tmp_path),
+    ]))
+    assert code == 0
+    card = json.loads((tmp_path / "1" / "model_card.json").read_text())
+    assert card["training"]["config"]["fine_tune_epochs"] == 0
+    assert card["metrics"]["test_examples"] == 50
+
+
+def test_evaluate_cli_writes_report(transfer_model, tmp_path, capsys):
+    from training.evaluate import main as evaluate_main
+
+    # The parent folder is accepted too: its highest version is evaluated.
+    code = run_cli(lambda: evaluate_main([str(transfer_model.parent), "--limit", "200",
+                                          "--report-dir", str(tmp_path)]))
+    assert code == 0
+    assert "accuracy:" in capsys.readouterr().out
+    report = (tmp_path / "report.md").read_text()
+    assert "| Sneaker |" in report and "efficientnet-lite0" in report
+    assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_cli_without_a_model(tmp_path, capsys):
+    from training.evaluate import main as evaluate_main
+
+    assert run_cli(lambda: evaluate_main([str(tmp_path)])) == 2
+    assert "no exported model" in capsys.readouterr().err

@@ -5,10 +5,10 @@ metrics and a graceful stop. (The Open Inference Protocol: tests/test_v2.py.)"""
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import io
 import os
 import signal
-import threading
 import time
 
 import grpc
@@ -375,33 +375,33 @@ def test_messages_are_limited_to_the_http_body_size(locked_channel):
     assert error.code() == Code.RESOURCE_EXHAUSTED
 
 
+def holding_the_slot(server: Server, call) -> bool:
+    """True once `call`, still running, holds the server's one request slot."""
+    return eventually(lambda: total(scrape(server), "diptych_requests_in_flight") == 1) and not call.done()
+
+
 def test_overload_is_resource_exhausted_and_the_slots_are_shared_with_http(locked, locked_channel):
     """One request slot: while a gRPC call waits out the 1 s batch window HTTP is refused,
     and while an HTTP request is still sending its body gRPC is refused."""
     stub = diptych_pb2_grpc.DiptychStub(locked_channel)
     held = stub.Generate.future(pb.GenerateRequest(seed=1), metadata=AUTH)
-    over_http = None
-    while not held.done() and over_http is None:  # an empty request fails fast once admitted
-        response = locked.client.post("/classify", json={"images": []}, headers=HTTP_AUTH)
-        over_http = response if response.status_code == 503 else None
+    assert holding_the_slot(locked, held)
+    over_http = locked.client.post("/classify", json={"images": []}, headers=HTTP_AUTH)
     assert held.result().images
-    assert over_http is not None and over_http.json()["detail"][0]["type"] == "overloaded"
+    assert over_http.status_code == 503 and over_http.json()["detail"][0]["type"] == "overloaded"
 
     def slow_body():
         yield b'{"images": ['
         time.sleep(1.5)
         yield b"]}"
 
-    holder = threading.Thread(target=lambda: httpx.post(f"{locked.url}/classify", content=slow_body(),
-                                                        headers=HTTP_AUTH, timeout=30))
-    holder.start()
-    over_grpc = None
-    while holder.is_alive() and over_grpc is None:
-        probe = failure(stub.Classify, pb.ClassifyRequest(images=[b"x"]), metadata=AUTH)
-        over_grpc = probe if probe.code() == Code.RESOURCE_EXHAUSTED else None
-    holder.join()
-    assert over_grpc is not None, "no gRPC call was refused while the HTTP request held the slot"
-    assert "requests in flight" in over_grpc.details() and ("retry-after", "1") in over_grpc.trailing_metadata()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(httpx.post, f"{locked.url}/classify", content=slow_body(), headers=HTTP_AUTH, timeout=30)
+        assert holding_the_slot(locked, holder)
+        over_grpc = failure(stub.Classify, pb.ClassifyRequest(images=[PNG]), metadata=AUTH)
+        assert holder.result().status_code == 400  # its body was an empty list of images
+    assert (over_grpc.code(), over_grpc.details()) == (Code.RESOURCE_EXHAUSTED, "more than 1 requests in flight; retry shortly")
+    assert ("retry-after", "1") in over_grpc.trailing_metadata()
 
 
 def test_the_deadline_is_honoured(locked, locked_channel):
@@ -427,15 +427,14 @@ def test_the_deadline_is_honoured(locked, locked_channel):
 
 def test_sigterm_lets_calls_in_flight_finish(server_env, tiny_models, tmp_path):
     """A server of its own: SIGTERM arrives while a call waits out a 2 s batch window."""
-    draining = Server({**server_env, "DIPTYCH_MAX_CONCURRENCY": "1", "DIPTYCH_BATCH_WINDOW_MS": "2000",
+    draining = Server({**server_env, "DIPTYCH_BATCH_WINDOW_MS": "2000",
                        "DIPTYCH_CLASSIFIER": str(tiny_models["classifier"]),
                        "DIPTYCH_GENERATOR": str(tiny_models["generator"])}, tmp_path / "draining.log")
     try:
         draining.wait("/readyz")
         with grpc.insecure_channel(draining.grpc_target) as channel:
             held = diptych_pb2_grpc.DiptychStub(channel).Generate.future(pb.GenerateRequest(seed=1, count=2))
-            while draining.client.post("/classify", json={"images": []}).status_code != 503:
-                assert not held.done(), "the call ended before it was seen in flight"
+            assert holding_the_slot(draining, held)
             os.kill(draining.process.pid, signal.SIGTERM)
             assert len(held.result(timeout=60).images) == 2
         assert draining.process.wait(timeout=60) == 0

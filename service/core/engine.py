@@ -101,9 +101,11 @@ class Engine:
             if self._in_flight >= self.settings.max_concurrency:
                 raise Overloaded(f"more than {self.settings.max_concurrency} requests in flight; retry shortly")
             self._in_flight += 1
+        metrics().in_flight.inc()
         try:
             yield
         finally:
+            metrics().in_flight.dec()
             with self._lock:
                 self._in_flight -= 1
 

@@ -2,9 +2,9 @@
 
 Requests are checked from their headers only (format known, pixel count within the
 limit) before they join a batch; the batch workers then decode each image once with
-Pillow, in parallel, exactly as the exported graph's `serving_default` would: upright (EXIF),
-RGB, resized with an antialiased bilinear filter in float, rounded to uint8. The model
-runtimes take those pixels (the SavedModel's `classify_resized`, or its LiteRT conversion).
+Pillow, in parallel, as the exported graph's `serving_default` does (up to rounding ties):
+upright (EXIF), RGB, resized with an antialiased bilinear filter in float, rounded to
+uint8. The runtimes take those pixels (`classify_resized`, or its LiteRT conversion).
 """
 
 from __future__ import annotations

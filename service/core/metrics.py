@@ -32,6 +32,9 @@ class Metrics:
         self.rejected = prom.Counter("diptych_requests_rejected", "Requests refused, by reason", ["reason", "protocol"])
         call = ["protocol", "method"]
         self.requests = prom.Counter("diptych_requests", "Requests answered, by status code", [*call, "code"])
+        self.in_flight = prom.Gauge(
+            "diptych_requests_in_flight", "Requests holding one of the max_concurrency slots", multiprocess_mode="livesum"
+        )
         self.request_seconds = prom.Histogram(
             "diptych_request_seconds", "Time to answer a request", call, buckets=LATENCY_BUCKETS
         )
