@@ -59,24 +59,27 @@ def version(info: ModelInfo) -> int:
 
 def signature_defs(info: ModelInfo) -> Mapping[str, meta_graph_pb2.SignatureDef]:
     """The SavedModel's SignatureDefMap, as TF Serving reads it from saved_model.pb."""
-    ref = info.source if Path(info.source).is_dir() else f"{info.name}:{info.version}"
-    return _read_signature_defs(locate(ref)[0])
-
-
-@functools.cache
-def _read_signature_defs(path: str) -> Mapping[str, meta_graph_pb2.SignatureDef]:
-    saved = saved_model_pb2.SavedModel.FromString((Path(path) / "saved_model.pb").read_bytes())
-    graph = next(graph for graph in saved.meta_graphs if "serve" in graph.meta_info_def.tags)
-    return dict(graph.signature_def)
+    return _read(info.source, info.name, info.version)[0]
 
 
 def signature(info: ModelInfo, name: str) -> Signature:
-    definition = signature_defs(info).get(name)
-    if definition is None or not definition.inputs:
-        served = sorted(key for key, value in signature_defs(info).items() if value.inputs)
+    served = _read(info.source, info.name, info.version)[1]
+    if name not in served:
         raise ValidationError("signature_name", f'Serving signature name: "{name}" not found in signature def; '
-                                                f"{info.kind} serves {served}")
-    return Signature(name, _specs(definition.inputs), _specs(definition.outputs))
+                                                f"{info.kind} serves {sorted(served)}")
+    return served[name]
+
+
+@functools.cache
+def _read(source: str, name: str, version: str) -> tuple[dict[str, meta_graph_pb2.SignatureDef], dict[str, Signature]]:
+    """Once per model: its SignatureDefMap, and the signatures that take inputs."""
+    ref = source if Path(source).is_dir() else f"{name}:{version}"
+    saved = saved_model_pb2.SavedModel.FromString((Path(locate(ref)[0]) / "saved_model.pb").read_bytes())
+    graph = next(graph for graph in saved.meta_graphs if "serve" in graph.meta_info_def.tags)
+    definitions = dict(graph.signature_def)
+    signatures = {key: Signature(key, _specs(definition.inputs), _specs(definition.outputs))
+                  for key, definition in definitions.items() if definition.inputs}
+    return definitions, signatures
 
 
 def _specs(tensors: Mapping[str, meta_graph_pb2.TensorInfo]) -> dict[str, Spec]:

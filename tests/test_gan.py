@@ -243,4 +243,22 @@ def test_help_states_every_default(capsys):
         gan.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     for name, value in gan.DEFAULTS.items():
-        assert f"(default: {value})" in text, name
+        assert f"(default: {value})" in text or (value is None and "default: all" in text), name
+
+
+def test_evaluating_a_missing_model_is_a_clear_error(tmp_path, capsys):
+    from training import evaluate_gan
+
+    assert run_cli(lambda: evaluate_gan.main([str(tmp_path / "nothing")])) == 2
+    assert "no exported model" in capsys.readouterr().err
+
+
+def test_benchmark_prints_the_recorded_numbers(capsys):
+    from benchmarks.gan_results import print_table
+
+    row = {"command": "python -m training.gan --quick", "epochs": 2, "training_minutes": 3.5,
+           "training_cpu_minutes": 2.9, "fid": 8.123, "fid_floor": 0.16, "class_consistency": 0.931}
+    print_table({"quick": row, "full": None})
+    quick, full = capsys.readouterr().out.splitlines()[2:]
+    assert "8.12" in quick and "0.16" in quick and "93.1%" in quick and "python -m training.gan --quick" in quick
+    assert "not measured yet" in full

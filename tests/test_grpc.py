@@ -427,7 +427,7 @@ def test_the_deadline_is_honoured(locked, locked_channel):
 
 def test_sigterm_lets_calls_in_flight_finish(server_env, tiny_models, tmp_path):
     """A server of its own: SIGTERM arrives while a call waits out a 2 s batch window."""
-    draining = Server({**server_env, "DIPTYCH_BATCH_WINDOW_MS": "2000",
+    draining = Server({**server_env, "BENTOML_HOME": str(tmp_path / "home"), "DIPTYCH_BATCH_WINDOW_MS": "2000",
                        "DIPTYCH_CLASSIFIER": str(tiny_models["classifier"]),
                        "DIPTYCH_GENERATOR": str(tiny_models["generator"])}, tmp_path / "draining.log")
     try:

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import prometheus_client
 import pytest
 import skimage.data
 import tensorflow as tf
@@ -209,6 +210,9 @@ def test_classifier_pool_answers_each_request_with_its_own_scores(classifier_con
         model.close()
     for chosen, rows in answers:
         np.testing.assert_allclose(np.stack(rows), expected[chosen], atol=conversion.SCORE_TOLERANCE)
+    labels = {"model": model.info.name, "version": model.info.version, "runtime": LITERT}  # the runtime is a label
+    assert prometheus_client.REGISTRY.get_sample_value("diptych_batch_size_sum", labels) >= sum(
+        len(chosen) for chosen, _ in answers)
 
 
 def test_generator_pool_answers_each_request_with_its_own_images(generator_conversion, tiny_models):

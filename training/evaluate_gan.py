@@ -28,10 +28,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from training.cli import UserError, run_cli  # first: it quiets TensorFlow's start-up logs
+
+import keras
 import numpy as np
+import tensorflow as tf
+from keras import layers
 from tqdm import tqdm
 
-from training.cli import UserError, run_cli
 from training.evaluate import resolve_model_dir
 from training.export import read_card
 
@@ -85,9 +89,6 @@ def build_evaluator(image_size: int, channels: int, num_classes: int):
     Input: float32 pixels in 0–255 `[N, S, S, C]`. Convolution blocks halve the side down
     to 8 px or less, then a 128-unit dense layer gives the features.
     """
-    import keras
-    from keras import layers
-
     images = keras.Input((image_size, image_size, channels), name="images")
     x = layers.Rescaling(1 / 255, name="scale")(images)
     side, width, block = image_size, 32, 0
@@ -106,10 +107,7 @@ def build_evaluator(image_size: int, channels: int, num_classes: int):
 class Evaluator:
     """The trained evaluator: class scores and FID features for uint8 images."""
 
-    def __init__(self, model, class_names: list[str], test_accuracy: float):
-        import keras
-        import tensorflow as tf
-
+    def __init__(self, model: keras.Model, class_names: list[str], test_accuracy: float):
         self.model = model  # keras.Model: float32 pixels 0–255 → class scores
         self.class_names = class_names
         self.test_accuracy = test_accuracy
@@ -119,7 +117,8 @@ class Evaluator:
     def scores_and_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores, features = [], []
         for start in range(0, len(images), BATCH_SIZE):
-            batch_scores, batch_features = self._scores_and_features(images[start:start + BATCH_SIZE].astype(np.float32))
+            batch = images[start:start + BATCH_SIZE].astype(np.float32)
+            batch_scores, batch_features = self._scores_and_features(batch)
             scores.append(batch_scores.numpy())
             features.append(batch_features.numpy())
         return np.concatenate(scores), np.concatenate(features)
@@ -127,8 +126,6 @@ class Evaluator:
 
 def train_evaluator(train, test, epochs: int = EVALUATOR_EPOCHS, seed: int = 0) -> Evaluator:
     """Train the evaluator on `train` (a training.data.Dataset) and measure it on `test`."""
-    import keras
-
     from training.data import make_pipeline
 
     keras.utils.set_random_seed(seed)
@@ -142,8 +139,6 @@ def train_evaluator(train, test, epochs: int = EVALUATOR_EPOCHS, seed: int = 0) 
 
 def load_or_train_evaluator(source: str, train, test, cache_root: Path = EVALUATOR_CACHE) -> Evaluator:
     """The cached evaluator for this data source and image shape, trained on first use."""
-    import keras
-
     _, size, _, channels = train.images.shape
     folder = cache_root / f"{_source_key(source)}-{size}px-{channels}ch-r{EVALUATOR_REVISION}"
     model_path, info_path = folder / "evaluator.keras", folder / "evaluator.json"
@@ -190,8 +185,6 @@ class GANEvaluation:
 
 def saved_model_generator(model_dir: Path) -> GenerateFn:
     """Call an exported generator's serving signature, loaded with tf.saved_model.load alone."""
-    import tensorflow as tf
-
     serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
     return lambda latents, class_ids: serve(latents=tf.constant(latents, tf.float32),
                                             class_ids=tf.constant(class_ids, tf.int32))["images"].numpy()

@@ -81,7 +81,8 @@ class GeneratorModule(tf.Module):
         ]
         with tf.control_dependencies(checks):
             count = tf.identity(count)
-        latents = tf.random.stateless_normal([count, self.latent_dim], seed=tf.stack([seed, tf.constant(0, tf.int64)]))
+        key = tf.stack([seed, tf.constant(0, tf.int64)])  # stateless RNGs take a key of two integers
+        latents = tf.random.stateless_normal([count, self.latent_dim], seed=key)
         class_ids = tf.where(class_id < 0, tf.range(count) % self.num_classes, tf.fill([count], class_id))
         return {"images": self._generate(latents, class_ids), "latents": latents, "class_ids": class_ids}
 

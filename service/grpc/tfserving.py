@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -35,6 +35,7 @@ from ..core import Engine, NotFound, Scores, ValidationError
 from ..core.models import ModelInfo
 
 SIGNATURE_DEF = "signature_def"  # the one metadata field TF Serving knows
+DATA_TYPES = {dtype: code for code, dtype in tensors.DTYPES.items()}
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -44,7 +45,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Predict(self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext) -> predict_pb2.PredictResponse:
         info, spec = servable(self.engine, request.model_spec)
         outputs = await tensors.run(self.engine, info, spec.signature_name, arrays(request.inputs), request.output_filter)
-        return predict_pb2.PredictResponse(model_spec=spec, outputs=protos(outputs))
+        return predicted(spec, outputs)
 
     async def Classify(self, request: classification_pb2.ClassificationRequest,
                        context: grpc.aio.ServicerContext) -> classification_pb2.ClassificationResponse:
@@ -95,8 +96,19 @@ def arrays(inputs: Mapping[str, tensor_pb2.TensorProto]) -> dict[str, np.ndarray
     return result
 
 
-def protos(outputs: Mapping[str, np.ndarray]) -> dict[str, tensor_pb2.TensorProto]:
-    return {name: tf.make_tensor_proto(value) for name, value in outputs.items()}
+def predicted(spec: model_pb2.ModelSpec, outputs: Mapping[str, np.ndarray]) -> predict_pb2.PredictResponse:
+    """Outputs as TensorProtos the way TF lays them out (raw little-endian bytes, or
+    string_val), filled in place: tf.make_tensor_proto costs more than the whole call."""
+    response = predict_pb2.PredictResponse(model_spec=spec)
+    for name, value in outputs.items():
+        proto = response.outputs[name]
+        proto.dtype = DATA_TYPES[value.dtype]
+        proto.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in value.shape)
+        if value.dtype == object:
+            proto.string_val.extend(value.ravel().tolist())
+        else:
+            proto.tensor_content = np.ascontiguousarray(value, value.dtype.newbyteorder("<")).tobytes()
+    return response
 
 
 def encoded_images(request: input_pb2.Input) -> list[bytes]:
