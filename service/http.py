@@ -247,7 +247,8 @@ def _parse_error(model: type, field: str, kind: str, message: str) -> pydantic.V
 OPEN_PATHS = ("/livez", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics", "/", "/docs.json",
               "/schema.json")
 OPEN_PREFIXES = ("/static_content/", "/assets/")
-ROUTE = re.compile(r"/(classify|generate|interpolate|models(/[^/]+)?|v2(/models/[^/]+(/versions/[^/]+)?(/ready|/infer)?)?)")
+ROUTE = re.compile(r"/(classify|generate|interpolate|models(/[^/]+)?"
+                   r"|v2(/models/[^/]+(/versions/[^/]+)?(/ready|/infer)?)?)")
 
 
 def engine() -> Engine:
@@ -474,6 +475,7 @@ V2_ROUTES = [
     Route("/v2/health/ready", v2_ready),
     *(Route(f"/v2/models/{{name}}{version}{suffix}", endpoint, methods=[method])
       for version in ("", "/versions/{version}")
-      for suffix, endpoint, method in (("", v2_model, "GET"), ("/ready", v2_model_ready, "GET"), ("/infer", v2_infer, "POST"))),
+      for suffix, endpoint, method in (("", v2_model, "GET"), ("/ready", v2_model_ready, "GET"),
+                                       ("/infer", v2_infer, "POST"))),
 ]
 models_app = Starlette(routes=[Route("/models", list_models), Route("/models/{name}", get_model), *V2_ROUTES])

@@ -108,7 +108,8 @@ async def run(
 
 def check(served: Signature, inputs: Mapping[str, np.ndarray]) -> None:
     if set(inputs) != set(served.inputs):
-        raise ValidationError("inputs", f"signature {served.name!r} takes {sorted(served.inputs)}, got {sorted(inputs)}")
+        raise ValidationError("inputs",
+                              f"signature {served.name!r} takes {sorted(served.inputs)}, got {sorted(inputs)}")
     for name, spec in served.inputs.items():
         value = inputs[name]
         if value.dtype != spec.dtype:
@@ -149,7 +150,9 @@ async def _render(engine: Engine, latents: np.ndarray, class_ids: np.ndarray) ->
     return {"images": (await engine.render(latents, class_ids)).images}
 
 
-async def _render_seeded(engine: Engine, seed: np.ndarray, count: np.ndarray, class_id: np.ndarray) -> dict[str, np.ndarray]:
+async def _render_seeded(
+    engine: Engine, seed: np.ndarray, count: np.ndarray, class_id: np.ndarray
+) -> dict[str, np.ndarray]:
     """The latents the SavedModel's own graph draws: TensorFlow's stateless RNG keyed by the seed."""
     import tensorflow as tf
 

@@ -112,7 +112,8 @@ def grpc_servers(server_env, tiny_models, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("grpc-servers")
     (tmp / "keys").write_text(f"# mounted secret\n{GRPC_KEYS[1]}\n")
     open_server = Server(server_env, tmp / "open.log")
-    locked = Server({**server_env, "BENTOML_HOME": str(tmp / "locked-home"), "DIPTYCH_API_KEYS": GRPC_KEYS[0], "DIPTYCH_API_KEYS_FILE": str(tmp / "keys"),
+    locked = Server({**server_env, "BENTOML_HOME": str(tmp / "locked-home"),
+                     "DIPTYCH_API_KEYS": GRPC_KEYS[0], "DIPTYCH_API_KEYS_FILE": str(tmp / "keys"),
                      "DIPTYCH_MAX_IMAGES": "2", "DIPTYCH_MAX_BODY_BYTES": "200000", "DIPTYCH_MAX_GENERATE": "4",
                      "DIPTYCH_MAX_CONCURRENCY": "1", "DIPTYCH_BATCH_WINDOW_MS": "1000",
                      "DIPTYCH_CLASSIFIER": str(tiny_models["classifier"]),

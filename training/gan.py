@@ -27,7 +27,7 @@ from pathlib import Path
 
 from training.cli import UserError, run_cli
 
-# The default flags are the full recipe (docs/gan.md): ~14 CPU-minutes on Fashion-MNIST.
+# The default flags are the full recipe (docs/gan.md): ~15 CPU-minutes on Fashion-MNIST.
 # Small networks and small batches: on a CPU, more updates beat wider layers (docs/gan.md
 # has the measurements). --quick is the same recipe cut to 2 epochs for the demo.
 DEFAULTS = dict(

@@ -7,8 +7,8 @@ side until it is the image (tanh, pixels in [-1, 1]).
 Discriminator: strided convolutions with LeakyReLU and dropout, then one "realness" score.
 It is told the class by projection (Miyato & Koyama, 2018): the score gets the inner product
 of a class embedding with the image features added. That asks "is this a real image *of
-this class*?" directly, which keeps samples on their class better than concatenating a
-label map to the input, at the cost of one embedding table.
+this class*?" directly, for the price of one embedding table (the other common way,
+concatenating a label map to the input image, makes the first convolution wider).
 
 An unconditional model is the same pair of networks with a single class, so every caller
 (training, export, evaluation) treats both the same way: class id 0 means "any".
@@ -28,15 +28,15 @@ SMALLEST_MAP = 8
 
 @dataclass(frozen=True)
 class GANConfig:
-    """Everything that fixes the shapes of the two networks (saved with every checkpoint)."""
+    """Everything that fixes the shapes of the two networks."""
 
     image_size: int = 28
     channels: int = 1
     num_classes: int = 10  # 1 for an unconditional model
     latent_dim: int = 64
-    filters: int = 64  # width of the last hidden map; each smaller map has twice as many
+    filters: int = 32  # width of the last hidden map; each smaller map has twice as many
     embedding_dim: int = 32  # the class embedding joined to the generator's latent vector
-    dropout: float = 0.3  # discriminator dropout: slows it down so the generator can keep up
+    dropout: float = 0.3  # discriminator dropout, as in the TF DCGAN tutorial (docs/gan.md: CPU cost)
 
     @property
     def upsamplings(self) -> int:
@@ -95,6 +95,8 @@ def build_discriminator(config: GANConfig) -> keras.Model:
     class_ids = keras.Input((), dtype="int32", name="class_ids")
     x, width = images, config.filters
     for stage in range(1, config.upsamplings + 1):
+        # No bias: with one, TF's graph optimizer logs a failed conv + bias + LeakyReLU
+        # fusion on every run. The realness layer keeps its bias.
         x = layers.Conv2D(width, 4, strides=2, padding="same", use_bias=False, name=f"down{stage}")(x)
         x = layers.LeakyReLU(0.2, name=f"down{stage}_lrelu")(x)
         x = layers.Dropout(config.dropout, name=f"down{stage}_dropout")(x)

@@ -29,7 +29,8 @@ class DiptychServicer(diptych_pb2_grpc.DiptychServicer):
         result = await self.engine.generate(*generation_arguments(request))
         return generated(result, request.format)
 
-    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+    async def ListModels(self, request: pb.ListModelsRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[model(info) for info in self.engine.models()])
 
 

@@ -27,13 +27,16 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
+    async def ServerLive(self, request: pb.ServerLiveRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.engine.alive)
 
-    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
+    async def ServerReady(self, request: pb.ServerReadyRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.engine.ready)
 
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
+    async def ModelReady(self, request: pb.ModelReadyRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=v2.model_ready(self.engine, request.name, request.version))
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest,
@@ -45,7 +48,8 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
         metadata = v2.model_metadata(self.engine, request.name, request.version)
         return json_format.ParseDict(metadata, pb.ModelMetadataResponse())
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: pb.ModelInferRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         return infer_response(await v2.infer(self.engine, infer_request(request)))
 
 
@@ -53,12 +57,12 @@ def infer_request(message: pb.ModelInferRequest) -> v2.Request:
     raw = message.raw_input_contents
     if raw and len(raw) != len(message.inputs):
         raise ValidationError("raw_input_contents", f"has {len(raw)} entries for {len(message.inputs)} inputs")
-    inputs = {
-        tensor.name: v2.tensor(f"inputs[{i}]", tensor.datatype, tensor.shape,
-                               raw[i] if raw else list(getattr(tensor.contents, CONTENTS.get(tensor.datatype, "bytes_contents"))))
-        for i, tensor in enumerate(message.inputs)
-    }
-    return v2.Request(message.model_name, message.model_version, message.id, inputs, [out.name for out in message.outputs])
+    inputs = {}
+    for i, tensor in enumerate(message.inputs):
+        data = raw[i] if raw else list(getattr(tensor.contents, CONTENTS.get(tensor.datatype, "bytes_contents")))
+        inputs[tensor.name] = v2.tensor(f"inputs[{i}]", tensor.datatype, tensor.shape, data)
+    outputs = [out.name for out in message.outputs]
+    return v2.Request(message.model_name, message.model_version, message.id, inputs, outputs)
 
 
 def infer_response(result: v2.Response) -> pb.ModelInferResponse:

@@ -42,9 +42,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    async def Predict(self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext) -> predict_pb2.PredictResponse:
+    async def Predict(self, request: predict_pb2.PredictRequest,
+                      context: grpc.aio.ServicerContext) -> predict_pb2.PredictResponse:
         info, spec = servable(self.engine, request.model_spec)
-        outputs = await tensors.run(self.engine, info, spec.signature_name, arrays(request.inputs), request.output_filter)
+        inputs = arrays(request.inputs)
+        outputs = await tensors.run(self.engine, info, spec.signature_name, inputs, request.output_filter)
         return predicted(spec, outputs)
 
     async def Classify(self, request: classification_pb2.ClassificationRequest,
@@ -65,7 +67,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not served: use Classify or Predict")
 
 
-def servable(engine: Engine, spec: model_pb2.ModelSpec, classify: bool = False) -> tuple[ModelInfo, model_pb2.ModelSpec]:
+def servable(
+    engine: Engine, spec: model_pb2.ModelSpec, classify: bool = False
+) -> tuple[ModelInfo, model_pb2.ModelSpec]:
     """The model a ModelSpec names, and the spec to answer with (version and signature filled in)."""
     if not spec.name:
         raise ValidationError("model_spec", "Missing ModelSpec")
@@ -118,7 +122,8 @@ def encoded_images(request: input_pb2.Input) -> list[bytes]:
     for i, example in enumerate(request.example_list.examples):
         values = example.features.feature["image_bytes"].bytes_list.value
         if len(values) != 1:
-            raise ValidationError(f"input.example_list.examples[{i}]", "needs one `image_bytes` bytes value (an encoded image)")
+            raise ValidationError(f"input.example_list.examples[{i}]",
+                                  "needs one `image_bytes` bytes value (an encoded image)")
         images.append(values[0])
     return images
 
@@ -132,7 +137,9 @@ def classifications(result: Scores) -> classification_pb2.ClassificationResult:
     ])
 
 
-def metadata(info: ModelInfo, spec: model_pb2.ModelSpec, fields: list[str]) -> get_model_metadata_pb2.GetModelMetadataResponse:
+def metadata(
+    info: ModelInfo, spec: model_pb2.ModelSpec, fields: list[str]
+) -> get_model_metadata_pb2.GetModelMetadataResponse:
     if not fields:
         raise ValidationError("metadata_field", "GetModelMetadataRequest must specify at least one metadata_field")
     for field in fields:
@@ -140,5 +147,6 @@ def metadata(info: ModelInfo, spec: model_pb2.ModelSpec, fields: list[str]) -> g
             raise ValidationError("metadata_field", f"Metadata field {field} is not supported")
     response = get_model_metadata_pb2.GetModelMetadataResponse()
     response.model_spec.name, response.model_spec.version.value = spec.name, spec.version.value
-    response.metadata[SIGNATURE_DEF].Pack(get_model_metadata_pb2.SignatureDefMap(signature_def=tensors.signature_defs(info)))
+    definitions = get_model_metadata_pb2.SignatureDefMap(signature_def=tensors.signature_defs(info))
+    response.metadata[SIGNATURE_DEF].Pack(definitions)
     return response
