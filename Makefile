@@ -10,7 +10,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export BENTOML_DO_NOT_TRACK := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install system-deps demo test benchmark serving-benchmark clean help
+.PHONY: install system-deps demo test benchmark serving-benchmark proto clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -42,8 +42,8 @@ demo: install  ## train the default models if absent (quick profiles), publish t
 	@test -n "$$(ls models/classifier 2>/dev/null)" || $(PY) -m training.classifier --quick
 	@test -n "$$(ls models/generator 2>/dev/null)" || $(PY) -m training.gan --quick
 	$(PY) -m training.publish models/classifier models/generator
-	@echo ">> serving on http://127.0.0.1:3000 (API explorer at /, Ctrl-C stops)"
-	$(VENV)/bin/bentoml serve service.service:Diptych --host 127.0.0.1 --port 3000
+	@echo ">> serving HTTP on http://127.0.0.1:3000 (API explorer at /) and gRPC on 127.0.0.1:50051; Ctrl-C stops"
+	DIPTYCH_GRPC_HOST=127.0.0.1 $(VENV)/bin/bentoml serve service.service:Diptych --host 127.0.0.1 --port 3000
 
 test: install  ## run the whole test suite
 	$(PY) -m pytest -q
@@ -52,10 +52,13 @@ benchmark: install  ## print the published result tables
 	$(PY) -m benchmarks.classifier_results
 	$(PY) -m benchmarks.gan_results
 
-serving-benchmark: install  ## measure raw model vs HTTP service throughput/latency (needs Debian `hey`)
-	@command -v hey >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get install -y -qq hey >/dev/null || echo "!! install the Debian package hey"; }
+serving-benchmark: install  ## raw model vs HTTP and gRPC throughput/latency (Debian hey, nghttp2-client)
+	@command -v hey >/dev/null 2>&1 && command -v h2load >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -qq hey nghttp2-client >/dev/null || echo "!! install the Debian packages hey and nghttp2-client"; }
 	$(PY) -m benchmarks.serving
+
+proto:  ## regenerate the committed gRPC code from proto/**/*.proto (tests/test_grpc_proto.py checks it)
+	$(PY) -m proto.build
 
 clean:  ## remove built models and caches (keeps .venv)
 	rm -rf models .cache reports

@@ -8,11 +8,13 @@ the graph, and the model card beside it says what the model is and how good it i
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -34,6 +36,32 @@ def latest_version_dir(out_dir: str | os.PathLike) -> Path | None:
     root = Path(out_dir)
     versions = [int(p.name) for p in root.glob("*") if p.is_dir() and p.name.isdigit()]
     return root / str(max(versions)) if versions else None
+
+
+@contextlib.contextmanager
+def new_version_folder(out_dir: str | os.PathLike) -> Iterator[tuple[Path, int]]:
+    """Yield (staging folder, version) for the next export under `out_dir`.
+
+    The export is written into a hidden temporary folder and renamed into place only when
+    the block finishes, so a crash never leaves a half-written version that a server
+    would pick up as the latest.
+    """
+    out_root = Path(out_dir)
+    out_root.mkdir(parents=True, exist_ok=True)
+    version = next_version(out_root)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_root))
+    try:
+        yield staging, version
+        staging.rename(out_root / str(version))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def card_header(kind: str, name: str, version: int) -> dict:
+    """The model card keys every kind of model shares (docs/architecture.md)."""
+    return {"kind": kind, "name": name, "version": version,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 class ClassifierModule(tf.Module):
@@ -104,14 +132,9 @@ def export_classifier(
 ) -> Path:
     """Write `out_dir/<next version>/` with the SavedModel, labels and model card.
 
-    The export is written to a temporary folder first and renamed into place, so a
-    crash never leaves a half-written version that a server would pick up as latest.
+    Written through `new_version_folder`: a crash leaves no half-written version.
     """
-    out_root = Path(out_dir)
-    out_root.mkdir(parents=True, exist_ok=True)
-    version = next_version(out_root)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_root))
-    try:
+    with new_version_folder(out_dir) as (staging, version):
         labels_path = staging / LABELS_FILE
         labels_path.write_text("\n".join(labels) + "\n")
         module = ClassifierModule(model, labels, image_size, str(labels_path))
@@ -127,10 +150,7 @@ def export_classifier(
         )
         labels_path.unlink()  # the SavedModel keeps its own copy under assets/
         full_card = {
-            "kind": "classifier",
-            "name": card.get("name", "classifier"),
-            "version": version,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **card_header("classifier", card.get("name", "classifier"), version),
             "image_size": [image_size, image_size],
             "channels": 3,
             "labels": labels,
@@ -142,12 +162,7 @@ def export_classifier(
             **{k: v for k, v in card.items() if k != "name"},
         }
         (staging / MODEL_CARD).write_text(json.dumps(full_card, indent=2) + "\n")
-        final = out_root / str(version)
-        staging.rename(final)
-        return final
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    return Path(out_dir) / str(version)
 
 
 def read_card(model_dir: str | os.PathLike) -> dict:

@@ -15,17 +15,14 @@ An unconditional generator has a single class: its class ids must be 0 (or −1 
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
-from training.export import MODEL_CARD, next_version
+from training.export import MODEL_CARD, card_header, new_version_folder
 from training.gan_model import GANConfig, to_uint8
 
 MAX_BATCH = 256  # images per call: bounds the memory one request can take
@@ -91,24 +88,17 @@ def export_generator(generator: keras.Model, config: GANConfig, class_names: lis
                      out_dir: str | os.PathLike, card: dict) -> Path:
     """Write `out_dir/<next version>/`: the SavedModel and model_card.json.
 
-    Written into a temporary folder and renamed into place, so a server watching `out_dir`
-    never loads a half-written version.
+    Written through `new_version_folder`, so a server watching `out_dir` never loads a
+    half-written version.
     """
-    out_root = Path(out_dir)
-    out_root.mkdir(parents=True, exist_ok=True)
-    version = next_version(out_root)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_root))
-    try:
+    with new_version_folder(out_dir) as (staging, version):
         module = GeneratorModule(generator, config)
         tf.saved_model.save(module, str(staging), signatures={
             "serving_default": module.generate,
             "generate_seeded": module.generate_seeded,
         })
         full_card = {
-            "kind": "generator",
-            "name": card.get("name", "generator"),
-            "version": version,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **card_header("generator", card.get("name", "generator"), version),
             "image_size": [config.image_size, config.image_size],
             "channels": config.channels,
             "latent_dim": config.latent_dim,
@@ -123,9 +113,4 @@ def export_generator(generator: keras.Model, config: GANConfig, class_names: lis
             **{key: value for key, value in card.items() if key != "name"},
         }
         (staging / MODEL_CARD).write_text(json.dumps(full_card, indent=2) + "\n")
-        final = out_root / str(version)
-        staging.rename(final)
-        return final
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    return Path(out_dir) / str(version)
