@@ -10,13 +10,10 @@ from __future__ import annotations
 import base64
 import io
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -25,52 +22,15 @@ import skimage.data
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import ROOT, Server
+
 pytestmark = pytest.mark.slow
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
-ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("key-from-env", "key-from-file")
 LIMITS = {"DIPTYCH_MAX_IMAGES": "2", "DIPTYCH_MAX_PIXELS": "100000", "DIPTYCH_MAX_BODY_BYTES": "200000",
           "DIPTYCH_MAX_GENERATE": "4", "DIPTYCH_MAX_STEPS": "4", "DIPTYCH_MAX_CONCURRENCY": "1",
           "DIPTYCH_TIMEOUT_S": "0"}  # no wait at all: every inference times out, deterministically
-
-
-class Server:
-    """`bentoml serve service.service:Diptych` on a free loopback port."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        bentoml = Path(sys.executable).with_name("bentoml")
-        self.process = subprocess.Popen(
-            [str(bentoml), "serve", "service.service:Diptych", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        self.client = httpx.Client(base_url=self.url, timeout=30)
-
-    def wait(self, path: str, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"the server exited:\n{self.log.read_text()[-3000:]}"
-            try:
-                if self.client.get(path).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"{path} not 200 after {timeout} s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        self.client.close()
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +39,6 @@ def servers(tiny_models, tmp_path_factory):
     env = {**os.environ, "BENTOML_HOME": str(tmp / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
            "TF_CPP_MIN_LOG_LEVEL": "3"}
     env = {key: value for key, value in env.items() if not key.startswith("DIPTYCH_")}
-    env["DIPTYCH_GRPC_PORT"] = "0"  # HTTP only here; tests/test_grpc.py serves gRPC on loopback
     publish = subprocess.run([sys.executable, "-m", "training.publish", str(tiny_models["classifier"]),
                               str(tiny_models["generator"])], env=env, capture_output=True, text=True, cwd=ROOT)
     assert publish.returncode == 0, publish.stderr[-3000:]
