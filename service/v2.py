@@ -115,7 +115,10 @@ def tensor(field: str, datatype: str, shape: Sequence[int], data: bytes | Sequen
         raise ValidationError(f"{field}.data", f"not {datatype} data: {error}") from None
     if array.size != math.prod(shape):
         raise ValidationError(f"{field}.shape", f"{list(shape)} needs {math.prod(shape)} values, got {array.size}")
-    return array.reshape(shape)
+    try:
+        return array.reshape(shape)
+    except ValueError:  # no values, yet a dimension beyond what numpy can index: [0, 2**62]
+        raise ValidationError(f"{field}.shape", f"{list(shape)}: a dimension is too large") from None
 
 
 def _split(data: bytes) -> list[bytes]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -75,12 +76,21 @@ class Conversion:
 
     @classmethod
     def load(cls, model_dir: str | Path) -> Conversion | None:
-        """The conversion stored beside a SavedModel, or None when there is none."""
+        """The conversion stored beside a SavedModel, or None when there is none. A flatbuffer
+        that is not the one verified (its sha256 differs: changed, or corrupt on disk; TF
+        checksums its own variables) or is missing is not used; a report written before the
+        digest was recorded is trusted as it stands."""
         folder = Path(model_dir) / FOLDER
         if not (folder / REPORT).is_file():
             return None
-        flatbuffer = folder / FLATBUFFER
-        return cls(flatbuffer.read_bytes() if flatbuffer.is_file() else None, json.loads((folder / REPORT).read_text()))
+        path, report = folder / FLATBUFFER, json.loads((folder / REPORT).read_text())
+        flatbuffer = path.read_bytes() if path.is_file() else None
+        if report.get("verified") and flatbuffer is None:
+            return cls(None, {**report, "verified": False, "reason": f"{FOLDER}/{FLATBUFFER} is missing"})
+        if flatbuffer is not None and report.get("sha256", _digest(flatbuffer)) != _digest(flatbuffer):
+            reason = f"{FOLDER}/{FLATBUFFER} is not the flatbuffer that was verified (its sha256 differs)"
+            return cls(None, {**report, "verified": False, "reason": reason})
+        return cls(flatbuffer, report)
 
 
 def tensorflow_signature(kind: str, path: str | Path) -> str:
@@ -106,7 +116,9 @@ def convert_and_verify(path: str | Path, card: Mapping[str, Any], interpreters: 
     except Exception as error:  # TensorFlow and the interpreter raise many kinds
         first_line = next(iter(str(error).strip().splitlines()), "")
         return Conversion(None, {**report, "verified": False, "reason": f"{type(error).__name__}: {first_line}"})
-    return Conversion(flatbuffer if report["verified"] else None, report)
+    if not report["verified"]:
+        return Conversion(None, report)
+    return Conversion(flatbuffer, {**report, "sha256": _digest(flatbuffer)})
 
 
 def convert(path: str | Path, card: Mapping[str, Any]) -> bytes:
@@ -249,6 +261,10 @@ def _signature_names(path: str | Path) -> set[str]:
 
     saved = saved_model_pb2.SavedModel.FromString((Path(path) / "saved_model.pb").read_bytes())
     return {name for graph in saved.meta_graphs for name in graph.signature_def}
+
+
+def _digest(flatbuffer: bytes) -> str:
+    return hashlib.sha256(flatbuffer).hexdigest()
 
 
 def _version(package: str) -> str:

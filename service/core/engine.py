@@ -23,7 +23,7 @@ from .auth import ApiKeys
 from .config import Settings
 from .errors import DeadlineExceeded, NotFound, NotReady, Overloaded
 from .metrics import metrics
-from .models import Classifier, Generator, ModelInfo
+from .models import Classifier, Generator, ModelInfo, ServedModel
 
 log = logging.getLogger("diptych")
 
@@ -67,19 +67,28 @@ class Engine:
         threading.Thread(target=self.load, name="diptych-load", daemon=True).start()
 
     def load(self) -> None:
-        try:
-            self._classifier = Classifier.load(self.settings.classifier, self.settings)
-            self._generator = Generator.load(self.settings.generator, self.settings)
-            for model in (self._classifier, self._generator):
-                model.warm_up()
-                metrics().model_info.labels(kind=model.info.kind, model=model.info.name, version=model.info.version,
-                                            runtime=model.info.runtime).set(1)
-                log.info("%s %s:%s loaded from %s and warmed up on %s", model.info.kind, model.info.name,
-                         model.info.version, model.info.source, model.info.runtime)
+        """Both models, each tried even when the other fails: one log line per broken model."""
+        self._classifier = self._load(Classifier, self.settings.classifier)
+        self._generator = self._load(Generator, self.settings.generator)
+        if self._classifier is None or self._generator is None:
+            self._failed = True  # never ready: nothing is served from a half-loaded service
+        else:
             self._ready.set()
-        except Exception:
-            self._failed = True
-            log.exception("loading the models failed")
+
+    def _load(self, kind: type[ServedModel], ref: str) -> ServedModel | None:
+        try:
+            model = kind.load(ref, self.settings)
+            model.warm_up()
+        except Exception as error:
+            reason = next(iter(str(error).strip().splitlines()), "")
+            log.error("the %s could not be loaded from %s: %s: %s", kind.kind, ref, type(error).__name__, reason,
+                      exc_info=error)
+            return None
+        info = model.info
+        metrics().model_info.labels(kind=info.kind, model=info.name, version=info.version, runtime=info.runtime).set(1)
+        log.info("%s %s:%s loaded from %s and warmed up on %s", info.kind, info.name, info.version, info.source,
+                 info.runtime)
+        return model
 
     @property
     def ready(self) -> bool:

@@ -53,12 +53,19 @@ def class_id(value: int | str | None, generator: Generator, field: str = "class"
         raise ValidationError(field, "this generator is unconditional: it takes no class")
     if isinstance(value, str) and value in generator.classes:
         return generator.classes.index(value)
-    if isinstance(value, int) or value.strip().isdigit():
+    if isinstance(value, int) or decimal(value) is not None:
         if 0 <= int(value) < len(generator.classes):
             return int(value)
     raise ValidationError(
         field, f"unknown class {value!r}: use a name from {generator.classes} or an id 0-{len(generator.classes) - 1}"
     )
+
+
+def decimal(text: str) -> int | None:
+    """A string of ASCII digits (spaces around allowed) as an int, else None. `str.isdigit`
+    alone also takes digits such as "²" that `int()` refuses."""
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def seed(value: int | None, field: str = "seed") -> int:

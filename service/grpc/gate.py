@@ -1,7 +1,8 @@
 """The one interceptor every gRPC call goes through, whichever of the three APIs it uses:
 the gRPC twin of the HTTP side's `Guard` and `errors`.
 
-It checks the API key (metadata `authorization: Bearer <key>`), takes one of the engine's
+It checks the API key (metadata `authorization: Bearer <key>`), refuses a message that is
+not valid protobuf (INVALID_ARGUMENT, not gRPC's UNKNOWN), takes one of the engine's
 request slots for inference calls, bounds the call by its deadline (the work is cancelled,
 and queued items leave their batch, when it passes), maps every `ServiceError` to a status
 code (the only place that happens), and counts the call in the protocol-labelled metrics.
@@ -17,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from ..core import (
     DeadlineExceeded,
@@ -64,9 +66,11 @@ class Gate(grpc.aio.ServerInterceptor):
         if (guarded := self._guarded_handlers.get(details.method)) is not None:
             return guarded
         handler = await continuation(details)
-        if handler is None or handler.unary_unary is None or details.method.startswith(OPEN):
+        if handler is None or handler.unary_unary is None:
             return handler
-        guarded = handler._replace(unary_unary=self._guarded(handler.unary_unary, details.method))
+        wrap = _parsed if details.method.startswith(OPEN) else self._guarded
+        guarded = handler._replace(request_deserializer=_tolerant(handler.request_deserializer),
+                                   unary_unary=wrap(handler.unary_unary, details.method))
         self._guarded_handlers[details.method] = guarded
         return guarded
 
@@ -79,6 +83,8 @@ class Gate(grpc.aio.ServerInterceptor):
             start, code = time.perf_counter(), grpc.StatusCode.OK
             try:
                 self.engine.keys.check(dict(context.invocation_metadata() or ()).get("authorization"))
+                if isinstance(request, _Unparsed):
+                    raise request.invalid
                 with slot():
                     return await _within_deadline(behavior(request, context), context.time_remaining())
             except ServiceError as error:
@@ -100,6 +106,39 @@ class Gate(grpc.aio.ServerInterceptor):
                 seconds.observe(time.perf_counter() - start)
 
         return call
+
+
+class _Unparsed:
+    """What `_tolerant` hands the method instead of a message it could not parse."""
+
+    def __init__(self, error: DecodeError) -> None:
+        self.invalid = ValidationError("request", f"not a valid protobuf message: {error}")
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The method's request parser, returning `_Unparsed` instead of raising: grpc would
+    answer UNKNOWN ("Unexpected DecodeError") to a corrupt message, which is bad input."""
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as error:
+            return _Unparsed(error)
+
+    return parse
+
+
+def _parsed(behavior: Behavior, method: str) -> Behavior:
+    """The open methods (health, V2 liveness and readiness) get the parse check only."""
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _Unparsed):
+            await context.abort(STATUS[ValidationError], str(request.invalid))
+        return await behavior(request, context)
+
+    return call
 
 
 async def _within_deadline(work: Awaitable[Any], seconds_left: float | None) -> Any:

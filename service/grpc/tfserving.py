@@ -15,6 +15,7 @@ and an unknown one is NOT_FOUND "Servable not found for request: Latest(name)".
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import grpc
@@ -45,7 +46,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Predict(self, request: predict_pb2.PredictRequest,
                       context: grpc.aio.ServicerContext) -> predict_pb2.PredictResponse:
         info, spec = servable(self.engine, request.model_spec)
-        inputs = arrays(request.inputs)
+        inputs = arrays(request.inputs, self.engine.settings.max_body_bytes)
         outputs = await tensors.run(self.engine, info, spec.signature_name, inputs, request.output_filter)
         return predicted(spec, outputs)
 
@@ -90,13 +91,20 @@ def servable(
     return info, answer
 
 
-def arrays(inputs: Mapping[str, tensor_pb2.TensorProto]) -> dict[str, np.ndarray]:
+def arrays(inputs: Mapping[str, tensor_pb2.TensorProto], max_values: int) -> dict[str, np.ndarray]:
+    """The request's TensorProtos as arrays. A proto may declare a shape far larger than the
+    values it carries (TF fills it with the last one), so the shape is bounded first: no
+    tensor gets more values than the HTTP API lets a body have bytes."""
     result = {}
     for name, proto in inputs.items():
+        shape = [dim.size for dim in proto.tensor_shape.dim]
+        if any(size < 0 for size in shape) or math.prod(shape) > max_values:
+            raise ValidationError(f"inputs.{name}", f"shape {shape}: sizes must be non-negative, with at most "
+                                                    f"{max_values} values in all")
         try:
             result[name] = tf.make_ndarray(proto)
-        except (ValueError, TypeError) as error:
-            raise ValidationError(f"inputs.{name}", f"not a valid TensorProto: {error}") from None
+        except Exception as error:  # KeyError (unknown dtype), OverflowError (int_val out of range), ...
+            raise ValidationError(f"inputs.{name}", f"not a valid TensorProto: {error!r}") from None
     return result
 
 
