@@ -14,7 +14,6 @@ import bentoml
 
 from . import http, openapi
 from .core import Engine, Settings
-from .grpc import GrpcServer
 
 settings = Settings.load()
 
@@ -26,7 +25,7 @@ class Diptych:
     def __init__(self) -> None:
         self.engine = Engine(settings)
         self.engine.start()
-        self.grpc: GrpcServer | None = None
+        self.grpc = None  # a service.grpc.GrpcServer once started
 
     def __is_ready__(self) -> bool:
         return self.engine.ready
@@ -37,6 +36,8 @@ class Diptych:
     @bentoml.on_startup
     async def serve_grpc(self) -> None:
         if settings.grpc_port:
+            from .grpc import GrpcServer  # here, not above: it loads TensorFlow, which the supervisor never needs
+
             self.grpc = GrpcServer(self.engine, settings)
             await self.grpc.start()
 

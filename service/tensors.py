@@ -7,6 +7,10 @@ then runs through the `Engine` (its limits, checks and batching), never beside i
 signature is run according to what it takes: encoded images (`image_bytes`) or pixels
 (`images`) for the classifier, latent rows (`latents`, `class_ids`) or a seed (`seed`,
 `count`, `class_id`) for the generator; its declared outputs are returned.
+
+TensorFlow's protos are imported when first used, not with this module: `tensorflow.core`
+loads all of TensorFlow, and the `bentoml serve` supervisor imports this module (through
+the HTTP app) without ever running a model: ~0.5 GiB per pod for nothing.
 """
 
 from __future__ import annotations
@@ -15,28 +19,36 @@ import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from tensorflow.core.framework import types_pb2
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from .core import Engine, Scores, ValidationError
 from .core.images import encode_png
 from .core.models import ModelInfo, locate
 from .core.validation import image_count
 
-DTYPES = {
-    types_pb2.DT_BOOL: np.dtype(bool),
-    types_pb2.DT_UINT8: np.dtype(np.uint8),
-    types_pb2.DT_INT8: np.dtype(np.int8),
-    types_pb2.DT_INT16: np.dtype(np.int16),
-    types_pb2.DT_INT32: np.dtype(np.int32),
-    types_pb2.DT_INT64: np.dtype(np.int64),
-    types_pb2.DT_HALF: np.dtype(np.float16),
-    types_pb2.DT_FLOAT: np.dtype(np.float32),
-    types_pb2.DT_DOUBLE: np.dtype(np.float64),
-    types_pb2.DT_STRING: np.dtype(object),  # bytes items
-}
+if TYPE_CHECKING:
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+
+@functools.cache
+def dtypes() -> dict[int, np.dtype]:
+    """TensorFlow's DataType codes and the numpy dtypes they stand for."""
+    from tensorflow.core.framework import types_pb2
+
+    return {
+        types_pb2.DT_BOOL: np.dtype(bool),
+        types_pb2.DT_UINT8: np.dtype(np.uint8),
+        types_pb2.DT_INT8: np.dtype(np.int8),
+        types_pb2.DT_INT16: np.dtype(np.int16),
+        types_pb2.DT_INT32: np.dtype(np.int32),
+        types_pb2.DT_INT64: np.dtype(np.int64),
+        types_pb2.DT_HALF: np.dtype(np.float16),
+        types_pb2.DT_FLOAT: np.dtype(np.float32),
+        types_pb2.DT_DOUBLE: np.dtype(np.float64),
+        types_pb2.DT_STRING: np.dtype(object),  # bytes items
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +85,8 @@ def signature(info: ModelInfo, name: str) -> Signature:
 @functools.cache
 def _read(source: str, name: str, version: str) -> tuple[dict[str, meta_graph_pb2.SignatureDef], dict[str, Signature]]:
     """Once per model: its SignatureDefMap, and the signatures that take inputs."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
     ref = source if Path(source).is_dir() else f"{name}:{version}"
     saved = saved_model_pb2.SavedModel.FromString((Path(locate(ref)[0]) / "saved_model.pb").read_bytes())
     graph = next(graph for graph in saved.meta_graphs if "serve" in graph.meta_info_def.tags)
@@ -86,7 +100,7 @@ def _specs(tensors: Mapping[str, meta_graph_pb2.TensorInfo]) -> dict[str, Spec]:
     def shape(info: meta_graph_pb2.TensorInfo) -> tuple[int, ...] | None:
         return None if info.tensor_shape.unknown_rank else tuple(dim.size for dim in info.tensor_shape.dim)
 
-    return {name: Spec(DTYPES[info.dtype], shape(info)) for name, info in sorted(tensors.items())}
+    return {name: Spec(dtypes()[info.dtype], shape(info)) for name, info in sorted(tensors.items())}
 
 
 async def run(

@@ -25,7 +25,7 @@ import skimage.data
 import tensorflow as tf
 from PIL import Image
 
-from service.core import conversion
+from service.core import conversion, runtime
 from service.core.batching import Batcher
 from service.core.config import Settings
 from service.core.images import decode, resize
@@ -84,6 +84,17 @@ def test_classifier_conversion_is_verified(classifier_conversion):
     assert report["max_difference"] <= conversion.SCORE_TOLERANCE and report["top1_agreement"] == 1.0
     assert report["calibration"] == "40 fashion-mnist test images" and report["signature"] == "classify_resized"
     assert set(report["images_per_second"]) == {TENSORFLOW, LITERT}
+    assert all(cost > 0 for cost in report["cpu_ms_per_image"].values()) and len(report["cpu_ms_per_image"]) == 2
+
+
+@pytest.mark.parametrize("cost, speed, litert", [
+    ({TENSORFLOW: 4.0, LITERT: 3.0}, {TENSORFLOW: 300, LITERT: 200}, True),  # CPU cost decides, not the wall clock
+    ({TENSORFLOW: 3.0, LITERT: 4.0}, {TENSORFLOW: 200, LITERT: 300}, False),
+    (None, {TENSORFLOW: 200, LITERT: 300}, True),  # a report from before CPU time was recorded
+])
+def test_auto_prefers_the_runtime_that_costs_less_cpu(cost, speed, litert):
+    report = {"verified": True, "images_per_second": speed, **({"cpu_ms_per_image": cost} if cost else {})}
+    assert conversion.Conversion(b"flatbuffer", report).faster is litert
 
 
 def test_litert_equals_tensorflow_on_photos_and_fashion_items(classifier_conversion, fashion):
@@ -301,3 +312,17 @@ def test_large_jpegs_are_decoded_in_draft_mode_close_to_a_full_decode():
     full = resize(np.asarray(Image.open(io.BytesIO(data))), 64)
     drafted = decode(data, 64, "image")
     assert np.abs(drafted.astype(int) - full.astype(int)).mean() < 2
+
+
+@pytest.mark.parametrize("files, quota", [
+    ({"cpu.max": "150000 100000\n"}, 2),  # cgroup v2, 1.5 CPUs: rounded up
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"quota": "50000\n", "period": "100000\n"}, 1),  # cgroup v1
+    ({"quota": "-1\n", "period": "100000\n"}, None),
+    ({}, None),  # no cgroup files: no quota
+])
+def test_the_cpu_quota_of_a_container_caps_the_cores(tmp_path, files, quota):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    layout = ((str(tmp_path / "cpu.max"),), (str(tmp_path / "quota"), str(tmp_path / "period")))
+    assert runtime.cpu_quota(layout) == quota

@@ -60,8 +60,9 @@ def publish(path: str | Path, name: str | None = None, force: bool = False) -> s
 
 
 def _summary(conversion: Conversion) -> str:
-    speed = conversion.report.get("images_per_second", {})
-    measured = ", ".join(f"{runtime} {value:g} images/s" for runtime, value in speed.items())
+    speed, cost = conversion.report.get("images_per_second", {}), conversion.report.get("cpu_ms_per_image", {})
+    measured = ", ".join(f"{runtime} {value:g} images/s, {cost.get(runtime, float('nan')):.2f} CPU ms per image"
+                         for runtime, value in speed.items())
     if not conversion.verified:
         return f"LiteRT conversion not verified: {conversion.report['reason']}; the service will use TensorFlow"
     return f"LiteRT verified: {conversion.report['reason']}, largest difference " \

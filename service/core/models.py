@@ -75,13 +75,17 @@ def load_runtime(path: str, info: ModelInfo, choice: str, interpreters: int) -> 
     if not conversion.verified:
         log.warning("%s runs on TensorFlow: its LiteRT conversion is not used: %s", model, conversion.report["reason"])
     elif choice == LITERT or conversion.faster:
-        log.info("%s runs on LiteRT, %d single-threaded interpreters (%s; images/s as measured: %s)", model,
-                 interpreters, conversion.report["reason"], conversion.report["images_per_second"])
+        log.info("%s runs on LiteRT, %d single-threaded interpreters (%s; CPU ms per image as measured: %s)", model,
+                 interpreters, conversion.report["reason"], _cost(conversion))
         return LiteRTRuntime(conversion.flatbuffer, interpreters), dataclasses.replace(info, runtime=LITERT)
     else:
-        log.info("%s runs on TensorFlow: it measured faster than LiteRT (images/s: %s)", model,
-                 conversion.report["images_per_second"])
+        log.info("%s runs on TensorFlow: it measured cheaper than LiteRT (CPU ms per image: %s)", model,
+                 _cost(conversion))
     return SavedModelRuntime(path, tensorflow_signature(info.kind, path)), info
+
+
+def _cost(conversion: Conversion) -> object:
+    return conversion.report.get("cpu_ms_per_image") or conversion.report["images_per_second"]
 
 
 class ServedModel:

@@ -8,9 +8,11 @@ the flatbuffer converted from it (service/core/conversion.py); the core sees no 
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -25,9 +27,30 @@ class Runtime(Protocol):
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
+CPU_QUOTA_FILES = (  # cgroup v2, then v1: a container's CPU limit (docker --cpus, Kubernetes limits.cpu)
+    ("/sys/fs/cgroup/cpu.max",),
+    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
+)
+
+
 def cores() -> int:
-    """CPU cores this process may use (a container's limit, not the host's count)."""
-    return len(os.sched_getaffinity(0))
+    """CPU cores this process may use: the CPUs it may run on, capped by its cgroup's CPU
+    quota rounded up (a container limited to 1.5 CPUs on a 16-core host gets 2, not 16)."""
+    return min(len(os.sched_getaffinity(0)), cpu_quota() or os.cpu_count() or 1)
+
+
+def cpu_quota(files: tuple[tuple[str, ...], ...] = CPU_QUOTA_FILES) -> int | None:
+    """The cgroup CPU quota in whole CPUs (rounded up), or None when there is none."""
+    for paths in files:
+        try:
+            values = " ".join(Path(path).read_text() for path in paths).split()
+        except OSError:
+            continue
+        quota, period = values[0], values[-1]
+        if quota in ("max", "-1") or not period.isdigit() or int(period) == 0:
+            return None
+        return max(1, math.ceil(int(quota) / int(period)))
+    return None
 
 
 class SavedModelRuntime:

@@ -36,7 +36,7 @@ from ..core import Engine, NotFound, Scores, ValidationError
 from ..core.models import ModelInfo
 
 SIGNATURE_DEF = "signature_def"  # the one metadata field TF Serving knows
-DATA_TYPES = {dtype: code for code, dtype in tensors.DTYPES.items()}
+DATA_TYPES = {dtype: code for code, dtype in tensors.dtypes().items()}
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
