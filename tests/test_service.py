@@ -44,7 +44,10 @@ def servers(tiny_models, tmp_path_factory):
     assert publish.returncode == 0, publish.stderr[-3000:]
     (tmp / "keys").write_text(f"# mounted secret\n{KEYS[1]}\n")
     open_server = Server(env, tmp / "open.log")
-    locked = Server({**env, **LIMITS, "DIPTYCH_API_KEYS": KEYS[0], "DIPTYCH_API_KEYS_FILE": str(tmp / "keys"),
+    # A BENTOML_HOME of its own (its models are folders): servers sharing one also share the
+    # metrics folder in it, and each would count the other's models in diptych_model_info.
+    locked = Server({**env, **LIMITS, "BENTOML_HOME": str(tmp / "locked-home"),
+                     "DIPTYCH_API_KEYS": KEYS[0], "DIPTYCH_API_KEYS_FILE": str(tmp / "keys"),
                      "DIPTYCH_CLASSIFIER": str(tiny_models["classifier"]),
                      "DIPTYCH_GENERATOR": str(tiny_models["generator"])}, tmp / "locked.log")
     try:

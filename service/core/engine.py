@@ -64,6 +64,11 @@ class Engine:
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
+        """Load the models in the background. TensorFlow is imported first, here: imported
+        from two threads at once (the loading thread and the gRPC server's, or a request's),
+        its package can come out half-initialised (NameError deep inside tensorflow)."""
+        import tensorflow  # noqa: F401
+
         threading.Thread(target=self.load, name="diptych-load", daemon=True).start()
 
     def load(self) -> None:
