@@ -110,7 +110,7 @@ def tensor(field: str, datatype: str, shape: Sequence[int], data: bytes | Sequen
         if isinstance(data, bytes):
             array = np.array(_split(data), dtype=object) if datatype == "BYTES" else np.frombuffer(data, dtype)
         else:
-            array = np.array(data, dtype=dtype).ravel()
+            array = _values(data, dtype)
     except (ValueError, TypeError, OverflowError) as error:
         raise ValidationError(f"{field}.data", f"not {datatype} data: {error}") from None
     if array.size != math.prod(shape):
@@ -119,6 +119,23 @@ def tensor(field: str, datatype: str, shape: Sequence[int], data: bytes | Sequen
         return array.reshape(shape)
     except ValueError:  # no values, yet a dimension beyond what numpy can index: [0, 2**62]
         raise ValidationError(f"{field}.shape", f"{list(shape)}: a dimension is too large") from None
+
+
+def _values(data: Sequence[Any], dtype: np.dtype) -> np.ndarray:
+    """JSON values as `dtype`, refusing what the cast would change rather than serving it:
+    a fraction or an out-of-range number for an integer or BOOL type, a number beyond a
+    float type's range."""
+    if dtype == object:
+        return np.array(data, dtype=object).ravel()
+    given = np.array(data).ravel()
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = given.astype(dtype)
+    if given.dtype.kind in "iufb":
+        if dtype.kind in "iub" and not np.array_equal(array.astype(given.dtype), given):
+            raise ValueError("a value is not an integer, or is out of the datatype's range")
+        if dtype.kind == "f" and np.any(np.isinf(array) & np.isfinite(given)):
+            raise ValueError("a value is out of the datatype's range")
+    return array
 
 
 def _split(data: bytes) -> list[bytes]:

@@ -54,7 +54,7 @@ from proto.diptych.v1 import diptych_pb2 as pb
 # proto/inference): ours would clash with them in protobuf's one descriptor pool (the same
 # `inference` package), and tests/test_v2.py imports tritonclient into this process.
 from tritonclient.grpc import service_pb2 as v2_pb
-from service import http
+from service import http, v2
 from service.core import LimitExceeded, ServiceError, Settings, ValidationError, validation
 from service.core.images import decode, prepare
 from tests.conftest import Server
@@ -612,3 +612,18 @@ def test_the_server_is_sound_after_the_fuzzing(server):
     assert eventually(lambda: metric(server, "diptych_requests_in_flight") == 0)
     assert server.client.get("/readyz").status_code == 200
     assert server.client.post("/generate", json={"seed": 1}).status_code == 200
+
+
+@pytest.mark.parametrize("datatype, data", [
+    ("INT32", [1.7]),  # was read as 1
+    ("INT8", [300]),  # was read as 44
+    ("UINT8", [-1]),  # was read as 255
+    ("BOOL", [2]),
+    ("FP16", [1e10]),  # was read as inf
+])
+def test_v2_json_values_the_datatype_cannot_hold_are_refused(datatype, data):
+    """Regression: JSON tensor values were cast to the datatype whatever they were."""
+    with pytest.raises(ValidationError, match="out of the datatype's range") as refused:
+        v2.tensor("inputs[0]", datatype, [1], data)
+    assert refused.value.field == "inputs[0].data"
+    assert v2.tensor("inputs[0]", datatype, [1], [1]).tolist() == [1]  # what the datatype holds still passes
