@@ -10,12 +10,17 @@ too, on `grpc_port`, by `service.grpc`: they call the same engine, models and ba
 
 from __future__ import annotations
 
+import logging
+
 import bentoml
 
 from . import http, openapi
 from .core import Engine, Settings
 
 settings = Settings.load()
+# BentoML's handlers sit on the root logger at WARNING: without this, what the core logs at
+# INFO (each model loaded, and the runtime chosen for it and why; the gRPC port) is dropped.
+logging.getLogger("diptych").setLevel(logging.INFO)
 
 
 @bentoml.service(name="diptych", traffic={"timeout": settings.timeout_s + 10})

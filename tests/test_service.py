@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -377,6 +378,14 @@ def test_health_and_metrics_stay_open(locked):
 def test_keys_are_never_logged(locked):
     locked.client.get("/models", headers={"Authorization": f"Bearer {KEYS[0]}"})
     assert not any(key in locked.log.read_text() for key in KEYS)
+
+
+def test_the_log_says_what_was_loaded_and_what_runs_it(server):
+    """The core's INFO lines reach the log: each model, where it came from, and its runtime."""
+    log = server.log.read_text()
+    for kind in ("classifier", "generator"):
+        assert re.search(rf"{kind} {kind}:\S+ loaded from \S+ and warmed up on (litert|tensorflow)", log), log[-3000:]
+    assert re.search(r"classifier classifier:\S+ runs on (LiteRT|TensorFlow)", log), log[-3000:]
 
 
 def test_auth_is_off_without_keys(server):
