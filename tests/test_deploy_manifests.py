@@ -356,6 +356,8 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_dashboard_and_alerts(s
             time.sleep(0.5)
 
     try:
+        # Prometheus answers 503 "Service Unavailable" (not JSON) until its storage is open.
+        eventually(lambda: httpx.get(f"http://127.0.0.1:{port}/-/ready", timeout=10).status_code == 200)
         up = eventually(lambda: query('up{job="diptych"}'))
         assert [float(series["value"][1]) for series in up] == [1.0]
         # Two scrapes of traffic-free counters are enough for rate() to answer (with 0).
