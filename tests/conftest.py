@@ -40,6 +40,17 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {kind: root / kind / "1" for kind in commands}
 
 
+def eventually(check, timeout: float = 30) -> bool:
+    """True as soon as `check()` is (polling), False after `timeout` seconds: for what a
+    server records or does just after it answers."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

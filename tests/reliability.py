@@ -8,7 +8,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,16 +78,6 @@ def metric(server: Server, name: str, **labels: str) -> float:
     families = text_string_to_metric_families(server.client.get("/metrics").text)
     return sum(sample.value for family in families for sample in family.samples
                if sample.name == name and wanted <= set(sample.labels.items()))
-
-
-def eventually(check: Callable[[], bool], timeout: float = 30) -> bool:
-    """True as soon as `check()` is (polling), False after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def connect(server: Server) -> socket.socket:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import io
 import json
 import os
 import select
@@ -33,12 +32,11 @@ from grpc_health.v1 import health_pb2
 
 from proto.diptych.v1 import diptych_pb2 as pb
 from proto.diptych.v1 import diptych_pb2_grpc
-from tests.conftest import Server
+from tests.conftest import Server, eventually
 from tests.grpc_clients import health, png_bytes
 from tests.reliability import (
     connect,
     dedicated,
-    eventually,
     metric,
     read_response,
     request_head,

@@ -57,9 +57,9 @@ from tritonclient.grpc import service_pb2 as v2_pb
 from service import http, v2
 from service.core import LimitExceeded, ServiceError, Settings, ValidationError, validation
 from service.core.images import decode, prepare
-from tests.conftest import Server
+from tests.conftest import Server, eventually
 from tests.grpc_clients import health
-from tests.reliability import eventually, metric
+from tests.reliability import metric
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning:PIL")]  # Pillow on broken files
 Code = grpc.StatusCode

@@ -31,7 +31,7 @@ from tensorflow_serving.apis import (
 
 from proto.diptych.v1 import diptych_pb2 as pb
 from proto.diptych.v1 import diptych_pb2_grpc
-from tests.conftest import GRPC_KEYS, Server
+from tests.conftest import GRPC_KEYS, Server, eventually
 from tests.grpc_clients import health, png_bytes
 
 pytestmark = pytest.mark.slow
@@ -102,16 +102,6 @@ def scrape(server: Server) -> dict[tuple[str, frozenset], float]:
 def total(metrics: dict, name: str, **labels: str) -> float:
     wanted = set(labels.items())
     return sum(value for (sample, sample_labels), value in metrics.items() if sample == name and wanted <= sample_labels)
-
-
-def eventually(check, timeout: float = 10) -> bool:
-    """True as soon as `check()` is; for what the server records just after it answers."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 # -- health and reflection ------------------------------------------------------------------
