@@ -15,11 +15,12 @@ from PIL import Image
 from training import gan
 from training.cli import run_cli
 from training.gan_export import MAX_BATCH, export_generator
-from training.gan_model import GANConfig, build_discriminator, build_generator
+from training.gan_model import GANConfig, build_discriminator, build_generator, to_uint8, update_moving_average
 
 TINY = GANConfig(image_size=28, channels=1, num_classes=3, latent_dim=8, filters=8)
 TOY_FLAGS = ["--epochs", "6", "--filters", "16", "--latent-dim", "8", "--batch-size", "32", "--learning-rate", "1e-3"]
 TOY_STEPS_PER_EPOCH = 20  # 2 classes x 400 images, 20% held out for test, batches of 32
+TOY = GANConfig(image_size=32, channels=3, num_classes=2, latent_dim=8, filters=16)
 
 
 # --- networks --------------------------------------------------------------------------
@@ -39,6 +40,28 @@ def test_generator_and_discriminator_shapes(size, upsamplings, base):
 def test_sizes_the_ladder_cannot_make_are_refused():
     with pytest.raises(ValueError, match="cannot be generated"):
         build_generator(GANConfig(image_size=30))
+
+
+def test_the_moving_average_moves_towards_the_trained_weights():
+    model, average = build_generator(TINY), build_generator(TINY)
+    model.set_weights([weight + 1.0 for weight in model.get_weights()])  # every weight differs, BN statistics too
+    assert any("moving_mean" in weight.path for weight in average.weights)
+
+    def weights(network):
+        return [weight.numpy() for weight in network.weights]
+
+    def check(before, decay):
+        for averaged, old, new in zip(weights(average), before, weights(model)):
+            np.testing.assert_allclose(averaged, decay * old + (1 - decay) * new, rtol=1e-5, atol=1e-6)
+
+    before = weights(average)
+    update_moving_average(average, model, 0.999, step=0)  # warm-up: decay (1 + 0) / (10 + 0)
+    check(before, 0.1)
+    before = weights(average)
+    update_moving_average(average, model, 0.999, step=100_000)  # long after: the decay itself
+    check(before, 0.999)
+    update_moving_average(average, model, 0.0, step=100_000)  # 0: the average is the model
+    check(weights(model), 0.0)
 
 
 # --- the export ------------------------------------------------------------------------
@@ -173,6 +196,14 @@ def toy_run(toy_folder, tmp_path_factory, monkeypatch_module):
 
 
 @pytest.fixture(scope="module")
+def straight_run(toy_run, toy_folder):
+    """The same 6 epochs as toy_run, without the interruption (in toy_run/straight/)."""
+    straight = ["--data", str(toy_folder), *TOY_FLAGS, "--no-evaluate", "--run-dir", "straight", "--out", "straight"]
+    assert _train(straight) == 0
+    return toy_run / "straight"
+
+
+@pytest.fixture(scope="module")
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as patch:
         yield patch
@@ -194,7 +225,7 @@ def test_toy_generator_respects_the_requested_class(toy_run):
 
 
 @pytest.mark.slow
-def test_resume_continues_where_the_run_stopped(toy_run, toy_folder):
+def test_resume_continues_where_the_run_stopped(toy_run, straight_run):
     run = toy_run / "run"
     history = json.loads((run / "history.json").read_text())
     assert [epoch["epoch"] for epoch in history["epochs"]] == [1, 2, 3, 4, 5, 6]
@@ -203,15 +234,38 @@ def test_resume_continues_where_the_run_stopped(toy_run, toy_folder):
     assert (run / "training_curves.png").exists()
     # The resumed run ends where an uninterrupted one does: same optimizer step count and
     # the same weights (same shuffles, latents and dropout masks after the restore).
-    straight = ["--data", str(toy_folder), *TOY_FLAGS, "--no-evaluate", "--run-dir", "straight", "--out", "straight"]
-    assert _train(straight) == 0
     resumed = tf.saved_model.load(str(toy_run / "models" / "2")).signatures["generate_seeded"]
-    uninterrupted = tf.saved_model.load(str(toy_run / "straight" / "1")).signatures["generate_seeded"]
+    uninterrupted = tf.saved_model.load(str(straight_run / "1")).signatures["generate_seeded"]
     request = dict(seed=tf.constant(3, tf.int64), count=tf.constant(8), class_id=tf.constant(-1))
     np.testing.assert_allclose(resumed(**request)["images"].numpy().astype(int),
                                uninterrupted(**request)["images"].numpy().astype(int), atol=1)
-    straight_history = json.loads((toy_run / "straight" / "history.json").read_text())
+    straight_history = json.loads((straight_run / "history.json").read_text())
     np.testing.assert_allclose(history["steps"], straight_history["steps"], atol=1e-3)
+
+
+def _restore_generators(run_dir):
+    """The trained generator and its moving average, as the run's last checkpoint holds them."""
+    generator, average = build_generator(TOY), build_generator(TOY)
+    checkpoint = tf.train.Checkpoint(generator=generator, ema_generator=average)
+    checkpoint.restore(tf.train.latest_checkpoint(run_dir / "checkpoints")).expect_partial()
+    return generator, average
+
+
+@pytest.mark.slow
+def test_the_export_is_the_moving_average_and_resume_keeps_it(toy_run, straight_run):
+    generator, average = _restore_generators(toy_run / "run")
+    assert not np.allclose(generator.get_weights()[0], average.get_weights()[0])
+    latents = tf.random.stateless_normal([16, TOY.latent_dim], seed=[1, 2])
+    class_ids = tf.constant([0, 1] * 8)
+    exported = tf.saved_model.load(str(toy_run / "models" / "2")).signatures["serving_default"]
+    images = exported(latents=latents, class_ids=class_ids)["images"].numpy().astype(int)
+    np.testing.assert_allclose(images, to_uint8(average([latents, class_ids])).numpy().astype(int), atol=1)
+    assert np.abs(images - to_uint8(generator([latents, class_ids])).numpy().astype(int)).mean() > 1
+    # The average is checkpointed: the run resumed after epoch 3 ends with the average the
+    # uninterrupted run ends with (restarting it from the generator would leave a trace).
+    _, uninterrupted = _restore_generators(straight_run)
+    for resumed_weight, straight_weight in zip(average.get_weights(), uninterrupted.get_weights()):
+        np.testing.assert_allclose(resumed_weight, straight_weight, atol=1e-6)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -32,7 +32,7 @@ from training.cli import UserError, run_cli
 # has the measurements). --quick is the same recipe cut to 2 epochs for the demo.
 DEFAULTS = dict(
     data="fashion-mnist", per_class=None, image_size=None, conditional=True,
-    epochs=10, batch_size=16, latent_dim=64, filters=32, learning_rate=5e-4, ema=0.999,
+    epochs=10, batch_size=16, latent_dim=64, filters=32, learning_rate=5e-4, ema=0.998,
     seed=0, out="models/generator", name="generator", run_dir="runs/gan", evaluate=True,
 )
 QUICK = dict(epochs=2)
@@ -74,7 +74,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     from tqdm import tqdm
 
     from training.data import load_dataset, make_pipeline
-    from training.gan_model import GANConfig, build_discriminator, build_generator, to_tanh_range, to_uint8
+    from training.gan_model import (GANConfig, build_discriminator, build_generator, to_tanh_range, to_uint8,
+                                    update_moving_average)
 
     run_dir = Path(config.run_dir)
     keras.utils.set_random_seed(config.seed)
@@ -142,12 +143,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         discriminator_optimizer.apply_gradients(zip(
             discriminator_tape.gradient(discriminator_loss, discriminator.trainable_variables),
             discriminator.trainable_variables))
-        # The decay warms up from 0 (as in tf.train.ExponentialMovingAverage), so that the
-        # average forgets the random initial weights even in a short run.
-        step = tf.cast(generator_optimizer.iterations, tf.float32)
-        decay = tf.minimum(config.ema, (1 + step) / (10 + step))
-        for average, current in zip(ema_generator.weights, generator.weights):
-            average.assign(decay * average + (1 - decay) * current)
+        update_moving_average(ema_generator, generator, config.ema, generator_optimizer.iterations)
         return generator_loss, discriminator_loss
 
     generate = tf.function(lambda latents, class_ids: to_uint8(ema_generator([latents, class_ids], training=False)))

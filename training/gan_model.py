@@ -109,6 +109,26 @@ def build_discriminator(config: GANConfig) -> keras.Model:
     return keras.Model([images, class_ids], layers.Reshape((), name="score")(logits), name="discriminator")
 
 
+def update_moving_average(average: keras.Model, model: keras.Model, decay: float, step) -> None:
+    """Move each weight of `average` towards the same weight of `model` (an EMA of the weights).
+
+    average ← d · average + (1 − d) · model, for every weight: the BatchNorm moving
+    statistics too, so the averaged generator normalises with statistics of the same blend of
+    networks its weights come from. Averaging the weights of a GAN's generator smooths out
+    the step-to-step wobble of the adversarial game and gives better samples than the last
+    weights (Yazici et al. 2019, "The Unusual Effectiveness of Averaging in GAN Training").
+
+    The decay warms up as in `tf.train.ExponentialMovingAverage`, d = min(decay, (1 + step) /
+    (10 + step)): a fixed 0.999 would still hold a quarter of the random initial weights after
+    1,400 steps; the warm-up keeps the average over roughly the last tenth of the steps taken
+    until that is longer than the 1 / (1 − decay) steps the decay itself averages over.
+    """
+    step = tf.cast(step, tf.float32)
+    decay = tf.minimum(tf.cast(decay, tf.float32), (1.0 + step) / (10.0 + step))
+    for averaged, current in zip(average.weights, model.weights):
+        averaged.assign(decay * averaged + (1.0 - decay) * current)
+
+
 def to_tanh_range(pixels):
     """Pixels 0–255 (any float or int tensor) → float32 in [-1, 1], the generator's range."""
     return tf.cast(pixels, tf.float32) / 127.5 - 1.0
