@@ -30,8 +30,8 @@ ROWS = {
     "100-transfer": "--per-class 100",
     "500-scratch": "--per-class 500 --backbone scratch",
     "500-transfer": "--per-class 500",
-    "full-scratch": "--backbone scratch",
-    "full-transfer": "--image-size 96 --fine-tune-epochs 0",
+    "full-scratch": "--backbone scratch --epochs 10",
+    "full-transfer": "",
 }
 
 
@@ -44,7 +44,7 @@ def run_row(name: str) -> dict:
         wall = time.monotonic() - started
         card = json.loads(next(Path(out).glob("*/model_card.json")).read_text())
     return {
-        "command": "python -m training.classifier " + ROWS[name],
+        "command": f"python -m training.classifier {ROWS[name]}".strip(),
         "test_accuracy": card["metrics"]["test_accuracy"],
         "test_examples": card["metrics"]["test_examples"],
         "train_images": sum(card["per_class_counts"].values()),
@@ -79,12 +79,17 @@ def main() -> None:
     parser.add_argument("--run", nargs="+", choices=sorted(ROWS), default=[],
                         help="re-measure these rows (minutes each) and record them")
     args = parser.parse_args()
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for name in args.run:
         print(f"== {name}: python -m training.classifier {ROWS[name]}", flush=True)
-        results[name] = run_row(name)
+        row = run_row(name)
+        results = _recorded()  # read again: another run may have recorded rows meanwhile
+        results[name] = row
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print_table(results)
+    print_table(_recorded())
+
+
+def _recorded() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
 
 
 if __name__ == "__main__":

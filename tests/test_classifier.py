@@ -25,7 +25,7 @@ def transfer_model(tmp_path_factory):
     """A tiny but real run of the recipe: both phases, export and evaluation."""
     out = tmp_path_factory.mktemp("classifier")
     code = run_cli(lambda: classifier_main([
-        "--data", "fashion-mnist", "--per-class", "30", "--image-size", "64", "--epochs", "30",
+        "--data", "fashion-mnist", "--per-class", "30", "--image-size", "64", "--head-steps", "300",
         "--fine-tune-epochs", "1", "--fine-tune-fraction", "0.1", "--eval-limit", "300",
         "--out", str(out), "--seed", "1",
     ]))
@@ -45,6 +45,9 @@ def test_export_has_card_and_labels(transfer_model):
     # 300 images of 10 classes: far above chance (10%) already, or the features are broken.
     assert card["metrics"]["test_accuracy"] > 0.5
     assert (transfer_model / "assets" / "labels.txt").read_text().split("\n")[:10] == FASHION_LABELS
+    # The head's weight decay follows the data: 10 / 270 training images (30 per class less
+    # the 10% held out for validation).
+    assert card["training"]["head_l2"] == pytest.approx(10 / 270)
 
 
 def test_reload_without_project_code(transfer_model, tmp_path):
@@ -86,6 +89,23 @@ def test_reload_without_project_code(transfer_model, tmp_path):
     assert np.argmax(bytes_scores[0]) == np.argmax(pixels_scores[0])
 
 
+@pytest.mark.parametrize("pooling, reduce", [("max", np.max), ("average", np.mean)])
+def test_multi_level_features_pool_each_depth(pooling, reduce):
+    """Each chosen depth's feature map is reduced over space, then all are concatenated."""
+    import keras
+
+    from training.backbones import BACKBONES, build_backbone
+    from training.classifier_model import multi_level_features
+
+    backbone = build_backbone("efficientnet-lite0", image_size=32, include_top=False)
+    names = BACKBONES["efficientnet-lite0"].feature_layers
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    maps = keras.Model(backbone.input, [backbone.get_layer(name).output for name in names])(images)
+    expected = np.concatenate([reduce(np.asarray(m), axis=(1, 2)) for m in maps], axis=1)
+    features = multi_level_features(backbone, names, pooling)(images)
+    np.testing.assert_allclose(np.asarray(features), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_scratch_baseline_trains_and_exports(tmp_path):
     code = run_cli(lambda: classifier_main([
         "--backbone", "scratch", "--per-class", "20", "--epochs", "2", "--eval-limit", "100",
@@ -101,6 +121,8 @@ def test_scratch_baseline_trains_and_exports(tmp_path):
     (["--per-class", "1"], "--per-class must be at least 2"),
     (["--data", "no/such/folder"], "no/such/folder"),
     (["--image-size", "8"], "--image-size"),
+    (["--validation-fraction", "0", "--fine-tune-epochs", "1"], "nothing to stop early on"),
+    (["--head-steps", "0"], "--head-steps must be at least 1"),
 ])
 def test_user_mistakes_get_a_clear_error(argv, message, tmp_path, capsys):
     code = run_cli(lambda: classifier_main([*argv, "--out", str(tmp_path)]))
@@ -120,7 +142,7 @@ def test_one_class_folder_is_refused(tmp_path, capsys):
 
 
 def test_quick_profile_without_fine_tuning(tmp_path):
-    """--quick skips phase 2: the stacked model must still evaluate and export."""
+    """Without phase 2 (the default) the stacked model must still evaluate and export."""
     code = run_cli(lambda: classifier_main([
         "--quick", "--per-class", "10", "--image-size", "32", "--eval-limit", "50", "--out", str(tmp_path),
     ]))
@@ -128,6 +150,10 @@ def test_quick_profile_without_fine_tuning(tmp_path):
     card = json.loads((tmp_path / "1" / "model_card.json").read_text())
     assert card["training"]["config"]["fine_tune_epochs"] == 0
     assert card["metrics"]["test_examples"] == 50
+    # Nothing stops early, so no image is held out: all 100 train the head.
+    assert card["training"]["config"]["validation_fraction"] == 0
+    assert "validation_accuracy" not in card["metrics"]
+    assert card["training"]["head_l2"] == pytest.approx(10 / 100)
 
 
 def test_evaluate_cli_writes_report(transfer_model, tmp_path, capsys):
