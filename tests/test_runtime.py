@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -195,6 +196,23 @@ def test_publish_stores_the_verified_conversion_beside_the_saved_model(tiny_mode
     stored = next((tmp_path / "bentoml" / "models" / "classifier").glob("*/saved_model.pb")).parent
     assert (stored / "litert" / "model.tflite").is_file()
     assert json.loads((stored / "litert" / "report.json").read_text())["verified"] is True
+
+    def publish(path):
+        return subprocess.run([sys.executable, "-m", "training.publish", str(path)], env=env,
+                              capture_output=True, text=True, cwd=ROOT)
+
+    assert "already published" in publish(tiny_models["classifier"]).stdout  # same export: nothing to do
+    # Another export with the same name and version (a second checkout, an older recipe):
+    # refused with what to do, and the stored model is left as it was.
+    other = tmp_path / "other" / "1"
+    shutil.copytree(tiny_models["classifier"], other)
+    (other / "saved_model.pb").write_bytes((other / "saved_model.pb").read_bytes() + b"\0")
+    before = (stored / "saved_model.pb").read_bytes()
+    refused = publish(other)
+    assert refused.returncode == 2
+    assert "already holds a different model" in refused.stderr and "--force" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert (stored / "saved_model.pb").read_bytes() == before
 
 
 # -- the pool under load --------------------------------------------------------------------

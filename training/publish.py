@@ -49,7 +49,12 @@ def publish(path: str | Path, name: str | None = None, force: bool = False) -> s
         if existing.info.labels.get(DIGEST_LABEL) == digest:
             return f"{tag} (already published)"
         if not force:
-            raise UserError(f"{tag} already holds a different model: retrain into a new version or pass --force")
+            # Typically a second checkout (or an older recipe) published the same version first:
+            # the store is per user, the version numbers are per checkout.
+            raise UserError(f"{tag} in the BentoML model store ({existing.path}) already holds a "
+                            f"different model, published from another export: retrain into a new version, "
+                            f"replace it with `python -m training.publish {source} --force`, or publish into "
+                            f"another store (BENTOML_HOME=...)")
         bentoml.models.delete(tag)
     labels = {key: str(card[key]) for key in ("kind", "dataset", "backbone") if card.get(key) is not None}
     conversion = convert_and_verify(source, card, cores())
