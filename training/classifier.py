@@ -39,7 +39,7 @@ DEFAULTS = dict(
 )
 COMPILE = dict(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 # The head's weight decay shrinks as the data grows (a prior counts for less against more
-# evidence): 10 / N is the best of those screened at both 1,000 and 5,000 training images.
+# evidence): 10 / N is the best of those screened at both ~1,000 and ~5,000 training images.
 L2_PER_IMAGE = 10.0
 VALIDATION_FRACTION = 0.1  # held out when something stops early
 QUICK = dict(per_class=100, image_size=96, eval_limit=2000)
@@ -149,7 +149,7 @@ def train(config: ClassifierConfig) -> Path:
             # The head alone is a regularised softmax regression: train it to convergence,
             # a fixed number of steps with a learning rate decaying to zero, rather than
             # stop it on a validation loss that a hundred images make noisy (docs/classifier.md:
-            # early stopping moved the test accuracy by ±1 point from one seed to the next).
+            # early stopping moved the test accuracy by up to 2 points from one seed to the next).
             steps_per_epoch = -(-len(train_features) // config.batch_size)
             schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.head_steps)
             head.compile(keras.optimizers.Adam(schedule), **COMPILE)
@@ -252,7 +252,7 @@ def parse_args(argv: list[str] | None = None) -> ClassifierConfig:
     add("--learning-rate", type=float, help="phase 1 learning rate (Adam)")
     add("--dropout", type=float, help="dropout before the softmax head")
     add("--l2", type=float, help=f"L2 weight decay of the head (default: {L2_PER_IMAGE:g} / the number "
-                                 "of training images, e.g. 0.011 for 900)")
+                                 "of training images, e.g. 0.01 for 1,000)")
     add("--batch-size", type=int, help="batch size")
     add("--fine-tune-epochs", type=int, help="phase 2 epochs; 0 skips fine-tuning")
     add("--fine-tune-fraction", type=float, help="top share of the backbone's layers to unfreeze in phase 2")
