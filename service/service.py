@@ -21,9 +21,11 @@ settings = Settings.load()
 # BentoML's handlers sit on the root logger at WARNING: without this, what the core logs at
 # INFO (each model loaded, and the runtime chosen for it and why; the gRPC port) is dropped.
 logging.getLogger("diptych").setLevel(logging.INFO)
+logging.getLogger("bentoml._internal.server.http_app").addFilter(http.quiet_invalid_bodies)
 
 
-@bentoml.service(name="diptych", traffic={"timeout": settings.timeout_s + 10})
+@bentoml.service(name="diptych", traffic={"timeout": settings.timeout_s + 10},
+                 logging={"access": {"enabled": settings.access_log}})
 class Diptych:
     """Classify images and generate them, with one model each."""
 

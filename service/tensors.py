@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .core import Engine, Scores, ValidationError
+from .core import Engine, Scores, UnknownSignature, ValidationError
 from .core.images import encode_png
 from .core.models import ModelInfo, locate
 from .core.validation import image_count
@@ -77,7 +77,7 @@ def signature_defs(info: ModelInfo) -> Mapping[str, meta_graph_pb2.SignatureDef]
 def signature(info: ModelInfo, name: str) -> Signature:
     served = _read(info.source, info.name, info.version)[1]
     if name not in served:
-        raise ValidationError("signature_name", f'Serving signature name: "{name}" not found in signature def; '
+        raise UnknownSignature("signature_name", f'Serving signature name: "{name}" not found in signature def; '
                                                 f"{info.kind} serves {sorted(served)}")
     return served[name]
 

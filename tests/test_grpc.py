@@ -286,8 +286,13 @@ def test_tf_unknown_servable_is_not_found_in_tf_serving_words(tf_serving, name, 
         assert (error.code(), error.details()) == (Code.NOT_FOUND, f"Servable not found for request: {words}")
 
 
+def test_tf_unknown_signature_is_failed_precondition_as_in_tf_serving(tf_serving):
+    error = failure(predict, tf_serving, "classifier", {"image_bytes": np.array([PNG], dtype=object)}, "bogus")
+    assert error.code() == Code.FAILED_PRECONDITION, error.details()
+    assert 'Serving signature name: "bogus" not found in signature def' in error.details()
+
+
 @pytest.mark.parametrize(("model", "signature", "inputs", "field"), [
-    ("classifier", "bogus", {"image_bytes": np.array([PNG], dtype=object)}, "signature_name"),
     ("classifier", "", {"images": np.zeros((1, 8, 8, 3), np.uint8)}, "inputs"),
     ("classifier", "", {"image_bytes": np.array([[PNG]], dtype=object)}, "image_bytes"),
     ("classifier", "", {"image_bytes": np.array([b"junk"], dtype=object)}, "images[0]"),

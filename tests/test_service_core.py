@@ -69,6 +69,11 @@ def test_settings_from_file_then_environment(tmp_path):
     assert "secret" not in repr(settings)
     with pytest.raises(ValueError, match="max_pixels"):
         Settings.load({"DIPTYCH_MAX_PIXELS": "lots"})
+    assert Settings().access_log is False
+    assert Settings.load({"DIPTYCH_ACCESS_LOG": "True"}).access_log is True
+    assert Settings.load({"DIPTYCH_ACCESS_LOG": "0"}).access_log is False
+    with pytest.raises(ValueError, match="access_log: expected bool, got 'maybe'"):
+        Settings.load({"DIPTYCH_ACCESS_LOG": "maybe"})
     with pytest.raises(ValueError, match="unknown settings: colour"):
         (tmp_path / "bad.toml").write_text('colour = "red"\n')
         Settings.load({"DIPTYCH_CONFIG": str(tmp_path / "bad.toml")})

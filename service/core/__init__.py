@@ -11,6 +11,7 @@ from .errors import (
     ServiceError,
     Unauthenticated,
     Unavailable,
+    UnknownSignature,
     ValidationError,
 )
 
@@ -28,5 +29,6 @@ __all__ = [
     "Settings",
     "Unauthenticated",
     "Unavailable",
+    "UnknownSignature",
     "ValidationError",
 ]

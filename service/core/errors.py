@@ -36,6 +36,11 @@ class LimitExceeded(ValidationError):
     reason = "limit_exceeded"
 
 
+class UnknownSignature(ValidationError):
+    """The model has no signature of that name: TF Serving's FAILED_PRECONDITION, which its
+    clients may test for; any other protocol treats it as the malformed request it is."""
+
+
 class NotFound(ServiceError):
     reason = "not_found"
 

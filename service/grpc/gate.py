@@ -28,6 +28,7 @@ from ..core import (
     ServiceError,
     Unauthenticated,
     Unavailable,
+    UnknownSignature,
     ValidationError,
 )
 from ..core.metrics import metrics
@@ -45,7 +46,8 @@ INFERENCE = frozenset({
     "/tensorflow.serving.PredictionService/Predict",
     "/inference.GRPCInferenceService/ModelInfer",
 })
-STATUS = {  # most specific first; LimitExceeded is a ValidationError
+STATUS = {  # most specific first; LimitExceeded and UnknownSignature are ValidationErrors
+    UnknownSignature: grpc.StatusCode.FAILED_PRECONDITION,
     ValidationError: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
