@@ -25,6 +25,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
+    inference_pb2,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
@@ -258,6 +259,37 @@ def test_tf_classify_returns_every_class_in_label_order(tf_serving, fashion):
     rows = reply.result.classifications
     assert [[item.label for item in row.classes] for row in rows] == [class_names] * 3
     np.testing.assert_allclose([[item.score for item in row.classes] for row in rows], raw_scores[:3], atol=1e-3)
+
+
+def test_tf_multi_inference_is_one_classify_task(tf_serving, fashion):
+    _, files, class_names, raw_scores = fashion
+    request = inference_pb2.MultiInferenceRequest()
+    task = request.tasks.add(method_name="tensorflow/serving/classify")
+    task.model_spec.name = "classifier"
+    for image in files[:2]:
+        request.input.example_list.examples.add().features.feature["image_bytes"].bytes_list.value.append(image)
+    (result,) = tf_serving.MultiInference(request).results
+    assert (result.model_spec.name, result.model_spec.version.value) == ("classifier", 1)
+    rows = result.classification_result.classifications
+    assert [[item.label for item in row.classes] for row in rows] == [class_names] * 2
+    np.testing.assert_allclose([[item.score for item in row.classes] for row in rows], raw_scores[:2], atol=1e-3)
+
+
+@pytest.mark.parametrize(("tasks", "words"), [
+    ([], "at least one task"),
+    ([("classifier", "tensorflow/serving/classify"), ("generator", "tensorflow/serving/classify")], "same model name"),
+    ([("classifier", "tensorflow/serving/regress")], "no regression signature"),
+    ([("classifier", "tensorflow/serving/predict")], "Unsupported signature method_name"),
+    ([("classifier", "tensorflow/serving/classify")] * 2, "send one task"),
+    ([("generator", "tensorflow/serving/classify")], "Classify serves the classifier"),
+])
+def test_tf_multi_inference_refuses_what_it_cannot_run(tf_serving, tasks, words):
+    request = inference_pb2.MultiInferenceRequest()
+    for model, method in tasks:
+        request.tasks.add(method_name=method).model_spec.name = model
+    request.input.example_list.examples.add().features.feature["image_bytes"].bytes_list.value.append(PNG)
+    error = failure(tf_serving.MultiInference, request)
+    assert error.code() == Code.INVALID_ARGUMENT and words in error.details(), error.details()
 
 
 def test_tf_metadata_is_the_saved_models_signature_defs(tf_serving, tiny_models):

@@ -49,6 +49,7 @@ def servers(tiny_models, tmp_path_factory):
     # metrics folder in it, and each would count the other's models in diptych_model_info.
     locked = Server({**env, **LIMITS, "BENTOML_HOME": str(tmp / "locked-home"),
                      "DIPTYCH_API_KEYS": KEYS[0], "DIPTYCH_API_KEYS_FILE": str(tmp / "keys"), "DIPTYCH_ACCESS_LOG": "true",
+                     "DIPTYCH_TRACING": "true",
                      "DIPTYCH_CLASSIFIER": str(tiny_models["classifier"]),
                      "DIPTYCH_GENERATOR": str(tiny_models["generator"])}, tmp / "locked.log")
     try:
@@ -390,14 +391,17 @@ def test_keys_are_never_logged(locked):
 ACCESS_LINE = re.compile(r"\(scheme=http,method=POST,path=/classify,")
 
 
-def test_access_log_is_a_setting(servers):
-    """Off by default (it costs ~6% of a worker's CPU at saturation); DIPTYCH_ACCESS_LOG=true
-    gives BentoML's line per request, as the locked server has it."""
+def test_access_log_and_tracing_are_settings(servers):
+    """Both off by default (they cost CPU on every request); the locked server has both on:
+    BentoML's log line per request, and its OpenTelemetry middleware's request id header."""
     open_server, locked = servers
     body = {"images": [base64.b64encode(png_bytes()).decode()]}
-    assert open_server.client.post("/classify", json=body).status_code == 200
+    plain = open_server.client.post("/classify", json=body)
+    assert plain.status_code == 200 and "X-BentoML-Request-ID" not in plain.headers
     # The locked server's timeout_s is 0, so its classify answers 504: still one request, one line.
-    assert locked.client.post("/classify", json=body, headers={"Authorization": f"Bearer {KEYS[0]}"}).status_code == 504
+    traced = locked.client.post("/classify", json=body, headers={"Authorization": f"Bearer {KEYS[0]}"})
+    assert traced.status_code == 504
+    assert re.fullmatch(r"[0-9a-f]{16}", traced.headers.get("X-BentoML-Request-ID", "")), traced.headers
     deadline = time.monotonic() + 10
     while not ACCESS_LINE.search(locked.log.read_text()) and time.monotonic() < deadline:
         time.sleep(0.1)  # the line is written after the response

@@ -39,7 +39,8 @@ class Settings:
     grpc_host: str = "[::]"
     api_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     api_keys_file: str | None = None
-    access_log: bool = False  # BentoML's line per HTTP request (off: ~6% of a worker's CPU at saturation)
+    access_log: bool = False  # BentoML's log line per HTTP request
+    tracing: bool = False  # BentoML's OpenTelemetry middleware on HTTP requests (spans, X-BentoML-Request-ID)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

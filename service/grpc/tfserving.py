@@ -7,6 +7,7 @@ so an existing TF Serving client switches to diptych without a changed line.
   batching; outputs keep the signature's names, `output_filter` picks some.
 - `Classify` takes tf.Examples with an `image_bytes` bytes feature (an encoded image) and
   returns every class with its score, in the model's label order, as TF Serving does.
+- `MultiInference` runs one classify task (the classifier's one signature), as `Classify`.
 - `GetModelMetadata` returns the real SignatureDefMap from saved_model.pb.
 
 Models are named and versioned as TF Serving reports them (the card's integer version),
@@ -16,7 +17,7 @@ and an unknown one is NOT_FOUND "Servable not found for request: Latest(name)".
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import grpc
 import numpy as np
@@ -25,6 +26,7 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
+    inference_pb2,
     input_pb2,
     model_pb2,
     predict_pb2,
@@ -36,6 +38,7 @@ from ..core import Engine, NotFound, Scores, ValidationError
 from ..core.models import ModelInfo
 
 SIGNATURE_DEF = "signature_def"  # the one metadata field TF Serving knows
+CLASSIFY, REGRESS = "tensorflow/serving/classify", "tensorflow/serving/regress"  # MultiInference method names
 DATA_TYPES = {dtype: code for code, dtype in tensors.dtypes().items()}
 
 
@@ -64,8 +67,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Regress(self, request: object, context: grpc.aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no regression model is served")
 
-    async def MultiInference(self, request: object, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not served: use Classify or Predict")
+    async def MultiInference(self, request: inference_pb2.MultiInferenceRequest,
+                             context: grpc.aio.ServicerContext) -> inference_pb2.MultiInferenceResponse:
+        """TF Serving's rules: one model for all tasks, each signature once. The classifier has
+        one signature to classify with, so a request is one classify task: Classify's answer."""
+        info, spec = servable(self.engine, classify_task(request.tasks), classify=True)
+        result = await self.engine.score(encoded_images(request.input))
+        return inference_pb2.MultiInferenceResponse(results=[
+            inference_pb2.InferenceResult(model_spec=spec, classification_result=classifications(result))])
 
 
 def servable(
@@ -89,6 +98,22 @@ def servable(
     answer = model_pb2.ModelSpec(name=spec.name, signature_name=signature)
     answer.version.value = tensors.version(info)
     return info, answer
+
+
+def classify_task(tasks: Sequence[inference_pb2.InferenceTask]) -> model_pb2.ModelSpec:
+    """The ModelSpec of a MultiInference request's only task, refused as TF Serving words it."""
+    if not tasks:
+        raise ValidationError("tasks", "MultiInferenceRequest must specify at least one task")
+    if len({task.model_spec.name for task in tasks}) > 1:
+        raise ValidationError("tasks", "All ModelSpecs in a MultiInferenceRequest must access the same model name")
+    for i, task in enumerate(tasks):
+        if task.method_name == REGRESS:
+            raise ValidationError(f"tasks[{i}].method_name", "no regression signature is served")
+        if task.method_name != CLASSIFY:
+            raise ValidationError(f"tasks[{i}].method_name", f"Unsupported signature method_name: {task.method_name}")
+    if len(tasks) > 1:
+        raise ValidationError("tasks", "the classifier has one signature to classify with: send one task")
+    return tasks[0].model_spec
 
 
 def arrays(inputs: Mapping[str, tensor_pb2.TensorProto], max_values: int) -> dict[str, np.ndarray]:
