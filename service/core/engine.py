@@ -147,10 +147,9 @@ class Engine:
     async def classify(self, images: Sequence[bytes], top_k: int = 5) -> Classification:
         k = validation.top_k(top_k, self.classifier.labels)
         result = await self.score(images)
-        labels = result.labels
-        return Classification(
-            result.model, [[(labels[i], float(row[i])) for i in np.argsort(-row)[:k]] for row in result.scores]
-        )
+        labels, best = result.labels, np.argsort(-result.scores, axis=1)[:, :k]
+        return Classification(result.model, [[(labels[i], row[i]) for i in top]
+                                             for top, row in zip(best.tolist(), result.scores.tolist())])
 
     async def score(self, images: Sequence[bytes]) -> Scores:
         """Every class's score for each image: the model's whole output, for the tensor protocols."""
@@ -194,8 +193,7 @@ class Engine:
 
     async def _wait(self, futures: list[Future]) -> list:
         try:
-            return await asyncio.wait_for(
-                asyncio.gather(*(asyncio.wrap_future(future) for future in futures)), self.settings.timeout_s
-            )
+            async with asyncio.timeout(self.settings.timeout_s):
+                return await asyncio.gather(*map(asyncio.wrap_future, futures))
         except TimeoutError:
             raise DeadlineExceeded(f"no result within {self.settings.timeout_s:g} s") from None

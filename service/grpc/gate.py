@@ -145,6 +145,7 @@ def _parsed(behavior: Behavior, method: str) -> Behavior:
 
 async def _within_deadline(work: Awaitable[Any], seconds_left: float | None) -> Any:
     try:
-        return await asyncio.wait_for(work, seconds_left)
+        async with asyncio.timeout(seconds_left):  # None: no deadline
+            return await work
     except TimeoutError:
         raise DeadlineExceeded("the call's deadline passed before its result was ready") from None
