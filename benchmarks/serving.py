@@ -24,7 +24,10 @@ Prints images/s, p50/p99 latency, the mean batch the model ran, each row's throu
 against the best raw TensorFlow batch and the raw LiteRT pool, and the CPU time one image
 cost (the service's processes, from /proc; this process for the raw rows), which other jobs
 on the machine do not change: cores / CPU time is what the row would do on cores of its own
-(the load generators, which share the server's CPUs here, not counted).
+(the load generators, which share the server's CPUs here, not counted). Of that CPU time,
+"front end" is the workers' event-loop threads: the protocol's own cost (HTTP or gRPC
+server, parsing, validation, the response), beside decoding and the model in the batch
+workers.
 """
 
 from __future__ import annotations
@@ -131,14 +134,14 @@ def load(hey: str, service: Service, body: Path, concurrency: int, seconds: floa
     before = served(service)
     rows = subprocess.run([*command, "-z", f"{seconds:g}s", url + "/classify"], capture_output=True, text=True,
                           check=True).stdout.splitlines()[1:]
-    items, calls, cpu = served(service) - before
+    items, calls, cpu, front_end = served(service) - before
     # response-time, DNS+dialup, DNS, request-write, response-delay, response-read, status-code, offset
     done = [(float(row[0]), float(row[7])) for row in map(lambda line: line.split(","), rows) if row[6] == "200"]
     if len(done) < len(rows):
         print(f"  ! {len(rows) - len(done)} of {len(rows)} requests failed at concurrency {concurrency}", file=sys.stderr)
     elapsed = max(offset + latency for latency, offset in done)
     return {**summarise([latency for latency, _ in done], len(done), elapsed), "batch": items / max(calls, 1),
-            "cpu ms": 1000 * cpu / max(items, 1)}
+            "cpu ms": 1000 * cpu / max(items, 1), "front-end ms": 1000 * front_end / max(items, 1)}
 
 
 def batch_sizes(url: str) -> tuple[float, float]:
@@ -151,8 +154,9 @@ def batch_sizes(url: str) -> tuple[float, float]:
 
 
 def served(service: Service) -> np.ndarray:
-    """[items, model calls] of the classifier so far, and the CPU seconds the service has used."""
-    return np.array([*batch_sizes(service.url), service.cpu_seconds()])
+    """[items, model calls] of the classifier so far, the CPU seconds the service has used,
+    and those of its front end (the workers' event loops)."""
+    return np.array([*batch_sizes(service.url), service.cpu_seconds(), service.front_end_cpu_seconds()])
 
 
 def answered(url: str, method: str) -> float:
@@ -173,7 +177,7 @@ def load_grpc(h2load: str, service: Service, method: str, body: Path, concurrenc
     before, ok_before = served(service), answered(service.url, method)
     log.unlink(missing_ok=True)  # h2load appends to its log file
     subprocess.run([*command, "-D", f"{seconds:g}", "--log-file", str(log)], capture_output=True, check=True)
-    items, calls, cpu = served(service) - before
+    items, calls, cpu, front_end = served(service) - before
     # start time (µs since the epoch), HTTP status, duration (µs)
     done = [(int(start), int(micros)) for start, _, micros in (line.split("\t") for line in log.read_text().splitlines())]
     ok = answered(service.url, method) - ok_before
@@ -181,7 +185,7 @@ def load_grpc(h2load: str, service: Service, method: str, body: Path, concurrenc
         print(f"  ! {len(done) - ok:g} of {len(done)} gRPC calls failed at concurrency {concurrency}", file=sys.stderr)
     elapsed = (max(start + micros for start, micros in done) - min(start for start, _ in done)) / 1e6
     return {**summarise([micros / 1e6 for _, micros in done], int(ok), elapsed), "batch": items / max(calls, 1),
-            "cpu ms": 1000 * cpu / max(items, 1)}
+            "cpu ms": 1000 * cpu / max(items, 1), "front-end ms": 1000 * front_end / max(items, 1)}
 
 
 def grpc_message(message: bytes) -> bytes:
@@ -270,6 +274,23 @@ class Service:
 
         return sum(ticks for pid, (_, ticks) in processes.items() if descends(pid)) / os.sysconf("SC_CLK_TCK")
 
+    def front_end_cpu_seconds(self) -> float:
+        """CPU time so far of the workers' main threads: their event loop runs the HTTP and
+        gRPC servers, parsing, validation and responses; decoding and the model run in the
+        batch workers' threads. So this is what a protocol costs on top of the model."""
+        ticks = 0
+        for stat in Path("/proc").glob("[0-9]*/task/[0-9]*/stat"):
+            pid, tid = int(stat.parts[2]), int(stat.parts[4])
+            if tid != pid or pid == self.process.pid:
+                continue
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:  # a worker: a child of `bentoml serve`
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def close(self) -> None:
         os.killpg(self.process.pid, signal.SIGTERM)
         self.process.wait(timeout=30)
@@ -333,12 +354,13 @@ def main() -> None:
     raw_litert = best[("raw litert pool", cores())]["images/s"]
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
     print("| path | batch / concurrency | images/s | p50 ms | p99 ms | mean batch | × raw TF | of raw LiteRT "
-          f"| CPU ms / image | images/s on {cores()} free cores |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"| CPU ms / image | of which front end | images/s on {cores()} free cores |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (kind, size), result in best.items():
+        front_end = f"{result['front-end ms']:.2f}" if "front-end ms" in result else "—"
         print(f"| {kind} | {size} | {result['images/s']:.1f} | {result['p50 ms']:.1f} | {result['p99 ms']:.1f} "
               f"| {result['batch']:.1f} | {result['images/s'] / raw_tf:.2f}× | {result['images/s'] / raw_litert:.0%} "
-              f"| {result['cpu ms']:.1f} | {1000 * cores() / result['cpu ms']:.0f} |")
+              f"| {result['cpu ms']:.1f} | {front_end} | {1000 * cores() / result['cpu ms']:.0f} |")
 
 
 if __name__ == "__main__":
