@@ -88,6 +88,23 @@ def test_classifier_conversion_is_verified(classifier_conversion):
     assert all(cost > 0 for cost in report["cpu_ms_per_image"].values()) and len(report["cpu_ms_per_image"]) == 2
 
 
+def test_the_default_recipes_backbone_model_converts_and_verifies(tmp_path):
+    """The tiny classifier above is the scratch CNN; this is the default recipe's model
+    (EfficientNet-Lite0, max-pooled features of six depths, a dense head), trained on a
+    few images: its flatbuffer must verify too, or `make demo` would serve it on TensorFlow."""
+    trained = subprocess.run(
+        [sys.executable, "-m", "training.classifier", "--data", "fashion-mnist", "--quick", "--per-class", "5",
+         "--image-size", "96", "--head-steps", "50", "--no-evaluate", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    path, info = locate(str(tmp_path / "1"))
+    assert info.card["backbone"] == "efficientnet-lite0"
+    converted = conversion.convert_and_verify(path, info.card, interpreters=2)
+    assert converted.verified, converted.report
+    assert converted.report["max_difference"] <= conversion.SCORE_TOLERANCE
+
+
 @pytest.mark.parametrize("cost, speed, litert", [
     ({TENSORFLOW: 4.0, LITERT: 3.0}, {TENSORFLOW: 300, LITERT: 200}, True),  # CPU cost decides, not the wall clock
     ({TENSORFLOW: 3.0, LITERT: 4.0}, {TENSORFLOW: 200, LITERT: 300}, False),
