@@ -15,10 +15,12 @@ from PIL import Image
 from training import gan
 from training.cli import run_cli
 from training.gan_export import MAX_BATCH, export_generator
-from training.gan_model import GANConfig, build_discriminator, build_generator, to_uint8, update_moving_average
+from training.gan_model import (GANConfig, LinearDecay, build_discriminator, build_generator, to_uint8,
+                                update_moving_average)
 
 TINY = GANConfig(image_size=28, channels=1, num_classes=3, latent_dim=8, filters=8)
-TOY_FLAGS = ["--epochs", "6", "--filters", "16", "--latent-dim", "8", "--batch-size", "32", "--learning-rate", "1e-3"]
+TOY_FLAGS = ["--epochs", "6", "--filters", "16", "--latent-dim", "8", "--batch-size", "32", "--learning-rate", "1e-3",
+             "--lr-decay", "0.7"]  # the decay starts in epoch 2: a run interrupted after epoch 3 stops inside it
 TOY_STEPS_PER_EPOCH = 20  # 2 classes x 400 images, 20% held out for test, batches of 32
 TOY = GANConfig(image_size=32, channels=3, num_classes=2, latent_dim=8, filters=16)
 
@@ -62,6 +64,14 @@ def test_the_moving_average_moves_towards_the_trained_weights():
     check(before, 0.999)
     update_moving_average(average, model, 0.0, step=100_000)  # 0: the average is the model
     check(weights(model), 0.0)
+
+
+def test_the_learning_rate_is_constant_then_falls_linearly_to_zero():
+    schedule = LinearDecay(1e-3, total_steps=1000, decay_steps=400)
+    rates = [float(schedule(step)) for step in (0, 600, 800, 999, 1000, 1200)]
+    np.testing.assert_allclose(rates, [1e-3, 1e-3, 5e-4, 2.5e-6, 0.0, 0.0], rtol=1e-5, atol=1e-9)
+    constant = LinearDecay(1e-3, total_steps=1000, decay_steps=0)
+    assert float(constant(0)) == float(constant(999)) == np.float32(1e-3)
 
 
 # --- the export ------------------------------------------------------------------------
@@ -186,12 +196,23 @@ def _band_on_top(images: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def toy_run(toy_folder, tmp_path_factory, monkeypatch_module):
-    """Train the toy GAN in two pieces: 3 epochs, then --resume to 6 (with evaluation)."""
+    """Train the toy GAN for 6 epochs, interrupted (Ctrl-C) after epoch 3, then --resume (with evaluation)."""
+    from training import evaluate_gan
+
     work = tmp_path_factory.mktemp("toy")
     monkeypatch_module.chdir(work)  # the evaluator cache (.cache/) goes here
     common = ["--run-dir", "run", "--out", "models"]
-    assert _train(["--data", str(toy_folder), *TOY_FLAGS, "--epochs", "3", "--no-evaluate", *common]) == 0
-    assert _train(["--resume", "--epochs", "6", "--evaluate", *common]) == 0
+    save_grid = evaluate_gan.save_grid
+
+    def save_grid_then_interrupt_after_epoch_3(grid, path, *args, **kwargs):
+        save_grid(grid, path, *args, **kwargs)
+        if path.name == "epoch_003.png":
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evaluate_gan, "save_grid", save_grid_then_interrupt_after_epoch_3)
+        assert _train(["--data", str(toy_folder), *TOY_FLAGS, "--no-evaluate", *common]) == 130
+    assert _train(["--resume", "--evaluate", *common]) == 0
     return work
 
 
@@ -211,7 +232,7 @@ def monkeypatch_module():
 
 @pytest.mark.slow
 def test_toy_generator_respects_the_requested_class(toy_run):
-    model_dir = toy_run / "models" / "2"
+    model_dir = toy_run / "models" / "1"
     seeded = tf.saved_model.load(str(model_dir)).signatures["generate_seeded"]
     card = json.loads((model_dir / "model_card.json").read_text())
     assert card["classes"] == ["bottom", "top"] and card["channels"] == 3 and card["image_size"] == [32, 32]
@@ -232,9 +253,10 @@ def test_resume_continues_where_the_run_stopped(toy_run, straight_run):
     assert len(history["steps"]) == 6 * TOY_STEPS_PER_EPOCH
     assert sorted(path.name for path in (run / "samples").iterdir())[-1] == "epoch_006.png"
     assert (run / "training_curves.png").exists()
-    # The resumed run ends where an uninterrupted one does: same optimizer step count and
-    # the same weights (same shuffles, latents and dropout masks after the restore).
-    resumed = tf.saved_model.load(str(toy_run / "models" / "2")).signatures["generate_seeded"]
+    # The resumed run ends where an uninterrupted one does: same optimizer step count, hence
+    # the same learning rates (the decay had begun when the run stopped), and the same
+    # weights (same shuffles, latents and dropout masks after the restore).
+    resumed = tf.saved_model.load(str(toy_run / "models" / "1")).signatures["generate_seeded"]
     uninterrupted = tf.saved_model.load(str(straight_run / "1")).signatures["generate_seeded"]
     request = dict(seed=tf.constant(3, tf.int64), count=tf.constant(8), class_id=tf.constant(-1))
     np.testing.assert_allclose(resumed(**request)["images"].numpy().astype(int),
@@ -257,7 +279,7 @@ def test_the_export_is_the_moving_average_and_resume_keeps_it(toy_run, straight_
     assert not np.allclose(generator.get_weights()[0], average.get_weights()[0])
     latents = tf.random.stateless_normal([16, TOY.latent_dim], seed=[1, 2])
     class_ids = tf.constant([0, 1] * 8)
-    exported = tf.saved_model.load(str(toy_run / "models" / "2")).signatures["serving_default"]
+    exported = tf.saved_model.load(str(toy_run / "models" / "1")).signatures["serving_default"]
     images = exported(latents=latents, class_ids=class_ids)["images"].numpy().astype(int)
     np.testing.assert_allclose(images, to_uint8(average([latents, class_ids])).numpy().astype(int), atol=1)
     assert np.abs(images - to_uint8(generator([latents, class_ids])).numpy().astype(int)).mean() > 1
@@ -271,6 +293,7 @@ def test_the_export_is_the_moving_average_and_resume_keeps_it(toy_run, straight_
 @pytest.mark.parametrize("argv, message", [
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--ema", "1.5"], "--ema must be in [0, 1)"),
+    (["--lr-decay", "1.5"], "--lr-decay must be in [0, 1]"),
     (["--data", "no/such/folder"], "no/such/folder"),
     (["--data", "fashion-mnist", "--image-size", "30"], "cannot be generated"),
     (["--resume"], "nothing to resume"),

@@ -7,8 +7,9 @@
 2. Build the generator and the discriminator (training/gan_model.py), one Adam each.
 3. Train both with one compiled step per batch: the discriminator learns to tell real
    images of a class from generated ones, the generator learns to fool it (non-saturating
-   loss). A slowly moving average (EMA) of the generator's weights is kept beside it: it
-   averages out the step-to-step wobble of GAN training and is the generator we export.
+   loss). Both learning rates fall linearly to 0 over the second half of the run, and a
+   slowly moving average (EMA) of the generator's weights is kept beside it: it averages
+   out the step-to-step wobble of GAN training and is the generator we export.
 4. After every epoch: a checkpoint (so `--resume` continues where a run stopped) and a
    sample grid from fixed latents, one row per class.
 5. At the end: a plot of the training curves, the SavedModel export with its model card,
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import time
@@ -32,7 +34,7 @@ from training.cli import UserError, run_cli
 # has the measurements). --quick is the same recipe cut to 2 epochs for the demo.
 DEFAULTS = dict(
     data="fashion-mnist", per_class=None, image_size=None, conditional=True,
-    epochs=10, batch_size=16, latent_dim=64, filters=32, learning_rate=5e-4, ema=0.998,
+    epochs=10, batch_size=16, latent_dim=64, filters=32, learning_rate=5e-4, lr_decay=0.5, ema=0.998,
     seed=0, out="models/generator", name="generator", run_dir="runs/gan", evaluate=True,
 )
 QUICK = dict(epochs=2)
@@ -54,6 +56,7 @@ class TrainConfig:
     latent_dim: int
     filters: int
     learning_rate: float
+    lr_decay: float
     ema: float
     seed: int
     out: str
@@ -74,8 +77,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     from tqdm import tqdm
 
     from training.data import load_dataset, make_pipeline
-    from training.gan_model import (GANConfig, build_discriminator, build_generator, to_tanh_range, to_uint8,
-                                    update_moving_average)
+    from training.gan_model import (GANConfig, LinearDecay, build_discriminator, build_generator, to_tanh_range,
+                                    to_uint8, update_moving_average)
 
     run_dir = Path(config.run_dir)
     keras.utils.set_random_seed(config.seed)
@@ -95,8 +98,11 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     discriminator = build_discriminator(model_config)
     ema_generator = build_generator(model_config)
     ema_generator.set_weights(generator.get_weights())
-    generator_optimizer = keras.optimizers.Adam(config.learning_rate, beta_1=0.5)
-    discriminator_optimizer = keras.optimizers.Adam(config.learning_rate, beta_1=0.5)
+    # Both rates are constant, then fall to 0 over the last --lr-decay of the steps of --epochs.
+    total_steps = config.epochs * math.ceil(len(dataset) / config.batch_size)
+    schedule = LinearDecay(config.learning_rate, total_steps, round(config.lr_decay * total_steps))
+    generator_optimizer = keras.optimizers.Adam(schedule, beta_1=0.5)
+    discriminator_optimizer = keras.optimizers.Adam(schedule, beta_1=0.5)
     generator_optimizer.build(generator.trainable_variables)
     discriminator_optimizer.build(discriminator.trainable_variables)
     latent_rng = tf.random.Generator.from_seed(config.seed)
@@ -284,7 +290,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     add("--batch-size", type=int, help="images per step")
     add("--latent-dim", type=int, help="size of the generator's random input")
     add("--filters", type=int, help="width of the networks (the last hidden map of the generator)")
-    add("--learning-rate", type=float, help="Adam learning rate of both networks (beta_1 = 0.5)")
+    add("--learning-rate", type=float, help="Adam learning rate of both networks until the decay (beta_1 = 0.5)")
+    add("--lr-decay", type=float, help="fraction of the run, at its end, over which both learning rates fall "
+                                       "linearly to 0 (0 keeps them constant); the schedule runs over the steps "
+                                       "of --epochs, so --resume --epochs N follows the N-epoch schedule from "
+                                       "where the run stands")
     add("--ema", type=float, help="decay of the exported moving average of the generator's weights "
                                   "(0 exports the last weights)")
     add("--seed", type=int, help="random seed for the subset, the weights, the latents and the shuffling")
@@ -338,6 +348,8 @@ def validate(config: TrainConfig) -> None:
         raise UserError("--ema must be in [0, 1)")
     if config.learning_rate <= 0:
         raise UserError("--learning-rate must be positive")
+    if not 0.0 <= config.lr_decay <= 1.0:
+        raise UserError("--lr-decay must be in [0, 1]")
     if config.image_size is not None:
         from training.gan_model import GANConfig
 

@@ -129,6 +129,27 @@ def update_moving_average(average: keras.Model, model: keras.Model, decay: float
         averaged.assign(decay * averaged + (1.0 - decay) * current)
 
 
+class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """A constant learning rate that falls linearly to 0 over the last `decay_steps` of the run.
+
+    Smaller steps at the end let both networks settle instead of circling the equilibrium
+    (docs/gan.md has the measurements). The rate is a function of the optimizer's step count
+    alone, which is checkpointed: a resumed run follows the schedule the interrupted one
+    would have followed. `total_steps` comes from --epochs, so a run resumed with more epochs
+    follows the longer run's schedule from where it stands.
+    """
+
+    def __init__(self, initial: float, total_steps: int, decay_steps: int):
+        self.initial, self.total_steps, self.decay_steps = initial, total_steps, decay_steps
+
+    def __call__(self, step):
+        remaining = (self.total_steps - tf.cast(step, tf.float32)) / max(self.decay_steps, 1)
+        return self.initial * tf.clip_by_value(remaining, 0.0, 1.0)
+
+    def get_config(self) -> dict:
+        return {"initial": self.initial, "total_steps": self.total_steps, "decay_steps": self.decay_steps}
+
+
 def to_tanh_range(pixels):
     """Pixels 0–255 (any float or int tensor) → float32 in [-1, 1], the generator's range."""
     return tf.cast(pixels, tf.float32) / 127.5 - 1.0
