@@ -226,7 +226,7 @@ class Service:
     peer, which reads the same DIPTYCH_* model variables) on a free loopback port, until closed."""
 
     def __init__(self, classifier: str, generator: str, log: IO[bytes], runtime: str = "auto",
-                 app: str = "service.service:Diptych") -> None:
+                 app: str = "service.service:Diptych", workers: int = 1) -> None:
         port, grpc_port = free_port(), free_port()
         self.url, self.grpc_target = f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
         # A BENTOML_HOME of its own: `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir
@@ -236,6 +236,9 @@ class Service:
                "DIPTYCH_CLASSIFIER": classifier, "DIPTYCH_GENERATOR": generator, "DIPTYCH_MAX_CONCURRENCY": "256",
                "DIPTYCH_GRPC_PORT": str(grpc_port), "DIPTYCH_GRPC_HOST": "127.0.0.1",
                "DIPTYCH_CLASSIFIER_RUNTIME": runtime}
+        if workers > 1:  # BentoML worker processes, the cores shared out among their interpreters
+            env["BENTOML_CONFIG_OVERRIDES"] = json.dumps({"services": {"diptych": {"workers": workers}}})
+            env["DIPTYCH_INTERPRETERS"] = str(max(1, cores() // workers))
         bentoml = Path(sys.executable).with_name("bentoml")
         self.process = subprocess.Popen(
             [str(bentoml), "serve", app, "--host", "127.0.0.1", "--port", str(port)],
@@ -307,6 +310,8 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32,64")
     parser.add_argument("--runtimes", default=f"{TENSORFLOW},{LITERT}",
                         help="the classifier's runtime in each service; gRPC is measured on the last")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="BentoML worker processes per service, each with cores/workers interpreters per model")
     args = parser.parse_args()
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     hey, h2load = shutil.which("hey"), shutil.which("h2load")
@@ -321,7 +326,7 @@ def main() -> None:
     bodies = grpc_bodies(images[0], work)
     print(f"classifier {info.name}:{info.version} ({info.card.get('backbone')}, {info.card['image_size'][0]} px), "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, best of {args.rounds} rounds of "
-          f"{args.seconds:g} s per row; log in {work}")
+          f"{args.seconds:g} s per row, {args.workers} worker(s) per service; log in {work}")
     batches, concurrencies = [int(n) for n in args.batches.split(",")], [int(n) for n in args.concurrency.split(",")]
     runtime, pool, size = SavedModelRuntime(path), litert_pool(path, info), info.card["image_size"][0]
     measures: dict[tuple[str, int], Callable[[], dict[str, float]]] = {
@@ -331,7 +336,8 @@ def main() -> None:
     }
     runtimes = args.runtimes.split(",")
     generator = locate(args.generator)[0]  # folders: each service has a model store (BENTOML_HOME) of its own
-    services = {name: Service(path, generator, (work / f"service-{name}.log").open("wb"), name) for name in runtimes}
+    services = {name: Service(path, generator, (work / f"service-{name}.log").open("wb"), name, workers=args.workers)
+                for name in runtimes}
     try:
         for name, service in services.items():
             service.wait_ready()

@@ -25,8 +25,8 @@ logging.getLogger("bentoml._internal.server.http_app").addFilter(http.quiet_inva
 
 
 # Both off by default: measured per HTTP request, the access log costs ~0.3 ms of CPU and
-# OpenTelemetry's middleware ~0.6 ms, though it records nothing at BentoML's default sample
-# rate of 0; the rest of the front end ~1.1 ms (docs/serving.md, "Where an HTTP request's
+# OpenTelemetry's middleware ~0.8 ms, though it records nothing at BentoML's default sample
+# rate of 0; the rest of the front end ~1.2 ms (docs/serving.md, "Where an HTTP request's
 # CPU goes"). With tracing off, no URL enters that middleware.
 @bentoml.service(name="diptych", traffic={"timeout": settings.timeout_s + 10},
                  logging={"access": {"enabled": settings.access_log}},
