@@ -84,7 +84,8 @@ def quiet_invalid_bodies(record: logging.LogRecord) -> bool:
     `diptych_requests_rejected_total`, so it becomes one INFO line (below BentoML's level)."""
     if record.exc_info and isinstance(record.exc_info[1], pydantic.ValidationError):
         record.levelno, record.levelname = logging.INFO, "INFO"
-        record.msg, record.args = "400 on %s: %s", (record.args[0], record.exc_info[1].title)
+        path = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        record.msg, record.args = "400 on %s: %s", (path, record.exc_info[1].title)
         record.exc_info = record.exc_text = None
     return True
 

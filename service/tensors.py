@@ -78,7 +78,7 @@ def signature(info: ModelInfo, name: str) -> Signature:
     served = _read(info.source, info.name, info.version)[1]
     if name not in served:
         raise UnknownSignature("signature_name", f'Serving signature name: "{name}" not found in signature def; '
-                                                f"{info.kind} serves {sorted(served)}")
+                                                 f"{info.kind} serves {sorted(served)}")
     return served[name]
 
 

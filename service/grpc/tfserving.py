@@ -71,7 +71,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                              context: grpc.aio.ServicerContext) -> inference_pb2.MultiInferenceResponse:
         """TF Serving's rules: one model for all tasks, each signature once. The classifier has
         one signature to classify with, so a request is one classify task: Classify's answer."""
-        info, spec = servable(self.engine, classify_task(request.tasks), classify=True)
+        _, spec = servable(self.engine, classify_task(request.tasks), classify=True)
         result = await self.engine.score(encoded_images(request.input))
         return inference_pb2.MultiInferenceResponse(results=[
             inference_pb2.InferenceResult(model_spec=spec, classification_result=classifications(result))])
