@@ -221,6 +221,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def parent_and_ticks(stat: Path) -> tuple[int, int] | None:
+    """(parent pid, user + system CPU ticks) from a /proc stat file; None once it is gone."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()  # the fields after "pid (name)"
+    except OSError:  # the process exited meanwhile
+        return None
+    return int(fields[1]), int(fields[11]) + int(fields[12])
+
+
 class Service:
     """`bentoml serve service.service:Diptych` (or another `app`, e.g. benchmarks.load's naive
     peer, which reads the same DIPTYCH_* model variables) on a free loopback port, until closed."""
@@ -262,13 +271,8 @@ class Service:
         """User + system CPU time of the service's processes so far (from /proc; its workers
         run in sessions of their own, so they are found by ancestry): unlike throughput, it
         does not depend on what else the machine is running."""
-        processes = {}  # pid: (parent pid, CPU ticks)
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()  # the fields after "pid (name)"
-            except OSError:  # the process exited meanwhile
-                continue
-            processes[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime+stime
+        processes = {int(stat.parent.name): read for stat in Path("/proc").glob("[0-9]*/stat")
+                     if (read := parent_and_ticks(stat))}  # pid: (parent pid, CPU ticks)
 
         def descends(pid: int) -> bool:
             while pid > 1 and pid != self.process.pid:
@@ -281,18 +285,10 @@ class Service:
         """CPU time so far of the workers' main threads: their event loop runs the HTTP and
         gRPC servers, parsing, validation and responses; decoding and the model run in the
         batch workers' threads. So this is what a protocol costs on top of the model."""
-        ticks = 0
-        for stat in Path("/proc").glob("[0-9]*/task/[0-9]*/stat"):
-            pid, tid = int(stat.parts[2]), int(stat.parts[4])
-            if tid != pid or pid == self.process.pid:
-                continue
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == self.process.pid:  # a worker: a child of `bentoml serve`
-                ticks += int(fields[11]) + int(fields[12])
-        return ticks / os.sysconf("SC_CLK_TCK")
+        main_threads = (read for stat in Path("/proc").glob("[0-9]*/task/[0-9]*/stat")
+                        if stat.parts[2] == stat.parts[4] and (read := parent_and_ticks(stat)))
+        # a worker's main thread: its process is a child of `bentoml serve`
+        return sum(ticks for parent, ticks in main_threads if parent == self.process.pid) / os.sysconf("SC_CLK_TCK")
 
     def close(self) -> None:
         os.killpg(self.process.pid, signal.SIGTERM)

@@ -23,7 +23,7 @@ import skimage.data
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, Server
+from tests.conftest import ROOT, Server, eventually
 
 pytestmark = pytest.mark.slow
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
@@ -48,8 +48,8 @@ def servers(tiny_models, tmp_path_factory):
     # A BENTOML_HOME of its own (its models are folders): servers sharing one also share the
     # metrics folder in it, and each would count the other's models in diptych_model_info.
     locked = Server({**env, **LIMITS, "BENTOML_HOME": str(tmp / "locked-home"),
-                     "DIPTYCH_API_KEYS": KEYS[0], "DIPTYCH_API_KEYS_FILE": str(tmp / "keys"), "DIPTYCH_ACCESS_LOG": "true",
-                     "DIPTYCH_TRACING": "true",
+                     "DIPTYCH_API_KEYS": KEYS[0], "DIPTYCH_API_KEYS_FILE": str(tmp / "keys"),
+                     "DIPTYCH_ACCESS_LOG": "true", "DIPTYCH_TRACING": "true",
                      "DIPTYCH_CLASSIFIER": str(tiny_models["classifier"]),
                      "DIPTYCH_GENERATOR": str(tiny_models["generator"])}, tmp / "locked.log")
     try:
@@ -402,10 +402,8 @@ def test_access_log_and_tracing_are_settings(servers):
     traced = locked.client.post("/classify", json=body, headers={"Authorization": f"Bearer {KEYS[0]}"})
     assert traced.status_code == 504
     assert re.fullmatch(r"[0-9a-f]{16}", traced.headers.get("X-BentoML-Request-ID", "")), traced.headers
-    deadline = time.monotonic() + 10
-    while not ACCESS_LINE.search(locked.log.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.1)  # the line is written after the response
-    assert ACCESS_LINE.search(locked.log.read_text()), locked.log.read_text()[-2000:]
+    # the line is written after the response
+    assert eventually(lambda: ACCESS_LINE.search(locked.log.read_text())), locked.log.read_text()[-2000:]
     assert not ACCESS_LINE.search(open_server.log.read_text())
 
 
