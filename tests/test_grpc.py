@@ -414,8 +414,14 @@ def test_overload_is_resource_exhausted_and_the_slots_are_shared_with_http(locke
     held = stub.Generate.future(pb.GenerateRequest(seed=1), metadata=AUTH)
     assert holding_the_slot(locked, held)
     over_http = locked.client.post("/classify", json={"images": []}, headers=HTTP_AUTH)
+    multi = inference_pb2.MultiInferenceRequest()
+    multi.tasks.add(method_name="tensorflow/serving/classify").model_spec.name = "classifier"
+    multi.input.example_list.examples.add().features.feature["image_bytes"].bytes_list.value.append(PNG)
+    over_multi = failure(prediction_service_pb2_grpc.PredictionServiceStub(locked_channel).MultiInference, multi,
+                         metadata=AUTH)
     assert held.result().images
     assert over_http.status_code == 503 and over_http.json()["detail"][0]["type"] == "overloaded"
+    assert over_multi.code() == Code.RESOURCE_EXHAUSTED  # every inference method takes a slot
 
     def slow_body():
         yield b'{"images": ['

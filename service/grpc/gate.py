@@ -43,6 +43,7 @@ INFERENCE = frozenset({
     "/diptych.v1.Diptych/Classify",
     "/diptych.v1.Diptych/Generate",
     "/tensorflow.serving.PredictionService/Classify",
+    "/tensorflow.serving.PredictionService/MultiInference",
     "/tensorflow.serving.PredictionService/Predict",
     "/inference.GRPCInferenceService/ModelInfer",
 })
