@@ -74,10 +74,10 @@ def measure_export(path: str) -> dict:
     """Evaluate an existing export now; its training numbers come from its card."""
     from training.evaluate import resolve_model_dir
     from training.evaluate_gan import evaluate_saved_generator
-    from training.export import read_card
+    from contract.card import ModelCard
 
     model_dir = resolve_model_dir(path)
-    card = read_card(model_dir)
+    card = ModelCard.read(model_dir).to_dict()
     card["metrics"] = evaluate_saved_generator(model_dir).as_dict()
     flags = card["training"]["config"]
     return row_from_card(card, f"{model_dir} (trained with {flags['epochs']} epochs, filters {flags['filters']})")

@@ -36,11 +36,10 @@ from starlette.routing import Route
 
 from . import v2
 from .core import (
-    Classification,
     DeadlineExceeded,
     Engine,
-    Generation,
     LimitExceeded,
+    ModelInfo,
     NotFound,
     ServiceError,
     Unauthenticated,
@@ -49,8 +48,8 @@ from .core import (
 )
 from .core.images import encode_png, tile
 from .core.metrics import metrics
-from .core.models import ModelInfo
 from .core.validation import decimal
+from .kinds import Classification, Generation
 
 # -- schemas -----------------------------------------------------------------------------
 
@@ -366,7 +365,7 @@ def _replay(body: bytes, receive: Callable) -> Callable:
 
 def card(info: ModelInfo) -> dict[str, Any]:
     return {"name": info.name, "version": info.version, "kind": info.kind, "source": info.source,
-            "runtime": info.runtime, "litert": info.litert, "card": info.card}
+            "runtime": info.runtime, "litert": info.litert, "card": info.card.to_dict()}
 
 
 @errors
@@ -376,7 +375,7 @@ async def list_models(request: Request) -> Response:
 
 @errors
 async def get_model(request: Request) -> Response:
-    return JSONResponse(card(engine().model(request.path_params["name"])))
+    return JSONResponse(card(engine().find(request.path_params["name"]).info))
 
 
 # -- the Open Inference Protocol (KServe V2) over REST: service.v2 is its data plane --------

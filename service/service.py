@@ -16,6 +16,7 @@ import bentoml
 
 from . import http, openapi
 from .core import Engine, Settings
+from .kinds import KINDS, Classifier, Generator
 
 settings = Settings.load()
 # BentoML's handlers sit on the root logger at WARNING: without this, what the core logs at
@@ -35,7 +36,7 @@ class Diptych:
     """Classify images and generate them, with one model each."""
 
     def __init__(self) -> None:
-        self.engine = Engine(settings)
+        self.engine = Engine(settings, KINDS)
         self.engine.start()
         self.grpc = None  # a service.grpc.GrpcServer once started
 
@@ -64,21 +65,23 @@ class Diptych:
     @http.errors
     async def classify(self, request: http.ClassifyRequest, /) -> http.ClassifyResponse:
         """Top-k labels for each image (JSON with base64 images, or multipart files in `images`)."""
-        return http.classified(await self.engine.classify(request.images, request.top_k))
+        return http.classified(await self.engine.get(Classifier).classify(request.images, request.top_k))
 
     @bentoml.api(route="/generate")
     @http.errors
     async def generate(self, request: http.GenerateRequest, /) -> http.GenerateResponse:
         """Images from a seed or explicit latents: one PNG, a PNG grid, or JSON (base64 PNGs and latents)."""
         request.check_format()
-        result = await self.engine.generate(request.count, request.seed, request.class_, request.latents)
+        generator = self.engine.get(Generator)
+        result = await generator.generate(request.count, request.seed, request.class_, request.latents)
         return http.generated(result, request.format)
 
     @bentoml.api(route="/interpolate")
     @http.errors
     async def interpolate(self, request: http.InterpolateRequest, /) -> http.PNG:
         """A PNG strip walking from one latent (or seed) to another in `steps` images."""
-        result = await self.engine.interpolate(request.seeds, request.latents, request.steps, request.class_)
+        generator = self.engine.get(Generator)
+        result = await generator.interpolate(request.seeds, request.latents, request.steps, request.class_)
         return http.generated(result, "strip")
 
 

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from . import tensors
-from .core import Engine, NotFound, ValidationError
-from .core.models import ModelInfo
+from contract.signatures import Spec
+
+from .core import Engine, ModelInfo, NotFound, ValidationError
 
 SIGNATURE = "serving_default"
 PLATFORM = "tensorflow_savedmodel"  # what Triton calls a SavedModel
@@ -61,7 +62,7 @@ class Response:
 def model(engine: Engine, name: str, version: str = "") -> ModelInfo:
     """The served model `name` (at `version`, when given), or NotFound in Triton's words."""
     try:
-        info = engine.model(name)
+        info = engine.find(name).info
     except NotFound:
         raise NotFound(f"Request for unknown model: '{name}' is not found", "name") from None
     if version and version != str(tensors.version(info)):
@@ -81,7 +82,7 @@ def model_metadata(engine: Engine, name: str, version: str = "") -> dict[str, An
     info = model(engine, name, version)
     served = tensors.signature(info, SIGNATURE)
 
-    def describe(specs: dict[str, tensors.Spec]) -> list[dict[str, Any]]:
+    def describe(specs: dict[str, Spec]) -> list[dict[str, Any]]:
         return [{"name": key, "datatype": NAMES[spec.dtype], "shape": [-1] if spec.shape is None else list(spec.shape)}
                 for key, spec in specs.items()]
 

@@ -137,3 +137,27 @@ def grpc_servers(server_env, tiny_models, tmp_path_factory):
     finally:
         open_server.stop()
         locked.stop()
+
+
+class BlankRuntime:
+    """A runtime that computes nothing: for tests of a kind's request checks, which run
+    before any model does (the model itself is tested on `tiny_models`)."""
+
+    name = "tensorflow"
+
+    def run(self, inputs):
+        import numpy as np
+
+        rows = len(next(iter(inputs.values())))
+        return {"images": np.zeros((rows, 2, 2, 1), np.uint8), "scores": np.zeros((rows, 3), np.float32)}
+
+
+def toy_model(kind, settings=None, **card):
+    """A served model of `kind` over `BlankRuntime`, with a card of `card`'s fields; close() it."""
+    from contract.card import ModelCard
+    from service.core import ModelInfo, Settings
+
+    fields = {"kind": kind.kind, "name": "toy", "version": 1, "image_size": (2, 2), "channels": 1,
+              "numeric_signature": "serving_default", "tolerance": 1.0, **card}
+    info = ModelInfo(kind.kind, "toy", "1", "toy", "/nowhere", ModelCard.new(**fields))
+    return kind(info, BlankRuntime(), settings or Settings())

@@ -24,7 +24,6 @@ import re
 import struct
 import subprocess
 import sys
-import types
 import warnings
 import zlib
 from pathlib import Path
@@ -55,9 +54,10 @@ from proto.diptych.v1 import diptych_pb2 as pb
 # `inference` package), and tests/test_v2.py imports tritonclient into this process.
 from tritonclient.grpc import service_pb2 as v2_pb
 from service import http, v2
-from service.core import LimitExceeded, ServiceError, Settings, ValidationError, validation
+from service.core import LimitExceeded, ServiceError, Settings, ValidationError
 from service.core.images import decode, prepare
-from tests.conftest import Server, eventually
+from service.kinds import Classifier, Generator
+from tests.conftest import Server, eventually, toy_model
 from tests.grpc_clients import health
 from tests.reliability import metric
 
@@ -66,7 +66,9 @@ Code = grpc.StatusCode
 FUZZ = settings(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 DEFAULTS = Settings()
-GENERATOR = types.SimpleNamespace(latent_dim=8, classes=[f"class {i}" for i in range(10)] + ["7x"], conditional=True)
+# The kinds' own request checks, over a runtime that computes nothing (daemon batch threads).
+GENERATOR = toy_model(Generator, latent_dim=8, classes=[f"class {i}" for i in range(10)] + ["7x"], conditional=True)
+CLASSIFIER = toy_model(Classifier, labels=GENERATOR.classes)
 
 
 @pytest.fixture(scope="module")
@@ -207,18 +209,16 @@ def test_request_bodies_parse_and_check_or_are_refused(model, body):
         return  # BentoML answers 400 with pydantic's errors
     try:
         if isinstance(request, http.ClassifyRequest):
-            validation.top_k(request.top_k, GENERATOR.classes)
-            items = validation.images(request.images, DEFAULTS)
+            CLASSIFIER.check_top_k(request.top_k)
+            items = CLASSIFIER.checked(request.images)
             assert len(items) == len(request.images)
         elif isinstance(request, http.GenerateRequest):
             request.check_format()
-            plan = validation.generation(request.count, request.seed, request.class_, request.latents, GENERATOR,
-                                         DEFAULTS)
+            plan = GENERATOR.plan(request.count, request.seed, request.class_, request.latents)
             assert plan.latents.shape == (len(plan.class_ids), GENERATOR.latent_dim) and np.isfinite(plan.latents).all()
             assert 1 <= len(plan.class_ids) <= DEFAULTS.max_generate
         else:
-            plan = validation.interpolation(request.seeds, request.latents, request.steps, request.class_, GENERATOR,
-                                            DEFAULTS)
+            plan = GENERATOR.plan_interpolation(request.seeds, request.latents, request.steps, request.class_)
             assert plan.latents.shape == (request.steps, GENERATOR.latent_dim) and np.isfinite(plan.latents).all()
     except ServiceError as error:
         assert str(error)

@@ -6,12 +6,14 @@ whether a sample honours its class can be read off its pixels, no classifier nee
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
+from contract.layout import new_version_folder
 from training import gan
 from training.cli import run_cli
 from training.gan_export import MAX_BATCH, export_generator
@@ -80,9 +82,15 @@ def test_the_learning_rate_is_constant_then_falls_linearly_to_zero():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """An untrained tiny generator, exported and loaded back with tf.saved_model.load alone."""
-    out = tmp_path_factory.mktemp("generator")
-    model_dir = export_generator(build_generator(TINY), TINY, ["a", "b", "c"], out, {"name": "tiny", "metrics": {}})
+    model_dir = export_untrained(tmp_path_factory.mktemp("generator"), TINY, ["a", "b", "c"], name="tiny")
     return model_dir, tf.saved_model.load(str(model_dir))
+
+
+def export_untrained(out: Path, config: GANConfig, classes: list[str], name: str = "generator") -> Path:
+    """Export an untrained generator as the trainer does: into a new version folder, card last."""
+    with new_version_folder(out) as (folder, version):
+        export_generator(build_generator(config), config, classes, folder, version, name=name).write(folder)
+    return out / str(version)
 
 
 def test_export_writes_a_versioned_model_with_its_card(exported):
@@ -153,7 +161,7 @@ def test_bad_seeded_requests_raise_a_clear_error(exported, count, class_id, mess
 
 def test_unconditional_generator_takes_class_zero_only(tmp_path):
     config = GANConfig(image_size=28, channels=1, num_classes=1, latent_dim=8, filters=8)
-    model_dir = export_generator(build_generator(config), config, ["ignored"], tmp_path, {"metrics": {}})
+    model_dir = export_untrained(tmp_path, config, ["ignored"])
     assert json.loads((model_dir / "model_card.json").read_text())["classes"] == ["any"]
     serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
     assert serve(latents=tf.zeros([2, 8]), class_ids=tf.constant([0, 0]))["images"].shape == (2, 28, 28, 1)

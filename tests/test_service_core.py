@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import threading
-import types
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from service.core import Engine, LimitExceeded, NotReady, Overloaded, Settings, Unauthenticated, ValidationError
-from service.core import validation
 from service.core.auth import ApiKeys
 from service.core.batching import Batcher
 from service.core.images import decode, prepare, tile
+from service.kinds import KINDS, Classifier, Generator
+from tests.conftest import toy_model
 
 
 def test_batcher_runs_a_lone_item_at_once_and_batches_what_piles_up():
@@ -129,39 +128,43 @@ def test_tile_makes_grids_and_strips():
     assert tile(images, columns=5).shape == (2, 15, 1)
 
 
-GENERATOR = types.SimpleNamespace(latent_dim=4, classes=["cat", "dog", "bird"], conditional=True)
+@pytest.fixture
+def generator():
+    model = toy_model(Generator, latent_dim=4, classes=["cat", "dog", "bird"], conditional=True)
+    yield model
+    model.close()
 
 
-def test_generation_requests():
-    plan = validation.generation(None, 3, None, None, GENERATOR, Settings())
+def test_generation_requests(generator):
+    plan = generator.plan(None, 3, None, None)
     assert plan.latents.shape == (1, 4) and plan.seed == 3
-    again = validation.generation(4, 3, "dog", None, GENERATOR, Settings())
+    again = generator.plan(4, 3, "dog", None)
     np.testing.assert_array_equal(again.latents[0], plan.latents[0])  # a seed's first latent does not depend on count
     assert again.class_ids.tolist() == [1, 1, 1, 1]
-    assert validation.generation(4, None, None, None, GENERATOR, Settings()).class_ids.tolist() == [0, 1, 2, 0]
-    assert validation.generation(None, None, "2", [[0.0] * 4], GENERATOR, Settings()).class_ids.tolist() == [2]
+    assert generator.plan(4, None, None, None).class_ids.tolist() == [0, 1, 2, 0]
+    assert generator.plan(None, None, "2", [[0.0] * 4]).class_ids.tolist() == [2]
     for args, field in [((0, None, None, None), "count"), ((2, None, None, [[0.0] * 4]), "count"),
                         ((None, None, "fish", None), "class"), ((None, None, 3, None), "class"),
                         ((None, None, None, [[0.0] * 3]), "latents[0]"),
                         ((None, None, None, [[np.inf] * 4]), "latents")]:
         with pytest.raises(ValidationError) as error:
-            validation.generation(*args, GENERATOR, Settings())
+            generator.plan(*args)
         assert error.value.field == field
 
 
-def test_interpolation_walks_from_one_end_to_the_other():
+def test_interpolation_walks_from_one_end_to_the_other(generator):
     ends = [[1.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0]]
-    plan = validation.interpolation(None, ends, 5, "bird", GENERATOR, Settings())
+    plan = generator.plan_interpolation(None, ends, 5, "bird")
     np.testing.assert_allclose(plan.latents[[0, -1]], ends, atol=1e-6)
     assert plan.class_ids.tolist() == [2] * 5
     with pytest.raises(ValidationError, match="between 2 and 32"):
-        validation.interpolation([1, 2], None, 33, None, GENERATOR, Settings())
+        generator.plan_interpolation([1, 2], None, 33, None)
 
 
 def test_engine_refuses_until_ready_and_when_loading_failed():
-    engine = Engine(Settings(classifier="missing/classifier/1", max_concurrency=1))
+    engine = Engine(Settings(classifier="missing/classifier/1", max_concurrency=1), KINDS)
     with pytest.raises(NotReady, match="still loading"):
-        asyncio.run(engine.classify([encoded()]))
+        engine.get(Classifier)
     engine.load()
     assert not engine.alive and not engine.ready
     with pytest.raises(NotReady, match="failed"):

@@ -20,7 +20,7 @@ baseline that shows what the pretrained features are worth when data is scarce.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -86,7 +86,8 @@ def train(config: ClassifierConfig) -> Path:
     from training.classifier_model import (build_head, build_scratch_cnn, multi_level_features,
                                            stack_backbone_and_head, unfreeze_top)
     from training.data import load_dataset, make_pipeline, train_validation_split
-    from training.export import export_classifier
+    from contract.layout import new_version_folder
+    from training.export import calibration_images, export_classifier
 
     started = time.monotonic()
     keras.utils.set_random_seed(config.seed)
@@ -186,28 +187,25 @@ def train(config: ClassifierConfig) -> Path:
         log(f"validation accuracy {validation_accuracy:.2%}")
     log(f"trained in {training_seconds:.0f} s")
 
-    card = {
-        "name": config.name,
-        "backbone": config.backbone,
-        "dataset": config.data,
-        "per_class_counts": {name: int(count) for name, count in
-                             zip(labels, np.bincount(dataset.labels, minlength=len(labels)))},
-        "metrics": metrics,
-        "training": {"config": asdict(config), "head_l2": l2, "wall_seconds": round(training_seconds, 1)},
-    }
-    model_dir = export_classifier(model, labels, config.image_size, config.out, card)
+    with new_version_folder(config.out) as (folder, version):
+        card = export_classifier(
+            model, labels, config.image_size, folder, version,
+            calibration_images(train_set.images, train_set.labels, config.image_size),
+            name=config.name, backbone=config.backbone, dataset=config.data,
+            per_class_counts={name: int(count) for name, count in
+                              zip(labels, np.bincount(dataset.labels, minlength=len(labels)))},
+            training={"config": asdict(config), "head_l2": l2, "wall_seconds": round(training_seconds, 1)},
+        )
+        if config.evaluate:
+            from training.evaluate import evaluate_and_report
+
+            log("evaluating the exported model on the test split")
+            evaluation = evaluate_and_report(folder, config.data, "test", limit=config.eval_limit, card=card)
+            metrics.update(test_accuracy=round(evaluation.accuracy, 4), test_examples=int(evaluation.confusion.sum()))
+        card = dataclasses.replace(card, metrics=metrics)
+        card.write(folder)
+    model_dir = Path(config.out) / str(version)
     log(f"exported {model_dir} (SavedModel + model_card.json)")
-
-    if config.evaluate:
-        from training.evaluate import evaluate_and_report
-
-        log("evaluating the exported model on the test split")
-        evaluation = evaluate_and_report(model_dir, config.data, "test", limit=config.eval_limit)
-        card_path = model_dir / "model_card.json"
-        card = json.loads(card_path.read_text())
-        card["metrics"].update(test_accuracy=round(evaluation.accuracy, 4), test_examples=int(
-            evaluation.confusion.sum()))
-        card_path.write_text(json.dumps(card, indent=2) + "\n")
     return model_dir
 
 

@@ -18,7 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 from training.cli import UserError, run_cli
-from training.export import latest_version_dir, read_card
+from contract.card import ModelCard
+from contract.layout import version_dir
 
 
 @dataclass
@@ -51,14 +52,11 @@ class Evaluation:
 
 def resolve_model_dir(path: str) -> Path:
     """Accept a version folder or its parent (then the latest version is used)."""
-    model_dir = Path(path)
-    if not (model_dir / "saved_model.pb").exists():
-        latest = latest_version_dir(model_dir) if model_dir.is_dir() else None
-        if latest is None or not (latest / "saved_model.pb").exists():
-            raise UserError(f"no exported model at {path}: expected a folder holding saved_model.pb, "
-                            "or one with numbered version folders (train one with python -m training.classifier)")
-        model_dir = latest
-    return model_dir
+    try:
+        return version_dir(path)
+    except FileNotFoundError:
+        raise UserError(f"no exported model at {path}: expected a folder holding saved_model.pb, "
+                        "or one with numbered version folders (train one with python -m training.classifier)") from None
 
 
 def confusion_matrix(true: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -67,13 +65,11 @@ def confusion_matrix(true: np.ndarray, predicted: np.ndarray, num_classes: int) 
     return matrix
 
 
-def evaluate_saved_model(model_dir: Path, images: np.ndarray, labels: np.ndarray,
+def evaluate_saved_model(model_dir: Path, model_labels: list[str], images: np.ndarray, labels: np.ndarray,
                          class_names: list[str], batch_size: int = 256) -> Evaluation:
     """Classify `images` through the exported `classify_pixels` signature."""
     import tensorflow as tf
 
-    card = read_card(model_dir)
-    model_labels = card["labels"]
     missing = sorted(set(class_names) - set(model_labels))
     if missing:
         raise UserError(f"the data has classes the model does not know: {missing}; "
@@ -112,11 +108,11 @@ def plot_confusion(evaluation: Evaluation, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def markdown_report(evaluation: Evaluation, card: dict, data: str, split: str) -> str:
+def markdown_report(evaluation: Evaluation, card: ModelCard, data: str, split: str) -> str:
     lines = [
-        f"# {card.get('name', 'classifier')} v{card.get('version')} on {data} ({split})",
+        f"# {card.name} v{card.version} on {data} ({split})",
         "",
-        f"Backbone `{card.get('backbone')}` at {card['image_size'][0]} px; "
+        f"Backbone `{card.backbone}` at {card.image_size[0]} px; "
         f"accuracy **{evaluation.accuracy:.2%}** on {int(evaluation.confusion.sum())} images.",
         "",
         "| class | precision | recall |",
@@ -137,21 +133,22 @@ def print_summary(evaluation: Evaluation) -> None:
 
 
 def evaluate_and_report(model_dir: Path, data: str, split: str, report_dir: Path | None = None,
-                        limit: int | None = None) -> Evaluation:
-    """Evaluate, print the summary, write the PNG and markdown report; return the numbers."""
+                        limit: int | None = None, card: ModelCard | None = None) -> Evaluation:
+    """Evaluate, print the summary, write the PNG and markdown report; return the numbers.
+    `card`: the export's, when it is not written yet (the trainer evaluates before it is)."""
     from training.data import load_dataset
 
-    card = read_card(model_dir)
-    dataset = load_dataset(data, split=split, image_size=card["image_size"][0])
+    card = card or ModelCard.read(model_dir)
+    dataset = load_dataset(data, split=split, image_size=card.image_size[0])
     images, labels = dataset.images, dataset.labels
     if limit:
         images, labels = images[:limit], labels[:limit]
-    evaluation = evaluate_saved_model(model_dir, images, labels, dataset.class_names)
+    evaluation = evaluate_saved_model(model_dir, card.labels, images, labels, dataset.class_names)
     print_summary(evaluation)
-    report_dir = report_dir or Path("reports") / f"{card.get('name', 'classifier')}-v{card.get('version')}"
+    report_dir = report_dir or Path("reports") / f"{card.name}-v{card.version}"
     report_dir.mkdir(parents=True, exist_ok=True)
     plot_confusion(evaluation, report_dir / "confusion_matrix.png",
-                   f"{card.get('name', 'classifier')} v{card.get('version')}: {evaluation.accuracy:.2%}")
+                   f"{card.name} v{card.version}: {evaluation.accuracy:.2%}")
     (report_dir / "report.md").write_text(markdown_report(evaluation, card, data, split))
     print(f"report: {report_dir / 'report.md'} (confusion matrix: {report_dir / 'confusion_matrix.png'})")
     return evaluation

@@ -37,7 +37,7 @@ from keras import layers
 from tqdm import tqdm
 
 from training.evaluate import resolve_model_dir
-from training.export import read_card
+from contract.card import ModelCard
 
 EVALUATOR_CACHE = Path(".cache") / "gan_evaluator"
 EVALUATOR_REVISION = 1  # bump when build_evaluator changes, so stale caches are not reused
@@ -236,23 +236,25 @@ def evaluate_generator(generate: GenerateFn, latent_dim: int, conditional: bool,
     )
 
 
-def evaluate_saved_generator(model_dir: Path, data: str | None = None, seed: int = 0) -> GANEvaluation:
-    """Load the data the card names (or `data`), the evaluator, and measure the export."""
+def evaluate_saved_generator(model_dir: Path, data: str | None = None, seed: int = 0,
+                             card: ModelCard | None = None) -> GANEvaluation:
+    """Load the data the card names (or `data`), the evaluator, and measure the export.
+    `card`: the export's, when it is not written yet (the trainer measures before it is)."""
     from training.data import load_dataset
 
-    card = read_card(model_dir)
-    data = data or card["dataset"]
-    size = card["image_size"][0]
+    card = card or ModelCard.read(model_dir)
+    data = data or card.dataset
+    size = card.image_size[0]
     train = load_dataset(data, "train", image_size=size)
     test = load_dataset(data, "test", image_size=size)
-    if train.images.shape[-1] != card["channels"]:
+    if train.images.shape[-1] != card.channels:
         raise UserError(f"{data} has {train.images.shape[-1]}-channel images but the generator "
-                        f"makes {card['channels']}-channel ones: evaluate it on the data it was trained on")
-    if card["conditional"] and card["classes"] != train.class_names:
-        raise UserError(f"the generator's classes {card['classes']} are not those of {data} "
+                        f"makes {card.channels}-channel ones: evaluate it on the data it was trained on")
+    if card.conditional and card.classes != train.class_names:
+        raise UserError(f"the generator's classes {card.classes} are not those of {data} "
                         f"({train.class_names}): evaluate it on the data it was trained on")
     evaluator = load_or_train_evaluator(data, train, test)
-    return evaluate_generator(saved_model_generator(model_dir), card["latent_dim"], card["conditional"],
+    return evaluate_generator(saved_model_generator(model_dir), card.latent_dim, card.conditional,
                               evaluator, train, test, seed)
 
 
@@ -335,14 +337,14 @@ def save_grid(images: np.ndarray, path: Path, row_names: list[str] | None = None
 
 def write_figures(model_dir: Path, figures_dir: Path) -> list[Path]:
     """gan_samples.png (one row per class) and gan_interpolation.png, from the export."""
-    card = read_card(model_dir)
+    card = ModelCard.read(model_dir)
     generate = saved_model_generator(model_dir)
-    classes = card["classes"]
-    name = f"{card['name']} v{card['version']}"
+    classes = card.classes
+    name = f"{card.name} v{card.version}"
     samples_path, interpolation_path = figures_dir / "gan_samples.png", figures_dir / "gan_interpolation.png"
-    save_grid(sample_grid(generate, card["latent_dim"], len(classes)), samples_path, classes,
+    save_grid(sample_grid(generate, card.latent_dim, len(classes)), samples_path, classes,
               f"{name}: one row per class, one latent per column")
-    save_grid(interpolation_grid(generate, card["latent_dim"], len(classes)), interpolation_path, classes,
+    save_grid(interpolation_grid(generate, card.latent_dim, len(classes)), interpolation_path, classes,
               f"{name}: spherical interpolation between two latents")
     return [samples_path, interpolation_path]
 

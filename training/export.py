@@ -8,60 +8,19 @@ the graph, and the model card beside it says what the model is and how good it i
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-MODEL_CARD = "model_card.json"
+from contract.card import ModelCard
+from contract.litert import save_calibration
+
 LABELS_FILE = "labels.txt"
-
-
-def next_version(out_dir: str | os.PathLike) -> int:
-    """TF Serving reads integer version folders; a new export takes the next one."""
-    root = Path(out_dir)
-    versions = [int(p.name) for p in root.glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
-
-
-def latest_version_dir(out_dir: str | os.PathLike) -> Path | None:
-    """The highest-numbered export under `out_dir`, or None when there is none."""
-    root = Path(out_dir)
-    versions = [int(p.name) for p in root.glob("*") if p.is_dir() and p.name.isdigit()]
-    return root / str(max(versions)) if versions else None
-
-
-@contextlib.contextmanager
-def new_version_folder(out_dir: str | os.PathLike) -> Iterator[tuple[Path, int]]:
-    """Yield (staging folder, version) for the next export under `out_dir`.
-
-    The export is written into a hidden temporary folder and renamed into place only when
-    the block finishes, so a crash never leaves a half-written version that a server
-    would pick up as the latest.
-    """
-    out_root = Path(out_dir)
-    out_root.mkdir(parents=True, exist_ok=True)
-    version = next_version(out_root)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_root))
-    try:
-        yield staging, version
-        staging.rename(out_root / str(version))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def card_header(kind: str, name: str, version: int) -> dict:
-    """The model card keys every kind of model shares (docs/architecture.md)."""
-    return {"kind": kind, "name": name, "version": version,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+CALIBRATION_SIZE = 32  # real inputs kept with the export, for the LiteRT conversion's proof
+SCORE_TOLERANCE = 1e-4  # the largest difference of a score that LiteRT may show against TensorFlow
 
 
 class ClassifierModule(tf.Module):
@@ -127,43 +86,47 @@ def export_classifier(
     model: keras.Model,
     labels: list[str],
     image_size: int,
-    out_dir: str | os.PathLike,
-    card: dict,
-) -> Path:
-    """Write `out_dir/<next version>/` with the SavedModel, labels and model card.
-
-    Written through `new_version_folder`: a crash leaves no half-written version.
-    """
-    with new_version_folder(out_dir) as (staging, version):
-        labels_path = staging / LABELS_FILE
-        labels_path.write_text("\n".join(labels) + "\n")
-        module = ClassifierModule(model, labels, image_size, str(labels_path))
-        tf.saved_model.save(
-            module,
-            str(staging),
-            signatures={
-                "serving_default": module.classify_bytes,
-                "classify_pixels": module.classify_pixels,
-                "classify_resized": tf.function(module.classify_resized, input_signature=[
-                    tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="images")]),
-            },
-        )
-        labels_path.unlink()  # the SavedModel keeps its own copy under assets/
-        full_card = {
-            **card_header("classifier", card.get("name", "classifier"), version),
-            "image_size": [image_size, image_size],
-            "channels": 3,
-            "labels": labels,
-            "signatures": {
-                "serving_default": "image_bytes: string [N] -> scores float32 [N, C], classes string [N, C]",
-                "classify_pixels": "images: uint8 [N, H, W, 1|3] -> scores, classes",
-                "classify_resized": f"images: uint8 [N, {image_size}, {image_size}, 3] -> scores",
-            },
-            **{k: v for k, v in card.items() if k != "name"},
-        }
-        (staging / MODEL_CARD).write_text(json.dumps(full_card, indent=2) + "\n")
-    return Path(out_dir) / str(version)
+    folder: str | os.PathLike,
+    version: int,
+    calibration: np.ndarray,
+    **card: object,
+) -> ModelCard:
+    """Write the SavedModel and its calibration sample into `folder` (a staging folder of
+    `contract.layout.new_version_folder`); return the card, for the caller to complete with
+    its measurements and write once."""
+    folder = Path(folder)
+    labels_path = folder / LABELS_FILE
+    labels_path.write_text("\n".join(labels) + "\n")
+    module = ClassifierModule(model, labels, image_size, str(labels_path))
+    tf.saved_model.save(
+        module,
+        str(folder),
+        signatures={
+            "serving_default": module.classify_bytes,
+            "classify_pixels": module.classify_pixels,
+            "classify_resized": tf.function(module.classify_resized, input_signature=[
+                tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="images")]),
+        },
+    )
+    labels_path.unlink()  # the SavedModel keeps its own copy under assets/
+    save_calibration(folder, {"images": calibration})
+    return ModelCard.new(
+        kind="classifier", version=version, image_size=(image_size, image_size), channels=3, labels=labels,
+        numeric_signature="classify_resized", tolerance=SCORE_TOLERANCE,
+        signatures={
+            "serving_default": "image_bytes: string [N] -> scores float32 [N, C], classes string [N, C]",
+            "classify_pixels": "images: uint8 [N, H, W, 1|3] -> scores, classes",
+            "classify_resized": f"images: uint8 [N, {image_size}, {image_size}, 3] -> scores",
+        },
+        **card,
+    )
 
 
-def read_card(model_dir: str | os.PathLike) -> dict:
-    return json.loads((Path(model_dir) / MODEL_CARD).read_text())
+def calibration_images(images: np.ndarray, labels: np.ndarray, image_size: int) -> np.ndarray:
+    """About CALIBRATION_SIZE training images, as many of each class, at the model's size as
+    uint8 RGB: what `classify_resized` takes."""
+    per_class = -(-CALIBRATION_SIZE // (labels.max() + 1))
+    chosen = np.concatenate([np.flatnonzero(labels == label)[:per_class] for label in np.unique(labels)])
+    pixels = tf.image.resize(tf.cast(images[chosen], tf.float32), (image_size, image_size), antialias=True)
+    rgb = tf.image.grayscale_to_rgb(pixels) if pixels.shape[-1] == 1 else pixels
+    return tf.cast(tf.clip_by_value(tf.round(rgb), 0, 255), tf.uint8).numpy()

@@ -24,7 +24,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from training.cli import UserError, run_cli
@@ -193,35 +193,31 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
 def export_and_measure(generator, model_config, class_names: list[str], config: TrainConfig,
                        history: dict, train_images: int) -> Path:
     """Export the generator with its card; measure the export and record that in the card."""
+    from contract.layout import new_version_folder
     from training.gan_export import export_generator
 
     wall_seconds = sum(epoch["wall_seconds"] for epoch in history["epochs"])
     cpu_seconds = sum(epoch["cpu_seconds"] for epoch in history["epochs"])
     log(f"trained {len(history['epochs'])} epochs in {wall_seconds / 60:.1f} min "
         f"({cpu_seconds / 60:.1f} CPU-min); samples and curves in {config.run_dir}")
-    card = {
-        "name": config.name,
-        "dataset": config.data,
-        "metrics": {},
-        "training": {"config": asdict(config), "epochs": len(history["epochs"]),
-                     "wall_seconds": round(wall_seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
-                     "train_images": train_images},
-    }
-    model_dir = export_generator(generator, model_config, class_names, config.out, card)
-    log(f"exported {model_dir} (SavedModel + model_card.json)")
-    if config.evaluate:
-        from training.evaluate_gan import evaluate_saved_generator
+    training = {"config": asdict(config), "epochs": len(history["epochs"]), "wall_seconds": round(wall_seconds, 1),
+                "cpu_seconds": round(cpu_seconds, 1), "train_images": train_images}
+    with new_version_folder(config.out) as (folder, version):
+        card = export_generator(generator, model_config, class_names, folder, version, name=config.name,
+                                dataset=config.data, training=training)
+        if config.evaluate:
+            from training.evaluate_gan import evaluate_saved_generator
 
-        log("measuring the export: domain FID, its real-vs-real floor, class consistency")
-        evaluation = evaluate_saved_generator(model_dir, seed=config.seed)
-        card_path = model_dir / "model_card.json"
-        card = json.loads(card_path.read_text())
-        card["metrics"] = evaluation.as_dict()
-        save_json(card_path, card)
-        consistency = evaluation.class_consistency
-        log(f"domain FID {evaluation.fid:.2f} (real-vs-real floor {evaluation.fid_floor:.2f}, "
-            f"{evaluation.fid / evaluation.fid_floor:.0f}x)"
-            + (f", class consistency {consistency:.1%}" if consistency is not None else ""))
+            log("measuring the export: domain FID, its real-vs-real floor, class consistency")
+            evaluation = evaluate_saved_generator(folder, seed=config.seed, card=card)
+            card = replace(card, metrics=evaluation.as_dict())
+            consistency = evaluation.class_consistency
+            log(f"domain FID {evaluation.fid:.2f} (real-vs-real floor {evaluation.fid_floor:.2f}, "
+                f"{evaluation.fid / evaluation.fid_floor:.0f}x)"
+                + (f", class consistency {consistency:.1%}" if consistency is not None else ""))
+        card.write(folder)
+    model_dir = Path(config.out) / str(version)
+    log(f"exported {model_dir} (SavedModel + model_card.json)")
     return model_dir
 
 

@@ -15,17 +15,20 @@ An unconditional generator has a single class: its class ids must be 0 (or −1 
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from training.export import MODEL_CARD, card_header, new_version_folder
+from contract.card import ModelCard
+from contract.latents import seeded_class_ids, seeded_latents
+from contract.litert import save_calibration
 from training.gan_model import GANConfig, to_uint8
 
 MAX_BATCH = 256  # images per call: bounds the memory one request can take
+CALIBRATION_SIZE = 32  # seeded latents kept with the export, for the LiteRT conversion's proof
+PIXEL_TOLERANCE = 1  # a generated pixel may differ by one grey level: a float rounding to the other side of .5
 
 
 class GeneratorModule(tf.Module):
@@ -78,39 +81,34 @@ class GeneratorModule(tf.Module):
         ]
         with tf.control_dependencies(checks):
             count = tf.identity(count)
-        key = tf.stack([seed, tf.constant(0, tf.int64)])  # stateless RNGs take a key of two integers
-        latents = tf.random.stateless_normal([count, self.latent_dim], seed=key)
-        class_ids = tf.where(class_id < 0, tf.range(count) % self.num_classes, tf.fill([count], class_id))
+        latents = seeded_latents(seed, count, self.latent_dim)
+        class_ids = seeded_class_ids(class_id, count, self.num_classes)
         return {"images": self._generate(latents, class_ids), "latents": latents, "class_ids": class_ids}
 
 
 def export_generator(generator: keras.Model, config: GANConfig, class_names: list[str],
-                     out_dir: str | os.PathLike, card: dict) -> Path:
-    """Write `out_dir/<next version>/`: the SavedModel and model_card.json.
-
-    Written through `new_version_folder`, so a server watching `out_dir` never loads a
-    half-written version.
-    """
-    with new_version_folder(out_dir) as (staging, version):
-        module = GeneratorModule(generator, config)
-        tf.saved_model.save(module, str(staging), signatures={
-            "serving_default": module.generate,
-            "generate_seeded": module.generate_seeded,
-        })
-        full_card = {
-            **card_header("generator", card.get("name", "generator"), version),
-            "image_size": [config.image_size, config.image_size],
-            "channels": config.channels,
-            "latent_dim": config.latent_dim,
-            "conditional": config.conditional,
-            "classes": class_names if config.conditional else ["any"],
-            "max_batch": MAX_BATCH,
-            "signatures": {
-                "serving_default": "latents float32 [N, latent_dim], class_ids int32 [N] -> images uint8 [N, H, W, C]",
-                "generate_seeded": "seed int64 [], count int32 [], class_id int32 [] (-1 = cycle through classes) "
-                                   "-> images uint8 [N, H, W, C], latents float32 [N, latent_dim], class_ids int32 [N]",
-            },
-            **{key: value for key, value in card.items() if key != "name"},
-        }
-        (staging / MODEL_CARD).write_text(json.dumps(full_card, indent=2) + "\n")
-    return Path(out_dir) / str(version)
+                     folder: str | os.PathLike, version: int, **card: object) -> ModelCard:
+    """Write the SavedModel and its calibration sample into `folder` (a staging folder of
+    `contract.layout.new_version_folder`, so a server watching the models never loads a
+    half-written version); return the card, for the caller to complete and write once."""
+    module = GeneratorModule(generator, config)
+    tf.saved_model.save(module, str(folder), signatures={
+        "serving_default": module.generate,
+        "generate_seeded": module.generate_seeded,
+    })
+    save_calibration(folder, {
+        "latents": np.random.RandomState(0).standard_normal((CALIBRATION_SIZE, config.latent_dim)).astype(np.float32),
+        "class_ids": (np.arange(CALIBRATION_SIZE) % config.num_classes).astype(np.int32),
+    })
+    return ModelCard.new(
+        kind="generator", version=version, image_size=(config.image_size, config.image_size),
+        channels=config.channels, latent_dim=config.latent_dim, conditional=config.conditional,
+        classes=class_names if config.conditional else ["any"], max_batch=MAX_BATCH,
+        numeric_signature="serving_default", tolerance=PIXEL_TOLERANCE,
+        signatures={
+            "serving_default": "latents float32 [N, latent_dim], class_ids int32 [N] -> images uint8 [N, H, W, C]",
+            "generate_seeded": "seed int64 [], count int32 [], class_id int32 [] (-1 = cycle through classes) "
+                               "-> images uint8 [N, H, W, C], latents float32 [N, latent_dim], class_ids int32 [N]",
+        },
+        **card,
+    )

@@ -11,7 +11,7 @@ a different export under a tag that exists needs --force.
 
 Beside the SavedModel goes its LiteRT conversion (`litert/model.tflite`), verified against
 TensorFlow on real inputs, and a report of the check and of both runtimes' measured speed
-(`litert/report.json`, service/core/conversion.py): the service runs the flatbuffer when it
+(`litert/report.json`, contract/litert.py): the service runs the flatbuffer when it
 is verified (and, by default, faster), so it need not convert at every start. A model that
 fails the check is published all the same; the report says why, and the service uses TensorFlow.
 """
@@ -24,10 +24,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from service.core.conversion import Conversion, convert_and_verify
-from service.core.runtime import cores
+from contract.card import CardError, ModelCard
+from contract.layout import version_dir
+from contract.litert import Conversion, convert_and_verify
+from contract.runtime import cores
 from training.cli import UserError, run_cli
-from training.export import latest_version_dir, read_card
 
 DIGEST_LABEL = "saved_model_sha256"
 
@@ -37,9 +38,12 @@ def publish(path: str | Path, name: str | None = None, force: bool = False) -> s
     conversion; return the tag and what became of the conversion."""
     import bentoml
 
-    source = _version_dir(Path(path))
-    card = read_card(source)
-    tag = bentoml.Tag(name or card["name"], str(card["version"]))
+    try:
+        source = version_dir(path)
+        card = ModelCard.read(source)
+    except (FileNotFoundError, CardError) as error:
+        raise UserError(str(error)) from None
+    tag = bentoml.Tag(name or card.name, str(card.version))
     digest = hashlib.sha256((source / "saved_model.pb").read_bytes()).hexdigest()
     try:
         existing = bentoml.models.get(tag)
@@ -56,9 +60,9 @@ def publish(path: str | Path, name: str | None = None, force: bool = False) -> s
                             f"replace it with `python -m training.publish {source} --force`, or publish into "
                             f"another store (BENTOML_HOME=...)")
         bentoml.models.delete(tag)
-    labels = {key: str(card[key]) for key in ("kind", "dataset", "backbone") if card.get(key) is not None}
+    labels = {key: str(value) for key in ("kind", "dataset", "backbone") if (value := getattr(card, key)) is not None}
     conversion = convert_and_verify(source, card, cores())
-    with bentoml.models.create(tag, labels={**labels, DIGEST_LABEL: digest}, metadata=_without_none(card)) as model:
+    with bentoml.models.create(tag, labels={**labels, DIGEST_LABEL: digest}, metadata=_without_none(card.to_dict())) as model:
         shutil.copytree(source, model.path, dirs_exist_ok=True)
         conversion.save(model.path)
     return f"{tag} ({_summary(conversion)})"
@@ -74,17 +78,8 @@ def _summary(conversion: Conversion) -> str:
            f"{conversion.report['max_difference']:.2g}; measured {measured}"
 
 
-def _version_dir(path: Path) -> Path:
-    if (path / "saved_model.pb").is_file():
-        return path
-    latest = latest_version_dir(path) if path.is_dir() else None
-    if latest is None:
-        raise UserError(f"{path}: neither a SavedModel folder nor a folder of numbered versions")
-    return latest
-
-
 def _without_none(value: Any) -> Any:
-    """BentoML metadata takes basic types only: drop the card's nulls."""
+    """BentoML metadata takes basic types only: drop the card's nulls (the training flags have some)."""
     if isinstance(value, dict):
         return {key: _without_none(item) for key, item in value.items() if item is not None}
     if isinstance(value, list):

@@ -1,7 +1,8 @@
-"""diptych's serving core: protocol-free. Adapters (HTTP, gRPC) call `Engine`."""
+"""diptych's serving core: protocol-free and kind-free. Adapters (HTTP, gRPC) call `Engine`
+for a served model; what each kind of model does lives in `service/kinds/`."""
 
 from .config import Settings
-from .engine import Classification, Engine, Generation, Scores
+from .engine import Engine
 from .errors import (
     DeadlineExceeded,
     LimitExceeded,
@@ -14,17 +15,17 @@ from .errors import (
     UnknownSignature,
     ValidationError,
 )
+from .models import ModelInfo, ServedModel
 
 __all__ = [
-    "Classification",
     "DeadlineExceeded",
     "Engine",
-    "Generation",
     "LimitExceeded",
+    "ModelInfo",
     "NotFound",
     "NotReady",
     "Overloaded",
-    "Scores",
+    "ServedModel",
     "ServiceError",
     "Settings",
     "Unauthenticated",

@@ -20,8 +20,9 @@ RUNTIMES = ("auto", "litert", "tensorflow")
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    classifier: str = "classifier:latest"  # BentoML model tag, or a SavedModel folder
-    generator: str = "generator:latest"
+    classifier: str = "classifier:latest"  # the default classifier: BentoML model tag, or a SavedModel folder
+    generator: str = "generator:latest"  # the default generator
+    models: tuple[str, ...] = ()  # more models to serve beside the defaults (tags or folders; the card says the kind)
     classifier_runtime: str = "auto"  # auto (LiteRT when verified and faster), litert, tensorflow
     generator_runtime: str = "auto"
     interpreters: int = 0  # LiteRT interpreters, and batch workers, per model; 0: one per CPU core
@@ -50,6 +51,14 @@ class Settings:
         for name in ("classifier_runtime", "generator_runtime"):
             if getattr(self, name) not in RUNTIMES:
                 raise ValueError(f"setting {name} must be one of {', '.join(RUNTIMES)}, got {getattr(self, name)!r}")
+
+    def defaults(self) -> dict[str, str]:
+        """The default model of each shipped kind: what a request that names no model gets."""
+        return {"classifier": self.classifier, "generator": self.generator}
+
+    def runtime_of(self, kind: str) -> str:
+        """The runtime choice for models of `kind` (a kind without a setting: auto)."""
+        return getattr(self, f"{kind}_runtime", "auto")
 
     @classmethod
     def load(cls, environ: Mapping[str, str] = os.environ) -> Settings:

@@ -1,62 +1,38 @@
-"""The one inference path. Every protocol adapter converts its request into these calls,
-converts the results back, and maps `ServiceError`s to its own status codes.
+"""The one inference path. Every protocol adapter converts its request into calls on a
+served model that the engine hands it, converts the results back, and maps
+`ServiceError`s to its own status codes.
 
-The engine loads and warms up both models in the background (so liveness answers at
-once and readiness turns true only when everything is warm), admits a bounded number of
-requests, and bounds how long a request waits for its batch.
+The engine loads and warms up every configured model in the background (so liveness
+answers at once and readiness turns true only when everything is warm), keeps them in a
+registry by name, and admits a bounded number of requests. It knows no kind of model: the
+kinds (`service/kinds/`) are handed to it, and the card of each model says which it is.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import dataclasses
 import logging
 import threading
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import Iterator, Mapping
+from typing import TypeVar
 
-import numpy as np
-
-from . import validation
 from .auth import ApiKeys
 from .config import Settings
-from .errors import DeadlineExceeded, NotFound, NotReady, Overloaded
+from .errors import NotFound, NotReady, Overloaded
 from .metrics import metrics
-from .models import Classifier, Generator, ModelInfo, ServedModel
+from .models import ModelInfo, ServedModel, locate
 
 log = logging.getLogger("diptych")
-
-
-@dataclasses.dataclass(frozen=True)
-class Classification:
-    model: ModelInfo
-    predictions: list[list[tuple[str, float]]]  # per image, the top-k (label, score), best first
-
-
-@dataclasses.dataclass(frozen=True)
-class Scores:
-    model: ModelInfo
-    labels: list[str]
-    scores: np.ndarray  # float32 [N, len(labels)]: every class's score, in label order
-
-
-@dataclasses.dataclass(frozen=True)
-class Generation:
-    model: ModelInfo
-    images: np.ndarray  # uint8 [N, H, W, C]
-    latents: np.ndarray  # float32 [N, latent_dim]: feed them back to get the same images
-    class_ids: np.ndarray  # int32 [N]
-    class_names: list[str | None]
-    seed: int | None
+Kind = TypeVar("Kind", bound=ServedModel)
 
 
 class Engine:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, kinds: Mapping[str, type[ServedModel]]) -> None:
         self.settings = settings
         self.keys = ApiKeys(settings.api_keys)
-        self._classifier: Classifier | None = None
-        self._generator: Generator | None = None
+        self._kinds = dict(kinds)
+        self._models: dict[str, ServedModel] = {}  # by name
+        self._defaults: dict[str, ServedModel] = {}  # by kind: what a request that names no model gets
         self._ready = threading.Event()
         self._failed = False
         self._in_flight = 0
@@ -72,22 +48,33 @@ class Engine:
         threading.Thread(target=self.load, name="diptych-load", daemon=True).start()
 
     def load(self) -> None:
-        """Both models, each tried even when the other fails: one log line per broken model."""
-        self._classifier = self._load(Classifier, self.settings.classifier)
-        self._generator = self._load(Generator, self.settings.generator)
-        if self._classifier is None or self._generator is None:
+        """Every model, each tried even when another fails: one log line per broken model."""
+        wanted = [(ref, kind) for kind, ref in self.settings.defaults().items()]
+        wanted += [(ref, None) for ref in self.settings.models]
+        loaded = [self._load(ref, kind) for ref, kind in wanted]
+        if None in loaded:
             self._failed = True  # never ready: nothing is served from a half-loaded service
-        else:
-            self._ready.set()
+            return
+        for model, (_, default_of) in zip(loaded, wanted):
+            self._models[model.info.name] = model
+            if default_of:
+                self._defaults[default_of] = model
+        self._ready.set()
 
-    def _load(self, kind: type[ServedModel], ref: str) -> ServedModel | None:
+    def _load(self, ref: str, kind: str | None) -> ServedModel | None:
         try:
-            model = kind.load(ref, self.settings)
+            info = locate(ref)
+            if kind and info.kind != kind:
+                raise ValueError(f"{ref} holds a {info.kind}, not a {kind}")
+            if info.kind not in self._kinds:
+                raise ValueError(f"{ref} holds a model of kind {info.kind!r}; this service serves "
+                                 f"{sorted(self._kinds)}")
+            model = self._kinds[info.kind].load(info, self.settings)
             model.warm_up()
         except Exception as error:
             reason = next(iter(str(error).strip().splitlines()), "")
-            log.error("the %s could not be loaded from %s: %s: %s", kind.kind, ref, type(error).__name__, reason,
-                      exc_info=error)
+            log.error("the %s could not be loaded from %s: %s: %s", kind or "model", ref, type(error).__name__,
+                      reason, exc_info=error)
             return None
         info = model.info
         metrics().model_info.labels(kind=info.kind, model=info.name, version=info.version, runtime=info.runtime).set(1)
@@ -104,9 +91,8 @@ class Engine:
         return not self._failed
 
     def close(self) -> None:
-        for model in (self._classifier, self._generator):
-            if model is not None:
-                model.close()
+        for model in self._models.values():
+            model.close()
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
@@ -124,76 +110,26 @@ class Engine:
                 self._in_flight -= 1
 
     # -- models --------------------------------------------------------------------
-    @property
-    def classifier(self) -> Classifier:
+    def get(self, kind: type[Kind], name: str | None = None) -> Kind:
+        """The model `name` (or the default of its kind), which must be of `kind`."""
         self._check_ready()
-        return self._classifier
+        model = self._defaults.get(kind.kind) if name is None else self.find(name)
+        if not isinstance(model, kind):
+            raise NotFound(f"{name or 'the default model'} is not a {kind.kind}", "model")
+        return model
 
-    @property
-    def generator(self) -> Generator:
+    def find(self, name: str) -> ServedModel:
+        """A model by its name, or a kind's default model by the kind's name."""
         self._check_ready()
-        return self._generator
+        model = self._models.get(name) or self._defaults.get(name)
+        if model is None:
+            raise NotFound(f"no model named {name!r}", "name")
+        return model
 
     def models(self) -> list[ModelInfo]:
-        return [self.classifier.info, self.generator.info]
-
-    def model(self, name: str) -> ModelInfo:
-        for info in self.models():
-            if name in (info.name, info.kind):
-                return info
-        raise NotFound(f"no model named {name!r}", "name")
-
-    # -- inference -----------------------------------------------------------------
-    async def classify(self, images: Sequence[bytes], top_k: int = 5) -> Classification:
-        k = validation.top_k(top_k, self.classifier.labels)
-        result = await self.score(images)
-        labels, best = result.labels, np.argsort(-result.scores, axis=1)[:, :k]
-        return Classification(result.model, [[(labels[i], row[i]) for i in top]
-                                             for top, row in zip(best.tolist(), result.scores.tolist())])
-
-    async def score(self, images: Sequence[bytes]) -> Scores:
-        """Every class's score for each image: the model's whole output, for the tensor protocols."""
-        classifier = self.classifier
-        rows = await self._wait(classifier.batcher.submit(validation.images(images, self.settings)))
-        return Scores(classifier.info, classifier.labels, np.stack(rows))
-
-    async def generate(
-        self,
-        count: int | None = None,
-        seed: int | None = None,
-        class_: int | str | None = None,
-        latents: Sequence[Sequence[float]] | None = None,
-    ) -> Generation:
-        return await self._generate(validation.generation(count, seed, class_, latents, self.generator, self.settings))
-
-    async def interpolate(
-        self,
-        seeds: Sequence[int] | None = None,
-        latents: Sequence[Sequence[float]] | None = None,
-        steps: int = 8,
-        class_: int | str | None = None,
-    ) -> Generation:
-        return await self._generate(
-            validation.interpolation(seeds, latents, steps, class_, self.generator, self.settings)
-        )
-
-    async def render(self, latents: np.ndarray, class_ids: np.ndarray) -> Generation:
-        """One image per (latent row, class id), as the generator's own signature takes them."""
-        return await self._generate(validation.rows(latents, class_ids, self.generator, self.settings))
-
-    async def _generate(self, plan: validation.Latents) -> Generation:
-        generator = self.generator
-        images = await self._wait(generator.batcher.submit(list(zip(plan.latents, plan.class_ids.tolist()))))
-        names = [generator.classes[i] if generator.conditional else None for i in plan.class_ids]
-        return Generation(generator.info, np.stack(images), plan.latents, plan.class_ids, names, plan.seed)
+        self._check_ready()
+        return [model.info for model in self._models.values()]
 
     def _check_ready(self) -> None:
         if not self.ready:
             raise NotReady("the models are still loading" if self.alive else "the models failed to load")
-
-    async def _wait(self, futures: list[Future]) -> list:
-        try:
-            async with asyncio.timeout(self.settings.timeout_s):
-                return await asyncio.gather(*map(asyncio.wrap_future, futures))
-        except TimeoutError:
-            raise DeadlineExceeded(f"no result within {self.settings.timeout_s:g} s") from None

@@ -1,35 +1,42 @@
-"""The two served models: where they come from, their cards, their runtime, warm-up, and batch execution.
+"""A served model: where it comes from, its card, its runtime, warm-up, and its batches.
 
 A model is named by a BentoML model-store tag (`classifier:latest`) or a SavedModel folder
-(`models/classifier/3`, with `model_card.json` beside `saved_model.pb`). It runs on LiteRT
-or on TensorFlow (runtime.py), chosen per model by the settings: `auto` takes LiteRT when
-its conversion is verified and measured faster, `litert` whenever it is verified,
-`tensorflow` never converts. A conversion that fails verification is not used: the model
-is served by TensorFlow, with a warning that says why. Each model owns a `Batcher` with one
-worker per interpreter: every request's items join the next batch, which is one `Runtime.run`.
+(`models/classifier/3`), read through the model contract (`contract`). It runs on LiteRT or
+on TensorFlow, chosen per model by the settings: `auto` takes LiteRT when its conversion is
+verified and measured cheaper, `litert` whenever it is verified, `tensorflow` never
+converts. A conversion that fails verification is not used: the model is served by
+TensorFlow, with a warning that says why. Each model owns a `Batcher` with one worker per
+interpreter: every request's items join the next batch, which is one `Runtime.run`.
+
+What a kind of model does with its batches and requests lives in its own module
+(`service/kinds/`): a subclass of `ServedModel`. This module knows no kind.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import json
 import logging
 import time
-from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future
+from typing import Any, ClassVar
 
 import numpy as np
 
+from contract.card import ModelCard
+from contract.layout import resolve
+from contract.litert import Conversion, convert_and_verify
+from contract.runtime import LITERT, TENSORFLOW, LiteRTRuntime, Runtime, SavedModelRuntime, cores
+
 from .batching import Batcher
 from .config import Settings
-from .conversion import Conversion, convert_and_verify, tensorflow_signature
-from .errors import ValidationError
-from .images import decode
+from .errors import DeadlineExceeded
 from .metrics import metrics
-from .runtime import LITERT, TENSORFLOW, LiteRTRuntime, Runtime, SavedModelRuntime, cores
 
-CARD = "model_card.json"
 log = logging.getLogger("diptych")
+
+TensorRunner = Callable[..., Awaitable[dict[str, np.ndarray]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,65 +45,58 @@ class ModelInfo:
     name: str
     version: str
     source: str  # the tag or folder it was loaded from
-    card: dict[str, Any]
+    path: str  # the version folder it was read from
+    card: ModelCard
     runtime: str = TENSORFLOW  # what runs it: TENSORFLOW or LITERT
     litert: dict[str, Any] | None = None  # the LiteRT conversion's report, when there was one
 
 
-def locate(ref: str) -> tuple[str, ModelInfo]:
-    """Resolve a store tag or a folder to (SavedModel path, identity)."""
-    if "/" in ref or Path(ref).is_dir():
-        path = Path(ref)
-        if not (path / "saved_model.pb").is_file():
-            raise FileNotFoundError(f"{ref}: no saved_model.pb in this folder")
-        card = json.loads((path / CARD).read_text())
-        name, version = card.get("name") or card["kind"], str(card.get("version", path.name))
-    else:
-        import bentoml
-
-        model = bentoml.models.get(ref)
-        path = Path(model.path)
-        card = json.loads((path / CARD).read_text())
-        name, version = model.tag.name, model.tag.version
-    return str(path), ModelInfo(card["kind"], name, version, ref, card)
+def locate(ref: str) -> ModelInfo:
+    """A store tag or a folder → its identity: the tag's name and version, else the card's."""
+    path, store_name, store_version = resolve(ref)
+    card = ModelCard.read(path)
+    return ModelInfo(card.kind, store_name or card.name, store_version or str(card.version), ref, str(path), card)
 
 
-def load_runtime(path: str, info: ModelInfo, choice: str, interpreters: int) -> tuple[Runtime, ModelInfo]:
+def load_runtime(info: ModelInfo, choice: str, interpreters: int) -> tuple[Runtime, ModelInfo]:
     """The runtime `choice` (auto, litert, tensorflow) leads to, and `info` saying which it is."""
     model = f"{info.kind} {info.name}:{info.version}"
+    tensorflow = lambda: SavedModelRuntime(info.path, info.card.numeric_signature)  # noqa: E731
     if choice == TENSORFLOW:
         log.info("%s runs on TensorFlow, as configured", model)
-        return SavedModelRuntime(path, tensorflow_signature(info.kind, path)), info
-    conversion = Conversion.load(path)
+        return tensorflow(), info
+    conversion = Conversion.load(info.path)
     if conversion is None:
         log.info("%s has no stored LiteRT conversion: converting it now (training.publish stores one)", model)
-        conversion = convert_and_verify(path, info.card, interpreters)
+        conversion = convert_and_verify(info.path, info.card, interpreters)
     info = dataclasses.replace(info, litert=conversion.report)
     if not conversion.verified:
         log.warning("%s runs on TensorFlow: its LiteRT conversion is not used: %s", model, conversion.report["reason"])
     elif choice == LITERT or conversion.faster:
         log.info("%s runs on LiteRT, %d single-threaded interpreters (%s; CPU ms per image as measured: %s)", model,
-                 interpreters, conversion.report["reason"], _cost(conversion))
+                 interpreters, conversion.report["reason"], conversion.report["cpu_ms_per_image"])
         return LiteRTRuntime(conversion.flatbuffer, interpreters), dataclasses.replace(info, runtime=LITERT)
     else:
         log.info("%s runs on TensorFlow: it measured cheaper than LiteRT (CPU ms per image: %s)", model,
-                 _cost(conversion))
-    return SavedModelRuntime(path, tensorflow_signature(info.kind, path)), info
-
-
-def _cost(conversion: Conversion) -> object:
-    return conversion.report.get("cpu_ms_per_image") or conversion.report["images_per_second"]
+                 conversion.report["cpu_ms_per_image"])
+    return tensorflow(), info
 
 
 class ServedModel:
-    """A loaded model behind its batcher; subclasses say how a batch is run."""
+    """A loaded model behind its batcher. A kind subclasses it: `kind` (the card's), what its
+    card must hold, an example batch for warm-up, how a batch runs, and its tensor runners."""
 
-    kind = ""  # the card's `kind` this class serves
+    kind: ClassVar[str] = ""
+    card_fields: ClassVar[tuple[str, ...]] = ()  # the optional card fields this kind needs
+    # The SavedModel signatures this kind serves to the tensor protocols (TF Serving, V2): by
+    # the set of input names a signature takes, the name of the method that runs it.
+    tensor_runners: ClassVar[dict[frozenset[str], str]] = {}
 
     def __init__(self, info: ModelInfo, runtime: Runtime, settings: Settings) -> None:
+        info.card.require(*self.card_fields)
         self.info = info
+        self.settings = settings
         self._runtime = runtime
-        self._settings = settings
         labels = {"model": info.name, "version": info.version, "runtime": info.runtime}
         self._latency = metrics().inference_seconds.labels(**labels)
         self._batch_size = metrics().batch_size.labels(**labels)
@@ -106,12 +106,8 @@ class ServedModel:
         )
 
     @classmethod
-    def load(cls, ref: str, settings: Settings) -> ServedModel:
-        path, info = locate(ref)
-        if info.kind != cls.kind:
-            raise ValueError(f"{ref} holds a {info.kind}, not a {cls.kind}")
-        choice = getattr(settings, f"{cls.kind}_runtime")
-        runtime, info = load_runtime(path, info, choice, settings.interpreters or cores())
+    def load(cls, info: ModelInfo, settings: Settings) -> ServedModel:
+        runtime, info = load_runtime(info, settings.runtime_of(cls.kind), settings.interpreters or cores())
         return cls(info, runtime, settings)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -121,10 +117,26 @@ class ServedModel:
         self._batch_size.observe(len(next(iter(inputs.values()))))
         return outputs
 
+    async def infer(self, items: Sequence[Any]) -> list[Any]:
+        """Each item's result, from the batches they join; bounded by `timeout_s`."""
+        return await self._wait(self.batcher.submit(list(items)))
+
+    async def _wait(self, futures: list[Future]) -> list[Any]:
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                return await asyncio.gather(*map(asyncio.wrap_future, futures))
+        except TimeoutError:
+            raise DeadlineExceeded(f"no result within {self.settings.timeout_s:g} s") from None
+
+    def tensor_runner(self, inputs: frozenset[str]) -> TensorRunner | None:
+        """The method that serves a signature taking these inputs, or None."""
+        method = self.tensor_runners.get(inputs)
+        return getattr(self, method) if method else None
+
     def warm_up(self) -> None:
         """First calls are slow (graph set-up, allocations): pay them before reporting ready."""
-        for _ in range(self._settings.warmup_rounds):
-            for size in sorted({1, self._settings.max_batch_size}):
+        for _ in range(self.settings.warmup_rounds):
+            for size in sorted({1, self.settings.max_batch_size}):
                 self._runtime.run(self.example(size))
 
     def close(self) -> None:
@@ -136,62 +148,3 @@ class ServedModel:
 
     def run_batch(self, items: list) -> list:
         raise NotImplementedError
-
-
-class Classifier(ServedModel):
-    """Items are (encoded image, request field); results are score rows over `labels`."""
-
-    kind = "classifier"
-
-    def __init__(self, info: ModelInfo, runtime: Runtime, settings: Settings) -> None:
-        super().__init__(info, runtime, settings)
-        self.labels: list[str] = list(info.card["labels"])
-        self.image_size = int(info.card["image_size"][0])
-        model = {"model": info.name, "version": info.version}
-        self._classified = metrics().images_classified.labels(**model)
-        self._predicted = {label: metrics().predictions.labels(**model, label=label) for label in self.labels}
-
-    def example(self, size: int) -> dict[str, np.ndarray]:
-        return {"images": np.full((size, self.image_size, self.image_size, 3), 128, np.uint8)}
-
-    def run_batch(self, items: list[tuple[bytes, str]]) -> list[np.ndarray | Exception]:
-        """Decode each image here, in this worker (a broken one fails alone), then one model call."""
-        decoded: list[np.ndarray | Exception] = []
-        for data, field in items:
-            try:
-                decoded.append(decode(data, self.image_size, field))
-            except ValidationError as error:
-                decoded.append(error)
-        pixels = [item for item in decoded if not isinstance(item, Exception)]
-        scores = iter(self._classify(np.stack(pixels)) if pixels else [])
-        return [item if isinstance(item, Exception) else next(scores) for item in decoded]
-
-    def _classify(self, pixels: np.ndarray) -> np.ndarray:
-        scores = self.run({"images": pixels})["scores"]
-        self._classified.inc(len(scores))
-        for row in scores:
-            self._predicted[self.labels[int(row.argmax())]].inc()
-        return scores
-
-
-class Generator(ServedModel):
-    """Items are (latent vector, class id); results are uint8 [H, W, C] images."""
-
-    kind = "generator"
-
-    def __init__(self, info: ModelInfo, runtime: Runtime, settings: Settings) -> None:
-        super().__init__(info, runtime, settings)
-        self.latent_dim = int(info.card["latent_dim"])
-        self.classes: list[str] = list(info.card.get("classes") or [])
-        self.conditional = bool(info.card.get("conditional", bool(self.classes)))
-        self._generated = metrics().images_generated.labels(model=info.name, version=info.version)
-
-    def example(self, size: int) -> dict[str, np.ndarray]:
-        return {"latents": np.zeros((size, self.latent_dim), np.float32), "class_ids": np.zeros(size, np.int32)}
-
-    def run_batch(self, items: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
-        latents = np.stack([latent for latent, _ in items]).astype(np.float32)
-        class_ids = np.array([class_id for _, class_id in items], np.int32)
-        images = self.run({"latents": latents, "class_ids": class_ids})["images"]
-        self._generated.inc(len(items))
-        return list(images)

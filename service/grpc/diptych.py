@@ -12,9 +12,9 @@ from google.protobuf import json_format, struct_pb2
 from proto.diptych.v1 import diptych_pb2 as pb
 from proto.diptych.v1 import diptych_pb2_grpc
 
-from ..core import Classification, Engine, Generation
+from ..core import Engine, ModelInfo
 from ..core.images import encode_png, tile
-from ..core.models import ModelInfo
+from ..kinds import Classification, Classifier, Generation, Generator
 
 
 class DiptychServicer(diptych_pb2_grpc.DiptychServicer):
@@ -23,10 +23,10 @@ class DiptychServicer(diptych_pb2_grpc.DiptychServicer):
 
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
         top_k = request.top_k if request.HasField("top_k") else 5
-        return classified(await self.engine.classify(list(request.images), top_k))
+        return classified(await self.engine.get(Classifier).classify(list(request.images), top_k))
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
-        result = await self.engine.generate(*generation_arguments(request))
+        result = await self.engine.get(Generator).generate(*generation_arguments(request))
         return generated(result, request.format)
 
     async def ListModels(self, request: pb.ListModelsRequest,
@@ -35,7 +35,7 @@ class DiptychServicer(diptych_pb2_grpc.DiptychServicer):
 
 
 def generation_arguments(request: pb.GenerateRequest) -> tuple:
-    """(count, seed, class, latents) as `Engine.generate` takes them; absent fields are None."""
+    """(count, seed, class, latents) as `Generator.generate` takes them; absent fields are None."""
     present = request.WhichOneof("class")
     return (
         request.count if request.HasField("count") else None,
@@ -67,5 +67,5 @@ def model_ref(info: ModelInfo) -> pb.ModelRef:
 
 
 def model(info: ModelInfo) -> pb.Model:
-    card = json_format.ParseDict(info.card, struct_pb2.Struct())
+    card = json_format.ParseDict(info.card.to_dict(), struct_pb2.Struct())
     return pb.Model(name=info.name, version=info.version, kind=info.kind, source=info.source, card=card)

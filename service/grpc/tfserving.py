@@ -33,13 +33,15 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from contract.signatures import dtypes
+
 from .. import tensors
-from ..core import Engine, NotFound, Scores, ValidationError
-from ..core.models import ModelInfo
+from ..core import Engine, ModelInfo, NotFound, ServedModel, ValidationError
+from ..kinds import Classifier, Scores
 
 SIGNATURE_DEF = "signature_def"  # the one metadata field TF Serving knows
 CLASSIFY, REGRESS = "tensorflow/serving/classify", "tensorflow/serving/regress"  # MultiInference method names
-DATA_TYPES = {dtype: code for code, dtype in tensors.dtypes().items()}
+DATA_TYPES = {dtype: code for code, dtype in dtypes().items()}
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -48,21 +50,21 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     async def Predict(self, request: predict_pb2.PredictRequest,
                       context: grpc.aio.ServicerContext) -> predict_pb2.PredictResponse:
-        info, spec = servable(self.engine, request.model_spec)
+        model, spec = servable(self.engine, request.model_spec)
         inputs = arrays(request.inputs, self.engine.settings.max_body_bytes)
-        outputs = await tensors.run(self.engine, info, spec.signature_name, inputs, request.output_filter)
+        outputs = await tensors.run(self.engine, model.info, spec.signature_name, inputs, request.output_filter)
         return predicted(spec, outputs)
 
     async def Classify(self, request: classification_pb2.ClassificationRequest,
                        context: grpc.aio.ServicerContext) -> classification_pb2.ClassificationResponse:
-        info, spec = servable(self.engine, request.model_spec, classify=True)
-        result = await self.engine.score(encoded_images(request.input))
+        model, spec = servable(self.engine, request.model_spec, classify=True)
+        result = await model.score(encoded_images(request.input))
         return classification_pb2.ClassificationResponse(model_spec=spec, result=classifications(result))
 
     async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
                                context: grpc.aio.ServicerContext) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        info, spec = servable(self.engine, request.model_spec)
-        return metadata(info, spec, request.metadata_field)
+        model, spec = servable(self.engine, request.model_spec)
+        return metadata(model.info, spec, request.metadata_field)
 
     async def Regress(self, request: object, context: grpc.aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no regression model is served")
@@ -71,15 +73,15 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                              context: grpc.aio.ServicerContext) -> inference_pb2.MultiInferenceResponse:
         """TF Serving's rules: one model for all tasks, each signature once. The classifier has
         one signature to classify with, so a request is one classify task: Classify's answer."""
-        _, spec = servable(self.engine, classify_task(request.tasks), classify=True)
-        result = await self.engine.score(encoded_images(request.input))
+        model, spec = servable(self.engine, classify_task(request.tasks), classify=True)
+        result = await model.score(encoded_images(request.input))
         return inference_pb2.MultiInferenceResponse(results=[
             inference_pb2.InferenceResult(model_spec=spec, classification_result=classifications(result))])
 
 
 def servable(
     engine: Engine, spec: model_pb2.ModelSpec, classify: bool = False
-) -> tuple[ModelInfo, model_pb2.ModelSpec]:
+) -> tuple[ServedModel, model_pb2.ModelSpec]:
     """The model a ModelSpec names, and the spec to answer with (version and signature filled in)."""
     if not spec.name:
         raise ValidationError("model_spec", "Missing ModelSpec")
@@ -87,17 +89,18 @@ def servable(
     wanted = {"version": f"Specific({spec.name}, {spec.version.value})",
               "version_label": f"Labeled({spec.name}, {spec.version_label})"}.get(choice, f"Latest({spec.name})")
     try:
-        info = engine.model(spec.name)
+        model = engine.find(spec.name)
     except NotFound:
         raise NotFound(f"Servable not found for request: {wanted}", "model_spec") from None
+    info = model.info
     if choice == "version_label" or (choice == "version" and spec.version.value != tensors.version(info)):
         raise NotFound(f"Servable not found for request: {wanted}", "model_spec")
     signature = spec.signature_name or "serving_default"
-    if classify and (info.kind != "classifier" or signature != "serving_default"):
+    if classify and (not isinstance(model, Classifier) or signature != "serving_default"):
         raise ValidationError("model_spec", "Classify serves the classifier's serving_default signature; use Predict")
     answer = model_pb2.ModelSpec(name=spec.name, signature_name=signature)
     answer.version.value = tensors.version(info)
-    return info, answer
+    return model, answer
 
 
 def classify_task(tasks: Sequence[inference_pb2.InferenceTask]) -> model_pb2.ModelSpec:
@@ -180,6 +183,6 @@ def metadata(
             raise ValidationError("metadata_field", f"Metadata field {field} is not supported")
     response = get_model_metadata_pb2.GetModelMetadataResponse()
     response.model_spec.name, response.model_spec.version.value = spec.name, spec.version.value
-    definitions = get_model_metadata_pb2.SignatureDefMap(signature_def=tensors.signature_defs(info))
+    definitions = get_model_metadata_pb2.SignatureDefMap(signature_def=tensors.definitions(info))
     response.metadata[SIGNATURE_DEF].Pack(definitions)
     return response

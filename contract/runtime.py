@@ -3,7 +3,8 @@
 A `Runtime` runs one signature of an exported model on a whole batch: named numpy
 inputs in, named numpy outputs out (the shapes of docs/architecture.md). Two implement it:
 TensorFlow calling the SavedModel's signature, and a pool of LiteRT interpreters running
-the flatbuffer converted from it (service/core/conversion.py); the core sees no difference.
+the flatbuffer converted from it (contract/litert.py); the serving core sees no difference.
+Both sides use them: the conversion runs both to prove they agree, the service to serve.
 """
 
 from __future__ import annotations

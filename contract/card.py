@@ -1,0 +1,136 @@
+"""The model card: `model_card.json` beside `saved_model.pb`, one typed class for both sides.
+
+Training writes it once, after evaluation; serving, publishing and the tools read it with
+`ModelCard.read`, which checks it once: the schema version, the types, no unknown keys. A
+card it cannot read is refused with a `CardError` that names the file and the problem, so a
+model exported by an older diptych fails at load with "export it again", not later with a
+KeyError. Fields that only one kind has are optional here; a kind says which it needs
+(`require`), in its own module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+FILE = "model_card.json"
+SCHEMA = 2  # 1: the untyped cards before this class (no `schema`, no `numeric_signature`)
+
+
+class CardError(ValueError):
+    """A model card that cannot be read: the message names the file and what is wrong."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCard:
+    kind: str  # what serves it: a registered model kind (classifier, generator)
+    name: str  # the served name, and the model store's tag name
+    version: int  # the version folder's number, as TF Serving counts
+    image_size: tuple[int, int]  # [H, W] of the images the model takes or makes
+    channels: int
+    numeric_signature: str  # the signature TensorFlow serves and LiteRT converts: numbers in, numbers out
+    tolerance: float  # the largest difference of any output that LiteRT may show against TensorFlow
+    created: str = ""
+    schema: int = SCHEMA
+    signatures: dict[str, str] = dataclasses.field(default_factory=dict)  # name → what it takes and returns
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # classifier
+    labels: list[str] | None = None
+    backbone: str | None = None
+    dataset: str | None = None
+    per_class_counts: dict[str, int] | None = None
+    # generator
+    latent_dim: int | None = None
+    classes: list[str] | None = None
+    conditional: bool | None = None
+    max_batch: int | None = None
+
+    @classmethod
+    def new(cls, **fields: Any) -> ModelCard:
+        """A card for an export made now."""
+        created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        return cls.parse({"created": created, **fields, "schema": SCHEMA}, "the new card")
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike) -> ModelCard:
+        path = Path(folder) / FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CardError(f"{path}: no model card ({FILE}) beside the SavedModel") from None
+        except (OSError, ValueError) as error:
+            raise CardError(f"{path}: not readable JSON ({error})") from None
+        return cls.parse(data, str(path))
+
+    @classmethod
+    def parse(cls, data: Any, where: str) -> ModelCard:
+        if not isinstance(data, dict):
+            raise CardError(f"{where}: a model card is a JSON object")
+        if data.get("schema") != SCHEMA:
+            raise CardError(f"{where}: model card schema {data.get('schema', 1)}; this diptych reads schema "
+                            f"{SCHEMA}: export the model again with this version's training commands")
+        known = {field.name: field for field in dataclasses.fields(cls)}
+        if unknown := sorted(set(data) - set(known)):
+            raise CardError(f"{where}: unknown model card fields {unknown}")
+        if missing := sorted(name for name, field in known.items() if _required(field) and name not in data):
+            raise CardError(f"{where}: model card fields missing: {missing}")
+        values = {name: _checked(where, name, value) for name, value in data.items()}
+        return cls(**values)
+
+    def require(self, *names: str) -> None:
+        """Fail unless these optional fields are set: what a kind needs from its cards."""
+        if missing := [name for name in names if getattr(self, name) is None]:
+            raise CardError(f"the {self.kind} card of {self.name}:{self.version} lacks {missing}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object, without the fields this kind does not have."""
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in dataclasses.asdict(self).items() if value is not None}
+
+    def write(self, folder: str | os.PathLike) -> Path:
+        path = Path(folder) / FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+
+def _required(field: dataclasses.Field) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+
+
+_HINTS = typing.get_type_hints(ModelCard)
+
+
+def _checked(where: str, name: str, value: Any) -> Any:
+    """`value` if it fits the field's type (JSON's lists become tuples where the field is one)."""
+    hint = _HINTS[name]
+    if not _fits(hint, value):
+        spelled = str(hint).replace("typing.", "") if typing.get_args(hint) else hint.__name__
+        raise CardError(f"{where}: model card field {name!r} must be {spelled}, got {value!r}")
+    return tuple(value) if typing.get_origin(hint) is tuple else value
+
+
+def _fits(hint: Any, value: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_fits(arg, value) for arg in args)
+    if hint is Any:
+        return True
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(args[0], item) for item in value)
+    if origin is tuple:  # fixed length: image_size [H, W]
+        return isinstance(value, (list, tuple)) and len(value) == len(args) and all(map(_fits, args, value))
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(key, str) and _fits(args[1], item)
+                                               for key, item in value.items())
+    return isinstance(value, hint)

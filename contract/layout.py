@@ -1,0 +1,78 @@
+"""Where exported models live: numbered version folders, as TF Serving reads them.
+
+    models/classifier/1/saved_model.pb, model_card.json, calibration.npz, variables/ ...
+    models/classifier/2/...
+
+A reference to a model is a folder (a version folder, or its parent for the highest
+version) or a BentoML model-store tag (`classifier:latest`, `classifier:3`), which
+`training.publish` fills from a version folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+SAVED_MODEL = "saved_model.pb"
+
+
+def versions(root: str | os.PathLike) -> list[int]:
+    """The numbered version folders under `root`, lowest first."""
+    return sorted(int(path.name) for path in Path(root).glob("*") if path.is_dir() and path.name.isdigit())
+
+
+def latest_version_dir(root: str | os.PathLike) -> Path | None:
+    """The highest-numbered version folder under `root`, or None when there is none."""
+    found = versions(root)
+    return Path(root) / str(found[-1]) if found else None
+
+
+def version_dir(path: str | os.PathLike) -> Path:
+    """A version folder as given, or the highest version under a folder of versions."""
+    path = Path(path)
+    if (path / SAVED_MODEL).is_file():
+        return path
+    latest = latest_version_dir(path) if path.is_dir() else None
+    if latest is None:
+        raise FileNotFoundError(f"{path}: neither a SavedModel folder nor a folder of numbered versions")
+    return latest
+
+
+def is_folder_ref(ref: str) -> bool:
+    """A path names a folder; anything else is a model-store tag (`name:version`)."""
+    return "/" in ref or Path(ref).is_dir()
+
+
+def resolve(ref: str) -> tuple[Path, str | None, str | None]:
+    """A folder or a store tag → (version folder, store name, store version); the store's
+    name and version are None for a folder, whose card names it."""
+    if is_folder_ref(ref):
+        return version_dir(ref), None, None
+    import bentoml  # only for tags: folders need no model store
+
+    model = bentoml.models.get(ref)
+    return Path(model.path), model.tag.name, model.tag.version
+
+
+@contextlib.contextmanager
+def new_version_folder(root: str | os.PathLike) -> Iterator[tuple[Path, int]]:
+    """Yield (staging folder, version) for the next export under `root`.
+
+    The export is written into a hidden temporary folder and renamed into place only when
+    the block finishes, so a crash never leaves a half-written version that a server
+    would pick up as the latest.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    version = (versions(root) or [0])[-1] + 1
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
+    try:
+        yield staging, version
+        staging.rename(root / str(version))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,0 +1,236 @@
+"""LiteRT flatbuffers of the exported SavedModels, and the proof that they compute the same.
+
+The SavedModel stays the exchange format (TF Serving, `tf.saved_model.load`); LiteRT runs
+the same numbers about twice as fast on a few CPU cores (docs/serving.md). Conversion
+takes the card's `numeric_signature` only, whose ops are all LiteRT builtins: the
+classifier's `classify_resized` (pixels at the model's size → scores; decoding and resizing
+happen in the service) and the generator's `serving_default`. No TF "Flex" ops: a
+flatbuffer that needs TensorFlow's kernels would gain nothing.
+
+A conversion is verified before it is used: TensorFlow and a LiteRT pool run the export's
+calibration sample (`calibration.npz`: a few dozen real inputs that the export wrote, e.g.
+training images at the model's size, or seeded latents), and every output must agree to
+the card's `tolerance`, with the same arg-max in every row of a float matrix (a
+classifier's top-1). Both are timed on that batch too, so `auto` can keep whichever costs
+less. `training.publish` stores the result beside the SavedModel in the model store
+(`litert/`); a model without one is converted when the service loads it. Nothing here
+knows a dataset or a kind of model: the card and the sample say it all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .card import ModelCard
+from .runtime import LiteRTRuntime, SavedModelRuntime
+from .signatures import signatures
+
+FOLDER = "litert"  # beside saved_model.pb
+FLATBUFFER = "model.tflite"
+REPORT = "report.json"
+CALIBRATION = "calibration.npz"  # beside saved_model.pb: the numeric signature's inputs, written by the export
+
+
+class ConversionError(Exception):
+    """The model cannot be converted or verified; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Conversion:
+    """A converted model (`flatbuffer`, None when it failed) and its report, which records
+    the verification (`verified`, `reason`, `max_difference`, `calibration`) and what each
+    runtime measured: `images_per_second` (wall clock) and `cpu_ms_per_image`."""
+
+    flatbuffer: bytes | None
+    report: dict[str, Any]
+
+    @property
+    def verified(self) -> bool:
+        return self.flatbuffer is not None and self.report.get("verified", False)
+
+    @property
+    def faster(self) -> bool:
+        """LiteRT costs less CPU per image. CPU time decides, not the wall clock: on a shared
+        machine other processes slow whichever runtime happens to be timed when they run, and
+        a saturated server's throughput is its cores divided by that cost."""
+        cost = self.report["cpu_ms_per_image"]
+        return cost["litert"] < cost["tensorflow"]
+
+    def save(self, model_dir: str | Path) -> None:
+        folder = Path(model_dir) / FOLDER
+        folder.mkdir(exist_ok=True)
+        if self.flatbuffer is not None:
+            (folder / FLATBUFFER).write_bytes(self.flatbuffer)
+        (folder / REPORT).write_text(json.dumps(self.report, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> Conversion | None:
+        """The conversion stored beside a SavedModel, or None when there is none. A flatbuffer
+        that is not the one verified (its sha256 differs: changed, or corrupt on disk; TF
+        checksums its own variables) or is missing is not used."""
+        folder = Path(model_dir) / FOLDER
+        if not (folder / REPORT).is_file():
+            return None
+        path, report = folder / FLATBUFFER, json.loads((folder / REPORT).read_text())
+        flatbuffer = path.read_bytes() if path.is_file() else None
+        if report.get("verified") and flatbuffer is None:
+            return cls(None, {**report, "verified": False, "reason": f"{FOLDER}/{FLATBUFFER} is missing"})
+        if flatbuffer is not None and report.get("sha256") != _digest(flatbuffer):
+            reason = f"{FOLDER}/{FLATBUFFER} is not the flatbuffer that was verified (its sha256 differs)"
+            return cls(None, {**report, "verified": False, "reason": reason})
+        return cls(flatbuffer, report)
+
+
+def convert_and_verify(folder: str | os.PathLike, card: ModelCard, interpreters: int) -> Conversion:
+    """Convert the SavedModel in `folder`, verify and time it; never raises for a model that
+    fails: the report's `reason` says why, and the model is then served by TensorFlow."""
+    report: dict[str, Any] = {"signature": card.numeric_signature, "converter": _version("tensorflow"),
+                              "interpreter": _version("ai-edge-litert"), "interpreters": interpreters}
+    try:
+        inputs = calibration(folder)
+        flatbuffer = convert(folder, card.numeric_signature, inputs)
+        report.update(verify(folder, card, flatbuffer, inputs, interpreters))
+    except ConversionError as error:
+        return Conversion(None, {**report, "verified": False, "reason": str(error)})
+    except Exception as error:  # TensorFlow and the interpreter raise many kinds
+        first_line = next(iter(str(error).strip().splitlines()), "")
+        return Conversion(None, {**report, "verified": False, "reason": f"{type(error).__name__}: {first_line}"})
+    if not report["verified"]:
+        return Conversion(None, report)
+    return Conversion(flatbuffer, {**report, "sha256": _digest(flatbuffer)})
+
+
+def save_calibration(folder: str | os.PathLike, inputs: Mapping[str, np.ndarray]) -> None:
+    """What an export writes: a few dozen real inputs of its numeric signature, by input name."""
+    np.savez_compressed(Path(folder) / CALIBRATION, **inputs)
+
+
+def calibration(folder: str | os.PathLike) -> dict[str, np.ndarray]:
+    path = Path(folder) / CALIBRATION
+    if not path.is_file():
+        raise ConversionError(f"the export has no calibration sample ({CALIBRATION}): export it again")
+    with np.load(path, allow_pickle=False) as stored:
+        return {name: stored[name] for name in stored.files}
+
+
+def convert(folder: str | os.PathLike, signature: str, inputs: Mapping[str, np.ndarray]) -> bytes:
+    """The numeric signature as a LiteRT flatbuffer of builtin ops.
+
+    From the loaded concrete function, with every dimension but the batch fixed to the
+    calibration sample's: the converter's `from_saved_model` keeps the variables as
+    resource variables here (the flatbuffer then computes NaN), and an `ensure_shape` on a
+    `[None, None]` input is a Flex op unless the width is known.
+    """
+    import tensorflow as tf
+
+    if signature not in signatures(folder):
+        raise ConversionError(f"the SavedModel has no {signature!r} signature, which its card names")
+    loaded = tf.saved_model.load(str(folder))
+    function = loaded.signatures[signature]
+    names = list(inputs)
+    specs = [tf.TensorSpec([None, *value.shape[1:]], tf.as_dtype(value.dtype), name=name)
+             for name, value in inputs.items()]
+    fixed = tf.function(lambda *values: function(**dict(zip(names, values))), input_signature=specs)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fixed.get_concrete_function()], loaded)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    try:
+        with _quiet("tensorflow", "absl"):  # the converter logs every captured variable's name at INFO
+            return converter.convert()
+    except Exception as error:  # the converter's message runs to pages of MLIR: keep its verdict
+        lines = [line for line in str(error).splitlines() if "error:" in line] or ["the converter failed"]
+        raise ConversionError(f"conversion to LiteRT builtins failed: {lines[0].split('error:')[-1].strip()}") from None
+
+
+def verify(folder: str | os.PathLike, card: ModelCard, flatbuffer: bytes, inputs: Mapping[str, np.ndarray],
+           interpreters: int) -> dict[str, Any]:
+    """Run TensorFlow and a LiteRT pool on the calibration sample: compare, and time both."""
+    tensorflow = SavedModelRuntime(str(folder), card.numeric_signature)
+    litert = LiteRTRuntime(flatbuffer, interpreters)
+    described = f"the export's {len(next(iter(inputs.values())))} calibration inputs"
+    with ThreadPoolExecutor(interpreters) as threads:
+
+        def pooled(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            """The batch split among the interpreters, run in parallel, as the batch workers do."""
+            bounds = np.linspace(0, len(next(iter(batch.values()))), interpreters + 1).astype(int)
+            chunks = [{name: value[start:end] for name, value in batch.items()}
+                      for start, end in zip(bounds[:-1], bounds[1:]) if end > start]
+            parts = list(threads.map(litert.run, chunks))
+            return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+        result = compare(tensorflow.run(inputs), pooled(inputs), card.tolerance, described)
+        timings = {"tensorflow": _timed(tensorflow.run, inputs), "litert": _timed(pooled, inputs)}
+    return {"calibration": described, **result,
+            "images_per_second": {name: speed for name, (speed, _) in timings.items()},
+            "cpu_ms_per_image": {name: cost for name, (_, cost) in timings.items()}}
+
+
+def compare(expected: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], tolerance: float,
+            described: str) -> dict[str, Any]:
+    """Every output within `tolerance`; a float matrix (scores) also keeps each row's arg-max."""
+    difference, agreement, problems = 0.0, 1.0, []
+    for name, want in expected.items():
+        have = got[name]
+        difference = max(difference, float(np.abs(want.astype(np.float64) - have.astype(np.float64)).max()))
+        if want.ndim == 2 and want.dtype.kind == "f":
+            agreement = min(agreement, float(np.mean(want.argmax(axis=1) == have.argmax(axis=1))))
+    if difference > tolerance:
+        problems.append(f"largest output difference {difference:.2g} is over {tolerance:g}")
+    if agreement < 1:
+        problems.append(f"top-1 differs on {1 - agreement:.0%} of the inputs")
+    reason = "; ".join(problems) if problems else f"agrees with TensorFlow on {described}"
+    return {"max_difference": difference, "tolerance": tolerance, "top1_agreement": agreement,
+            "verified": not problems, "reason": reason}
+
+
+def _timed(run: Callable[[Mapping[str, np.ndarray]], Any], inputs: Mapping[str, np.ndarray],
+           rounds: int = 3, round_s: float = 0.25) -> tuple[float, float]:
+    """`run` on the batch, after a warm-up call: images per second (the best of a few rounds
+    of at least `round_s` each: other processes only ever slow a round down) and the
+    process's CPU milliseconds per image (the least of the rounds)."""
+    run(inputs)
+    images = len(next(iter(inputs.values())))
+    best_speed, least_cost = 0.0, math.inf
+    for _ in range(rounds):
+        calls, start, cpu_start = 0, time.perf_counter(), time.process_time()
+        while (elapsed := time.perf_counter() - start) < round_s:
+            run(inputs)
+            calls += 1
+        best_speed = max(best_speed, calls * images / elapsed)
+        least_cost = min(least_cost, (time.process_time() - cpu_start) * 1000 / (calls * images))
+    return round(best_speed, 1), round(least_cost, 3)
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    """Only warnings and errors from these loggers while the block runs."""
+    saved = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _digest(flatbuffer: bytes) -> str:
+    return hashlib.sha256(flatbuffer).hexdigest()
+
+
+def _version(package: str) -> str:
+    return f"{package} {metadata.version(package)}"
+

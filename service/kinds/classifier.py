@@ -1,0 +1,124 @@
+"""The classifier kind: images in, a score per label out.
+
+Items are (image, request field): encoded bytes (checked from their headers before they
+join a batch, decoded in the batch worker, so a broken one fails alone) or pixels already
+decoded (the tensor protocols' `images` input). Each batch is one model call on pixels at
+the model's size: the card's `numeric_signature` (`classify_resized`) or its LiteRT twin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from service.core.errors import LimitExceeded, ValidationError
+from service.core.images import decode, prepare, resize
+from service.core.metrics import metrics
+from service.core.models import ModelInfo, ServedModel
+
+Image = bytes | np.ndarray  # encoded file, or uint8 pixels [H, W, 1|3]
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+    model: ModelInfo
+    predictions: list[list[tuple[str, float]]]  # per image, the top-k (label, score), best first
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    model: ModelInfo
+    labels: list[str]
+    scores: np.ndarray  # float32 [N, len(labels)]: every class's score, in label order
+
+
+class Classifier(ServedModel):
+    kind = "classifier"
+    card_fields = ("labels",)
+    tensor_runners = {frozenset({"image_bytes"}): "score_tensor_bytes", frozenset({"images"}): "score_tensor_pixels"}
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.labels: list[str] = list(self.info.card.labels)
+        self.image_size = self.info.card.image_size[0]
+        model = {"model": self.info.name, "version": self.info.version}
+        self._classified = metrics().images_classified.labels(**model)
+        self._predicted = {label: metrics().predictions.labels(**model, label=label) for label in self.labels}
+
+    # -- requests ------------------------------------------------------------------
+    async def classify(self, images: Sequence[bytes], top_k: int = 5) -> Classification:
+        self.check_top_k(top_k)
+        result = await self.score(images)
+        best = np.argsort(-result.scores, axis=1)[:, :top_k]
+        return Classification(self.info, [[(self.labels[i], row[i]) for i in top]
+                                          for top, row in zip(best.tolist(), result.scores.tolist())])
+
+    async def score(self, images: Sequence[Image]) -> Scores:
+        """Every class's score for each image: the model's whole output, for the tensor protocols."""
+        rows = await self.infer(self.checked(images))
+        return Scores(self.info, self.labels, np.stack(rows))
+
+    def check_top_k(self, top_k: int) -> None:
+        if not 1 <= top_k <= len(self.labels):
+            raise ValidationError("top_k", f"must be between 1 and {len(self.labels)} (the number of classes)")
+
+    def checked(self, images: Sequence[Image]) -> list[tuple[Image, str]]:
+        """Images → (image, field) items, after the cheap checks: count, format, pixels."""
+        if not len(images):
+            raise ValidationError("images", "no images given")
+        if len(images) > self.settings.max_images:
+            raise LimitExceeded("images", f"{len(images)} images; at most {self.settings.max_images} per request")
+        return [(self._checked(image, f"images[{i}]"), f"images[{i}]") for i, image in enumerate(images)]
+
+    def _checked(self, image: Image, field: str) -> Image:
+        if isinstance(image, bytes):
+            return prepare(image, field, self.settings.max_pixels)
+        height, width = image.shape[:2]
+        if height * width > self.settings.max_pixels:
+            raise LimitExceeded(field, f"the image has {width}x{height} pixels, more than the limit of "
+                                       f"{self.settings.max_pixels}")
+        return image
+
+    # -- the tensor protocols' signatures --------------------------------------------
+    async def score_tensor_bytes(self, image_bytes: np.ndarray) -> dict[str, np.ndarray]:
+        return self._scored(await self.score(image_bytes.tolist()))
+
+    async def score_tensor_pixels(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        if images.shape[-1] not in (1, 3):
+            raise ValidationError("images", "images must have 1 (grey) or 3 (RGB) channels")
+        if 0 in images.shape[1:3]:
+            raise ValidationError("images", "the images have no pixels")
+        return self._scored(await self.score(list(images)))
+
+    def _scored(self, result: Scores) -> dict[str, np.ndarray]:
+        labels = np.array([label.encode() for label in result.labels], dtype=object)
+        return {"scores": result.scores.astype(np.float32), "classes": np.tile(labels, (len(result.scores), 1))}
+
+    # -- batches -------------------------------------------------------------------
+    def example(self, size: int) -> dict[str, np.ndarray]:
+        return {"images": np.full((size, self.image_size, self.image_size, 3), 128, np.uint8)}
+
+    def run_batch(self, items: list[tuple[Image, str]]) -> list[np.ndarray | Exception]:
+        """Decode (or resize) each image here, in this worker, then one model call."""
+        pixels: list[np.ndarray | Exception] = [self._pixels(image, field) for image, field in items]
+        good = [item for item in pixels if not isinstance(item, Exception)]
+        scores = iter(self._classify(np.stack(good)) if good else [])
+        return [item if isinstance(item, Exception) else next(scores) for item in pixels]
+
+    def _pixels(self, image: Image, field: str) -> np.ndarray | ValidationError:
+        if not isinstance(image, bytes):
+            return resize(image, self.image_size)
+        try:
+            return decode(image, self.image_size, field)
+        except ValidationError as error:
+            return error
+
+    def _classify(self, pixels: np.ndarray) -> np.ndarray:
+        scores = self.run({"images": pixels})["scores"]
+        self._classified.inc(len(scores))
+        for row in scores:
+            self._predicted[self.labels[int(row.argmax())]].inc()
+        return scores
+
