@@ -65,7 +65,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks.serving import ROOT, Service, bench_calls, bench_pool, bench_raw, litert_pool, sample_images
+from benchmarks.serving import (ROOT, Service, bench_calls, bench_pool, bench_raw, litert_pool, models_parser,
+                                sample_images)
 
 TOLERANCE = 1e-3  # classify scores against the reference: batching may change rounding, never a label
 SEEDS = 8  # generate draws its seeds from this many, so every answer has a reference
@@ -826,9 +827,7 @@ def consistency(results: list[dict[str, Any]]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--classifier", default="classifier:latest", help="store tag or SavedModel folder")
-    parser.add_argument("--generator", default="generator:latest", help="store tag or SavedModel folder")
+    parser = models_parser("python -m benchmarks.load", __doc__, "store tag or SavedModel folder")
     parser.add_argument("--duration", type=float, default=180, help="seconds of mixed load per target and protocol")
     parser.add_argument("--pure-duration", type=float, default=30,
                         help="seconds of each pure phase (classify, generate; at --concurrency and at 1)")
