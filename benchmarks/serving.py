@@ -295,10 +295,17 @@ class Service:
         self.process.wait(timeout=30)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__.split("\n\n")[0])
+def models_parser(prog: str, doc: str, generator_help: str) -> argparse.ArgumentParser:
+    """A benchmark's parser, described by its docstring's first paragraph, with the two models
+    every `Service` needs to start (benchmarks.serving and benchmarks.load alike)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
     parser.add_argument("--classifier", default="classifier:latest", help="store tag or SavedModel folder")
-    parser.add_argument("--generator", default="generator:latest", help="the service needs one to start")
+    parser.add_argument("--generator", default="generator:latest", help=generator_help)
+    return parser
+
+
+def main() -> None:
+    parser = models_parser("python -m benchmarks.serving", __doc__, "the service needs one to start")
     parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per row and round")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of every row, interleaved; each row keeps its best (other jobs only slow one down)")
