@@ -38,7 +38,7 @@ def version_dir(path: str | os.PathLike) -> Path:
         return path
     latest = latest_version_dir(path) if path.is_dir() else None
     if latest is None:
-        raise FileNotFoundError(f"{path}: neither a SavedModel folder nor a folder of numbered versions")
+        raise FileNotFoundError(f"{path}: no saved_model.pb here, nor numbered version folders holding one")
     return latest
 
 

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
 
 def version(info: ModelInfo) -> int:
-    """The model card's integer version, as TF Serving and the V2 protocol report it."""
-    return info.card.version
+    """The served version's number (its folder's, or its store tag's), as TF Serving reports it."""
+    return int(info.version)
 
 
 @functools.cache

@@ -22,6 +22,8 @@ from . import tensors
 from contract.signatures import Spec
 
 from .core import Engine, ModelInfo, NotFound, ValidationError
+from .core.manager import AVAILABLE
+from .core.repository import ModelRef
 
 SIGNATURE = "serving_default"
 PLATFORM = "tensorflow_savedmodel"  # what Triton calls a SavedModel
@@ -62,12 +64,12 @@ class Response:
 def model(engine: Engine, name: str, version: str = "") -> ModelInfo:
     """The served model `name` (at `version`, when given), or NotFound in Triton's words."""
     try:
-        info = engine.find(name).info
-    except NotFound:
-        raise NotFound(f"Request for unknown model: '{name}' is not found", "name") from None
-    if version and version != str(tensors.version(info)):
-        raise NotFound(f"Request for unknown model: '{name}' version {version} is not found", "version")
-    return info
+        number = int(version) if version else None
+        return engine.find(ModelRef(name, number)).info
+    except (NotFound, ValueError):
+        missing = f" version {version}" if version else ""
+        raise NotFound(f"Request for unknown model: '{name}'{missing} is not found", "version" if version else "name") \
+            from None
 
 
 def model_ready(engine: Engine, name: str, version: str = "") -> bool:
@@ -86,14 +88,38 @@ def model_metadata(engine: Engine, name: str, version: str = "") -> dict[str, An
         return [{"name": key, "datatype": NAMES[spec.dtype], "shape": [-1] if spec.shape is None else list(spec.shape)}
                 for key, spec in specs.items()]
 
-    return {"name": name, "versions": [str(tensors.version(info))], "platform": PLATFORM,
+    versions = [str(number) for number, slot in sorted(engine.status()[info.name]["versions"].items())
+                if slot.state == AVAILABLE] if not version else [version]
+    return {"name": name, "versions": versions, "platform": PLATFORM,
             "inputs": describe(served.inputs), "outputs": describe(served.outputs)}
+
+
+# -- the model repository extension: REST and gRPC ------------------------------------------
+
+REPOSITORY_STATES = {"loading": "LOADING", AVAILABLE: "READY", "unloading": "UNLOADING", "failed": "UNAVAILABLE"}
+
+
+def repository_index(engine: Engine, ready_only: bool = False) -> list[dict[str, str]]:
+    """Every model version and its state, as Triton's index lists them."""
+    index = [{"name": name, "version": str(number), "state": REPOSITORY_STATES[slot.state], "reason": slot.reason}
+             for name, entry in sorted(engine.status().items()) for number, slot in sorted(entry["versions"].items())]
+    return [entry for entry in index if entry["state"] == "READY"] if ready_only else index
+
+
+def repository_version(parameters: dict[str, Any]) -> int | None:
+    """The `version` parameter of a load or unload: this version only (an int or a digit string)."""
+    value = parameters.get("version")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not (isinstance(value, int) or str(value).isdigit()):
+        raise ValidationError("parameters.version", f"{value!r} is not a version number")
+    return int(value)
 
 
 async def infer(engine: Engine, request: Request) -> Response:
     info = model(engine, request.model, request.version)
     outputs = await tensors.run(engine, info, SIGNATURE, request.inputs, request.outputs)
-    return Response(request.model, str(tensors.version(info)), request.id, outputs)
+    return Response(request.model, info.version, request.id, outputs)
 
 
 # -- tensors on the wire: the same checks and layout for REST and gRPC --------------------

@@ -17,7 +17,7 @@ from contract.layout import latest_version_dir, new_version_folder, resolve, ver
 from contract.litert import Conversion, save_calibration
 from contract.signatures import signatures
 from service import tensors, v2
-from service.core import Engine, ServedModel, Settings
+from service.core import Engine, NotFound, ServedModel, Settings
 from service.core.models import locate
 from service.kinds import KINDS, Generator
 
@@ -83,7 +83,7 @@ def test_version_folders_and_folder_or_parent(tmp_path):
     assert versions(tmp_path) == [1, 2, 10] and latest_version_dir(tmp_path) == tmp_path / "10"
     assert version_dir(tmp_path) == tmp_path / "10" == version_dir(tmp_path / "10")
     assert resolve(str(tmp_path)) == (tmp_path / "10", None, None)  # a folder: the card names it
-    with pytest.raises(FileNotFoundError, match="neither a SavedModel folder nor a folder of numbered versions"):
+    with pytest.raises(FileNotFoundError, match="no saved_model.pb here, nor numbered version folders"):
         version_dir(tmp_path / "not-a-version")
 
 
@@ -161,7 +161,7 @@ def doubler(tmp_path_factory) -> Path:
 def test_a_third_kind_is_one_class_and_one_registration_line(doubler, tiny_models):
     kinds = {**KINDS, Doubler.kind: Doubler}  # the registration line
     settings = Settings(classifier=str(tiny_models["classifier"]), generator=str(tiny_models["generator"]),
-                        models=(str(doubler),), interpreters=1, warmup_rounds=1)
+                        repository={"doubler": {"path": str(doubler)}}, interpreters=1, warmup_rounds=1)
     engine = Engine(settings, kinds)
     engine.load()
     try:
@@ -175,7 +175,7 @@ def test_a_third_kind_is_one_class_and_one_registration_line(doubler, tiny_model
         metadata = v2.model_metadata(engine, "doubler")
         assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}]
         assert [model.name for model in engine.models()] == ["classifier", "generator", "doubler"]
-        with pytest.raises(Exception, match="is not a generator"):
+        with pytest.raises(NotFound, match="doubler is a doubler, not a generator"):
             engine.get(Generator, "doubler")
     finally:
         engine.close()
@@ -183,12 +183,13 @@ def test_a_third_kind_is_one_class_and_one_registration_line(doubler, tiny_model
 
 def test_a_model_of_an_unregistered_kind_is_refused_at_load(doubler, tiny_models, caplog):
     settings = Settings(classifier=str(tiny_models["classifier"]), generator=str(tiny_models["generator"]),
-                        models=(str(doubler),), warmup_rounds=0)
+                        repository={"doubler": {"path": str(doubler)}}, warmup_rounds=0)
     engine = Engine(settings, KINDS)
     engine.load()
     engine.close()
-    assert not engine.ready and not engine.alive
+    assert engine.ready, "a broken extra model costs no readiness: the defaults serve"
     assert "holds a model of kind 'doubler'; this service serves ['classifier', 'generator']" in caplog.text
+    assert engine.status()["doubler"]["versions"][1].state == "failed"
 
 
 def test_signatures_are_read_without_loading_the_model(doubler):

@@ -1,7 +1,8 @@
 """Service settings: defaults, then a TOML file (`DIPTYCH_CONFIG`), then `DIPTYCH_*` variables.
 
 Every field can be set either way: field `max_images` is `max_images = 8` in the file
-and `DIPTYCH_MAX_IMAGES=8` in the environment. API keys come from `DIPTYCH_API_KEYS`
+and `DIPTYCH_MAX_IMAGES=8` in the environment; a table (`[repository.classifier]`) is JSON
+in a variable (`DIPTYCH_REPOSITORY='{"classifier": {"versions": "latest:2"}}'`). API keys come from `DIPTYCH_API_KEYS`
 (comma-separated) and/or a mounted file named by `DIPTYCH_API_KEYS_FILE` (one key a line,
 `#` comments); they are kept out of `repr()` so they never reach a log.
 """
@@ -9,6 +10,7 @@ and `DIPTYCH_MAX_IMAGES=8` in the environment. API keys come from `DIPTYCH_API_K
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -22,7 +24,14 @@ RUNTIMES = ("auto", "litert", "tensorflow")
 class Settings:
     classifier: str = "classifier:latest"  # the default classifier: BentoML model tag, or a SavedModel folder
     generator: str = "generator:latest"  # the default generator
-    models: tuple[str, ...] = ()  # more models to serve beside the defaults (tags or folders; the card says the kind)
+    model_root: str = ""  # a model repository folder, TF Serving's layout: <root>/<name>/<version>/
+    store: bool = True  # also serve every model in the BentoML model store (what training.publish fills)
+    repository: dict = dataclasses.field(default_factory=dict)  # per model: path, versions (policy), labels
+    poll_s: float = 5.0  # how often the repository is scanned for new and removed versions; 0: never
+    memory_budget_mb: float = 0.0  # refuse a load whose weights would pass this; 0: no budget
+    model_control: bool = False  # the load/unload API without admin keys (with admin keys it is on)
+    admin_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False)  # keys for the load/unload API
+    admin_keys_file: str | None = None
     classifier_runtime: str = "auto"  # auto (LiteRT when verified and faster), litert, tensorflow
     generator_runtime: str = "auto"
     interpreters: int = 0  # LiteRT interpreters, and batch workers, per model; 0: one per CPU core
@@ -72,10 +81,11 @@ class Settings:
         if unknown:
             raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
         settings = cls(**{f.name: _coerce(f, values[f.name]) for f in dataclasses.fields(cls) if f.name in values})
-        if settings.api_keys_file:
-            lines = Path(settings.api_keys_file).read_text().splitlines()
-            file_keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-            settings = dataclasses.replace(settings, api_keys=settings.api_keys + tuple(file_keys))
+        for keys in ("api_keys", "admin_keys"):
+            if path := getattr(settings, f"{keys}_file"):
+                lines = Path(path).read_text().splitlines()
+                file_keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+                settings = dataclasses.replace(settings, **{keys: getattr(settings, keys) + tuple(file_keys)})
         return settings
 
 
@@ -87,6 +97,11 @@ def _coerce(field: dataclasses.Field, value: object) -> object:
             return tuple(item.strip() for item in items if item.strip())
         if kind == "bool":
             return _boolean(value)
+        if kind == "dict":  # a TOML table, or JSON in a variable
+            table = json.loads(value) if isinstance(value, str) else value
+            if not isinstance(table, dict):
+                raise ValueError(value)
+            return table
         if kind == "int":
             return int(value)
         if kind == "float":

@@ -2,25 +2,30 @@
 served model that the engine hands it, converts the results back, and maps
 `ServiceError`s to its own status codes.
 
-The engine loads and warms up every configured model in the background (so liveness
-answers at once and readiness turns true only when everything is warm), keeps them in a
-registry by name, and admits a bounded number of requests. It knows no kind of model: the
-kinds (`service/kinds/`) are handed to it, and the card of each model says which it is.
+The engine loads and warms up the repository's models in the background (so liveness
+answers at once and readiness turns true when every default model is available), hands
+out model versions by reference (`name`, `name:version`, `name@label`, or a kind's
+default), and admits a bounded number of requests. Which versions are loaded, and the
+switch from one to the next, is the manager's (manager.py). It knows no kind of model:
+the kinds (`service/kinds/`) are handed to it, and the card of each model says which it is.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
 from .auth import ApiKeys
 from .config import Settings
-from .errors import NotFound, NotReady, Overloaded
+from .errors import NotFound, NotReady, Overloaded, Unauthenticated
+from .manager import Manager
 from .metrics import metrics
-from .models import ModelInfo, ServedModel, locate
+from .models import ModelInfo, ServedModel
+from .repository import ModelConfig, ModelRef
 
 log = logging.getLogger("diptych")
 Kind = TypeVar("Kind", bound=ServedModel)
@@ -29,107 +34,154 @@ Kind = TypeVar("Kind", bound=ServedModel)
 class Engine:
     def __init__(self, settings: Settings, kinds: Mapping[str, type[ServedModel]]) -> None:
         self.settings = settings
-        self.keys = ApiKeys(settings.api_keys)
-        self._kinds = dict(kinds)
-        self._models: dict[str, ServedModel] = {}  # by name
-        self._defaults: dict[str, ServedModel] = {}  # by kind: what a request that names no model gets
-        self._ready = threading.Event()
-        self._failed = False
+        # An admin key is an API key too, where API keys are on.
+        self.keys = ApiKeys(settings.api_keys + settings.admin_keys if settings.api_keys else ())
+        self.admin_keys = ApiKeys(settings.admin_keys)
+        self.manager = Manager(settings, kinds)
+        self._loaded = threading.Event()  # the first pass over the repository is done
+        self._ever_ready = False
         self._in_flight = 0
         self._lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
-        """Load the models in the background. TensorFlow is imported first, here: imported
-        from two threads at once (the loading thread and the gRPC server's, or a request's),
-        its package can come out half-initialised (NameError deep inside tensorflow)."""
+        """Load the models in the background, then poll the repository. TensorFlow is
+        imported first, here: imported from two threads at once (the loading thread and the
+        gRPC server's, or a request's), its package can come out half-initialised."""
         import tensorflow  # noqa: F401
 
-        threading.Thread(target=self.load, name="diptych-load", daemon=True).start()
+        threading.Thread(target=self._serve_repository, name="diptych-models", daemon=True).start()
+
+    def _serve_repository(self) -> None:
+        self.load()
+        if self.settings.poll_s:
+            self.manager.poll()
 
     def load(self) -> None:
-        """Every model, each tried even when another fails: one log line per broken model."""
-        wanted = [(ref, kind) for kind, ref in self.settings.defaults().items()]
-        wanted += [(ref, None) for ref in self.settings.models]
-        loaded = [self._load(ref, kind) for ref, kind in wanted]
-        if None in loaded:
-            self._failed = True  # never ready: nothing is served from a half-loaded service
-            return
-        for model, (_, default_of) in zip(loaded, wanted):
-            self._models[model.info.name] = model
-            if default_of:
-                self._defaults[default_of] = model
-        self._ready.set()
-
-    def _load(self, ref: str, kind: str | None) -> ServedModel | None:
+        """The first pass: every aspired version, each tried even when another fails."""
         try:
-            info = locate(ref)
-            if kind and info.kind != kind:
-                raise ValueError(f"{ref} holds a {info.kind}, not a {kind}")
-            if info.kind not in self._kinds:
-                raise ValueError(f"{ref} holds a model of kind {info.kind!r}; this service serves "
-                                 f"{sorted(self._kinds)}")
-            model = self._kinds[info.kind].load(info, self.settings)
-            model.warm_up()
-        except Exception as error:
-            reason = next(iter(str(error).strip().splitlines()), "")
-            log.error("the %s could not be loaded from %s: %s: %s", kind or "model", ref, type(error).__name__,
-                      reason, exc_info=error)
-            return None
-        info = model.info
-        metrics().model_info.labels(kind=info.kind, model=info.name, version=info.version, runtime=info.runtime).set(1)
-        log.info("%s %s:%s loaded from %s and warmed up on %s", info.kind, info.name, info.version, info.source,
-                 info.runtime)
-        return model
+            self.manager.reconcile()
+        finally:
+            self._loaded.set()
+        for kind, ref in self.settings.defaults().items():
+            name = self.manager.default(kind)
+            if name is None:
+                log.error("the %s could not be loaded from %s: FileNotFoundError: no saved_model.pb there, nor "
+                          "numbered version folders holding one", kind, ref)
+            elif name not in self.manager.status():  # nothing was even tried (a failed load logs itself)
+                log.error("the %s could not be loaded from %s: NotFound: no such version in the model store or "
+                          "repository", kind, ref)
+
+    def _default_available(self, kind: str) -> bool:
+        name = self.manager.default(kind)
+        return name is not None and self.manager.available(name)
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set()
+        """Every default model has an available version."""
+        ready = self._loaded.is_set() and all(self._default_available(kind) for kind in self.settings.defaults())
+        self._ever_ready |= ready
+        return ready
 
     @property
     def alive(self) -> bool:
-        return not self._failed
+        """False when the first load left a default model unavailable (a restart may help); a
+        version that fails later never costs liveness: the old one keeps serving."""
+        return self._ever_ready or not self._loaded.is_set() or self.ready
 
     def close(self) -> None:
-        for model in self._models.values():
-            model.close()
+        self.manager.stop()
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
-        """Hold one of `max_concurrency` request slots, or refuse at once: no unbounded queue."""
+        """Hold one of `max_concurrency` request slots, or refuse at once: no unbounded queue.
+        The slot also holds the manager's epoch: a version retired meanwhile waits for it."""
         with self._lock:
             if self._in_flight >= self.settings.max_concurrency:
                 raise Overloaded(f"more than {self.settings.max_concurrency} requests in flight; retry shortly")
             self._in_flight += 1
         metrics().in_flight.inc()
+        epoch = self.manager.enter()
         try:
             yield
         finally:
+            self.manager.leave(epoch)
             metrics().in_flight.dec()
             with self._lock:
                 self._in_flight -= 1
 
     # -- models --------------------------------------------------------------------
-    def get(self, kind: type[Kind], name: str | None = None) -> Kind:
-        """The model `name` (or the default of its kind), which must be of `kind`."""
+    def get(self, kind: type[Kind], ref: str | ModelRef | None = None) -> Kind:
+        """The model `ref` names (or the default of its kind), which must be of `kind`."""
         self._check_ready()
-        model = self._defaults.get(kind.kind) if name is None else self.find(name)
+        if ref is None:
+            model = self.manager.resolve(ModelRef(self.manager.default(kind.kind)))
+        else:
+            model = self.find(ref)
         if not isinstance(model, kind):
-            raise NotFound(f"{name or 'the default model'} is not a {kind.kind}", "model")
+            raise NotFound(f"{ref} is a {model.kind}, not a {kind.kind}", "model")
         return model
 
-    def find(self, name: str) -> ServedModel:
-        """A model by its name, or a kind's default model by the kind's name."""
+    def find(self, ref: str | ModelRef) -> ServedModel:
+        """A model version by reference; a kind's name stands for its default model."""
         self._check_ready()
-        model = self._models.get(name) or self._defaults.get(name)
-        if model is None:
-            raise NotFound(f"no model named {name!r}", "name")
-        return model
+        ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
+        default = self.manager.default(ref.name)
+        if default is not None and not self.manager.status().get(ref.name):
+            ref = ModelRef(default, ref.version, ref.label)
+        return self.manager.resolve(ref)
 
     def models(self) -> list[ModelInfo]:
+        """Every available model version."""
         self._check_ready()
-        return [model.info for model in self._models.values()]
+        return [slot.info for entry in self.manager.status().values() for slot in entry["versions"].values()
+                if slot.model is not None]
+
+    def status(self) -> dict[str, dict]:
+        """Every model's versions (state, reason), labels and policy, loaded or not."""
+        return self.manager.status()
+
+    # -- the load/unload API (privileged) -------------------------------------------------
+    def check_admin(self, authorization: str | None) -> None:
+        """Loading and unloading need an admin key when admin keys are set; without them,
+        the API is off unless `model_control` turns it on."""
+        if self.admin_keys.enabled:
+            self.admin_keys.check(authorization)
+        elif not self.settings.model_control:
+            raise Unauthenticated("the model load/unload API is off: set admin_keys (or model_control = true "
+                                  "on a trusted network)", "authorization")
+
+    async def load_model(self, name: str, version: int | None = None) -> None:
+        await _in_own_thread(self.manager.load, name, version)
+
+    async def unload_model(self, name: str, version: int | None = None) -> None:
+        await _in_own_thread(self.manager.unload, name, version)
+
+    async def configure(self, configs: Mapping[str, ModelConfig]) -> None:
+        await _in_own_thread(self.manager.configure, configs)
 
     def _check_ready(self) -> None:
         if not self.ready:
             raise NotReady("the models are still loading" if self.alive else "the models failed to load")
+
+
+async def _in_own_thread(function: Callable[..., None], *args: object) -> None:
+    """Run a pass of the manager on a fresh thread and wait for it: a load lowers its own
+    thread's CPU priority, which a pooled thread would keep for the requests it runs next."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def finish(error: BaseException | None) -> None:
+        if not done.done():  # the caller may have gone (cancelled): the pass still completes
+            done.set_exception(error) if error else done.set_result(None)
+
+    def run() -> None:
+        try:
+            function(*args)
+        except BaseException as error:  # handed to the caller, which maps ServiceErrors
+            loop.call_soon_threadsafe(finish, error)
+        else:
+            loop.call_soon_threadsafe(finish, None)
+
+    threading.Thread(target=run, name="diptych-models-control", daemon=True).start()
+    await done

@@ -41,6 +41,15 @@ class Metrics:
         self.model_info = prom.Gauge(
             "diptych_model_info", "Loaded models (value 1)", ["kind", *run], multiprocess_mode="livemax"
         )
+        self.model_versions = prom.Gauge(
+            "diptych_model_versions", "Each model version's state (value 1 for its state: loading, available, "
+            "unloading, failed)", [*model, "state"], multiprocess_mode="livemax"
+        )
+        self.model_loads = prom.Counter("diptych_model_loads", "Model version loads, by outcome", ["model", "outcome"])
+        self.model_load_seconds = prom.Histogram(
+            "diptych_model_load_seconds", "Time to load, convert and warm up a model version", ["model"],
+            buckets=(0.5, 1, 2.5, 5, 10, 25, 50, 100, 250)
+        )
 
 
 @functools.cache

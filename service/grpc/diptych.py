@@ -1,7 +1,8 @@
 """diptych.v1 (`proto/diptych/v1/diptych.proto`): the HTTP API's calls, typed.
 
-Each method converts the request, calls the `Engine`, converts the result back; the
-`Gate` interceptor maps the core's errors, so the messages are the HTTP API's.
+Each method converts the request, calls the `Engine` or the served model it hands out,
+converts the result back; the `Gate` interceptor maps the core's errors, so the messages
+are the HTTP API's.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from google.protobuf import json_format, struct_pb2
 from proto.diptych.v1 import diptych_pb2 as pb
 from proto.diptych.v1 import diptych_pb2_grpc
 
-from ..core import Engine, ModelInfo
+from ..core import Engine, ModelInfo, ValidationError
 from ..core.images import encode_png, tile
 from ..kinds import Classification, Classifier, Generation, Generator
+
+FORMATS = frozenset(pb.Format.values())
 
 
 class DiptychServicer(diptych_pb2_grpc.DiptychServicer):
@@ -23,15 +26,29 @@ class DiptychServicer(diptych_pb2_grpc.DiptychServicer):
 
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
         top_k = request.top_k if request.HasField("top_k") else 5
-        return classified(await self.engine.get(Classifier).classify(list(request.images), top_k))
+        classifier = self.engine.get(Classifier, request.model or None)
+        return classified(await classifier.classify(list(request.images), top_k))
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
-        result = await self.engine.get(Generator).generate(*generation_arguments(request))
-        return generated(result, request.format)
+        if request.format not in FORMATS:  # proto3 keeps an unknown enum value: refuse it, not PNG
+            raise ValidationError("format", f"unknown format {request.format}: use FORMAT_PNG or FORMAT_GRID")
+        generator = self.engine.get(Generator, request.model or None)
+        return generated(await generator.generate(*generation_arguments(request)), request.format)
 
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[model(info) for info in self.engine.models()])
+        return pb.ListModelsResponse(models=[
+            model_entry(name, number, slot, entry["labels"])
+            for name, entry in self.engine.status().items() for number, slot in sorted(entry["versions"].items())])
+
+    async def LoadModel(self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext) -> pb.LoadModelResponse:
+        await self.engine.load_model(request.name, request.version if request.HasField("version") else None)
+        return pb.LoadModelResponse()
+
+    async def UnloadModel(self, request: pb.UnloadModelRequest,
+                          context: grpc.aio.ServicerContext) -> pb.UnloadModelResponse:
+        await self.engine.unload_model(request.name, request.version if request.HasField("version") else None)
+        return pb.UnloadModelResponse()
 
 
 def generation_arguments(request: pb.GenerateRequest) -> tuple:
@@ -66,6 +83,11 @@ def model_ref(info: ModelInfo) -> pb.ModelRef:
     return pb.ModelRef(name=info.name, version=info.version)
 
 
-def model(info: ModelInfo) -> pb.Model:
-    card = json_format.ParseDict(info.card.to_dict(), struct_pb2.Struct())
-    return pb.Model(name=info.name, version=info.version, kind=info.kind, source=info.source, card=card)
+def model_entry(name: str, number: int, slot, labels: dict[str, int]) -> pb.Model:
+    """One version as ListModels reports it; its card when it was read."""
+    info = slot.info
+    card = json_format.ParseDict(info.card.to_dict(), struct_pb2.Struct()) if info else None
+    return pb.Model(name=name, version=str(number), kind=info.kind if info else slot.version.kind or "",
+                    source=slot.version.ref, card=card, state=slot.state, reason=slot.reason,
+                    runtime=info.runtime if slot.model is not None else "",
+                    labels=sorted(label for label, version in labels.items() if version == number))

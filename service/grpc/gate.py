@@ -47,6 +47,13 @@ INFERENCE = frozenset({
     "/tensorflow.serving.PredictionService/Predict",
     "/inference.GRPCInferenceService/ModelInfer",
 })
+PRIVILEGED = frozenset({  # the load/unload API: an admin key, and no request slot (a load outlasts requests)
+    "/diptych.v1.Diptych/LoadModel",
+    "/diptych.v1.Diptych/UnloadModel",
+    "/inference.GRPCInferenceService/RepositoryModelLoad",
+    "/inference.GRPCInferenceService/RepositoryModelUnload",
+    "/tensorflow.serving.ModelService/HandleReloadConfigRequest",
+})
 STATUS = {  # most specific first; LimitExceeded and UnknownSignature are ValidationErrors
     UnknownSignature: grpc.StatusCode.FAILED_PRECONDITION,
     ValidationError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -85,7 +92,10 @@ class Gate(grpc.aio.ServerInterceptor):
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start, code = time.perf_counter(), grpc.StatusCode.OK
             try:
-                self.engine.keys.check(dict(context.invocation_metadata() or ()).get("authorization"))
+                authorization = dict(context.invocation_metadata() or ()).get("authorization")
+                self.engine.keys.check(authorization)
+                if method in PRIVILEGED:
+                    self.engine.check_admin(authorization)
                 if isinstance(request, _Unparsed):
                     raise request.invalid
                 with slot():

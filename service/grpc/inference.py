@@ -1,11 +1,14 @@
 """The Open Inference Protocol (KServe V2) over gRPC: `inference.GRPCInferenceService`.
 
 The data plane is `service.v2`, shared with the REST routes; this module only converts
-messages. Inputs come as typed `contents` or as `raw_input_contents`; outputs always go
+messages. The model repository extension (index, load, unload) is Triton's. Inputs come as typed `contents` or as `raw_input_contents`; outputs always go
 back as `raw_output_contents`, as Triton answers (tritonclient reads nothing else).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -51,6 +54,26 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         return infer_response(await v2.infer(self.engine, infer_request(request)))
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest,
+                              context: grpc.aio.ServicerContext) -> pb.RepositoryIndexResponse:
+        index = v2.repository_index(self.engine, request.ready)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**entry) for entry in index])
+
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
+                                  context: grpc.aio.ServicerContext) -> pb.RepositoryModelLoadResponse:
+        await self.engine.load_model(request.model_name, v2.repository_version(parameters(request.parameters)))
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
+                                    context: grpc.aio.ServicerContext) -> pb.RepositoryModelUnloadResponse:
+        await self.engine.unload_model(request.model_name, v2.repository_version(parameters(request.parameters)))
+        return pb.RepositoryModelUnloadResponse()
+
+
+def parameters(values: Mapping[str, pb.ModelRepositoryParameter]) -> dict[str, Any]:
+    return {name: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+            for name, value in values.items()}
 
 
 def infer_request(message: pb.ModelInferRequest) -> v2.Request:

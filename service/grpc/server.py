@@ -1,5 +1,5 @@
-"""The gRPC server: diptych.v1, TF Serving's PredictionService and the Open Inference
-Protocol on one port, with standard health checking and server reflection.
+"""The gRPC server: diptych.v1, TF Serving's PredictionService and ModelService, and the Open
+Inference Protocol on one port, with standard health checking and server reflection.
 
 BentoML 1.4 serves no gRPC for new-style services, so this grpc.aio server runs inside
 each BentoML worker, on the worker's event loop, and calls the worker's `Engine`: HTTP and
@@ -18,7 +18,12 @@ import logging
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from tensorflow_serving.apis import prediction_service_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    model_service_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from proto.diptych.v1 import diptych_pb2, diptych_pb2_grpc
 from proto.inference import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
@@ -27,6 +32,7 @@ from ..core import Engine, Settings
 from .diptych import DiptychServicer
 from .gate import Gate
 from .inference import InferenceServicer
+from .model_service import ModelServicer
 from .tfserving import PredictionServicer
 
 log = logging.getLogger("diptych")
@@ -34,6 +40,7 @@ log = logging.getLogger("diptych")
 SERVICES = (
     diptych_pb2.DESCRIPTOR.services_by_name["Diptych"].full_name,
     prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
+    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
 )
 
@@ -49,6 +56,7 @@ class GrpcServer:
         self.health = health.aio.HealthServicer()
         diptych_pb2_grpc.add_DiptychServicer_to_server(DiptychServicer(engine), self.server)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(engine), self.server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(engine), self.server)
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(engine), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

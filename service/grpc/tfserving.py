@@ -37,6 +37,7 @@ from contract.signatures import dtypes
 
 from .. import tensors
 from ..core import Engine, ModelInfo, NotFound, ServedModel, ValidationError
+from ..core.repository import ModelRef
 from ..kinds import Classifier, Scores
 
 SIGNATURE_DEF = "signature_def"  # the one metadata field TF Serving knows
@@ -82,24 +83,24 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 def servable(
     engine: Engine, spec: model_pb2.ModelSpec, classify: bool = False
 ) -> tuple[ServedModel, model_pb2.ModelSpec]:
-    """The model a ModelSpec names, and the spec to answer with (version and signature filled in)."""
+    """The model version a ModelSpec names (its version, its label, or the latest), and the
+    spec to answer with (version and signature filled in)."""
     if not spec.name:
         raise ValidationError("model_spec", "Missing ModelSpec")
     choice = spec.WhichOneof("version_choice")
-    wanted = {"version": f"Specific({spec.name}, {spec.version.value})",
-              "version_label": f"Labeled({spec.name}, {spec.version_label})"}.get(choice, f"Latest({spec.name})")
+    ref = ModelRef(spec.name, spec.version.value if choice == "version" else None,
+                   spec.version_label if choice == "version_label" else None)
     try:
-        model = engine.find(spec.name)
+        model = engine.find(ref)
     except NotFound:
+        wanted = {"version": f"Specific({spec.name}, {spec.version.value})",
+                  "version_label": f"Labeled({spec.name}, {spec.version_label})"}.get(choice, f"Latest({spec.name})")
         raise NotFound(f"Servable not found for request: {wanted}", "model_spec") from None
-    info = model.info
-    if choice == "version_label" or (choice == "version" and spec.version.value != tensors.version(info)):
-        raise NotFound(f"Servable not found for request: {wanted}", "model_spec")
     signature = spec.signature_name or "serving_default"
     if classify and (not isinstance(model, Classifier) or signature != "serving_default"):
         raise ValidationError("model_spec", "Classify serves the classifier's serving_default signature; use Predict")
     answer = model_pb2.ModelSpec(name=spec.name, signature_name=signature)
-    answer.version.value = tensors.version(info)
+    answer.version.value = tensors.version(model.info)
     return model, answer
 
 

@@ -49,6 +49,16 @@ class DiptychStub:
                 request_serializer=proto_dot_diptych_dot_v1_dot_diptych__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=proto_dot_diptych_dot_v1_dot_diptych__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/diptych.v1.Diptych/LoadModel',
+                request_serializer=proto_dot_diptych_dot_v1_dot_diptych__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=proto_dot_diptych_dot_v1_dot_diptych__pb2.LoadModelResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/diptych.v1.Diptych/UnloadModel',
+                request_serializer=proto_dot_diptych_dot_v1_dot_diptych__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=proto_dot_diptych_dot_v1_dot_diptych__pb2.UnloadModelResponse.FromString,
+                _registered_method=True)
 
 
 class DiptychServicer:
@@ -69,7 +79,23 @@ class DiptychServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """The loaded models and their cards.
+        """Every model version the service knows: its state (loading, available, unloading,
+        failed, with the reason), labels and card.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadModel(self, request, context):
+        """Serve a model again after an unload, or one more version of it, and wait for the load.
+        Privileged: an admin key when admin keys are set; else off unless model_control is on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Stop serving a model (or a version loaded on request), once its requests have finished.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,6 +118,16 @@ def add_DiptychServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=proto_dot_diptych_dot_v1_dot_diptych__pb2.ListModelsRequest.FromString,
                     response_serializer=proto_dot_diptych_dot_v1_dot_diptych__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=proto_dot_diptych_dot_v1_dot_diptych__pb2.LoadModelRequest.FromString,
+                    response_serializer=proto_dot_diptych_dot_v1_dot_diptych__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=proto_dot_diptych_dot_v1_dot_diptych__pb2.UnloadModelRequest.FromString,
+                    response_serializer=proto_dot_diptych_dot_v1_dot_diptych__pb2.UnloadModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +211,60 @@ class Diptych:
             '/diptych.v1.Diptych/ListModels',
             proto_dot_diptych_dot_v1_dot_diptych__pb2.ListModelsRequest.SerializeToString,
             proto_dot_diptych_dot_v1_dot_diptych__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/diptych.v1.Diptych/LoadModel',
+            proto_dot_diptych_dot_v1_dot_diptych__pb2.LoadModelRequest.SerializeToString,
+            proto_dot_diptych_dot_v1_dot_diptych__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/diptych.v1.Diptych/UnloadModel',
+            proto_dot_diptych_dot_v1_dot_diptych__pb2.UnloadModelRequest.SerializeToString,
+            proto_dot_diptych_dot_v1_dot_diptych__pb2.UnloadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

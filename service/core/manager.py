@@ -1,0 +1,346 @@
+"""The model lifecycle: which versions are loaded, and the switch from one to the next.
+
+TF Serving's aspired-versions manager, with its availability-preserving policy (DESIGN.md
+§5): each pass over the repository (every `poll_s`, or on request) loads every aspired
+version that is not loaded yet *beside* the ones serving, warms it up (and proves its
+LiteRT conversion), and only then routes traffic to it: the switch is one dict replaced
+under a lock. A version no longer aspired is taken out of the routes at once, but
+unloaded only after every request admitted before that moment has finished (epochs, as
+RCU does: a request holds the epoch it was admitted in), and never while it is the model's
+last available version and the new one is not available: a version that fails to load is
+reported and never takes traffic, and the old one keeps serving.
+
+Loads run one at a time, each pass on a thread of its own at a lower CPU priority than the
+request threads: a reload competes with serving for the same cores (TF Serving #385, #1866).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from .config import Settings
+from .errors import NotFound, ValidationError
+from .metrics import metrics
+from .models import ModelInfo, ServedModel, locate
+from .repository import Found, ModelConfig, ModelRef, Repository, Version
+
+log = logging.getLogger("diptych")
+
+LOADING, AVAILABLE, UNLOADING, FAILED = "loading", "available", "unloading", "failed"
+STATES = (LOADING, AVAILABLE, UNLOADING, FAILED)
+LOAD_NICENESS = 5  # CFS weights: a nice-5 thread gets ~1/4 of a core that a nice-0 request thread also wants
+
+
+@dataclasses.dataclass
+class Slot:
+    """One version's state. `model` is set while it is available or unloading."""
+
+    version: Version
+    state: str = LOADING
+    reason: str = ""
+    model: ServedModel | None = None
+    footprint: int = 0  # bytes of weights on disk: the memory budget's estimate
+    info: ModelInfo | None = None
+
+
+class Manager:
+    def __init__(self, settings: Settings, kinds: Mapping[str, type[ServedModel]]) -> None:
+        self.settings = settings
+        self.kinds = dict(kinds)
+        self.repository = Repository(settings)
+        self._lock = threading.Lock()
+        self._reconciling = threading.Lock()  # one pass at a time
+        self._slots: dict[str, dict[int, Slot]] = {}  # every version with a state, by model
+        self._routes: dict[str, dict[int, ServedModel]] = {}  # the available versions: replaced, never mutated
+        self._found = Found({}, {}, {})
+        self._explicit: dict[str, set[int]] = collections.defaultdict(set)  # loaded on request
+        self._unloaded: set[str] = set()  # unloaded on request: nothing aspired until loaded again
+        self._epoch = 0
+        self._admitted: collections.Counter[int] = collections.Counter()  # requests in flight, by epoch
+        self._stop = threading.Event()
+
+    # -- requests ------------------------------------------------------------------
+    def enter(self) -> int:
+        """A request starts: it holds the current epoch until `leave`."""
+        with self._lock:
+            self._admitted[self._epoch] += 1
+            return self._epoch
+
+    def leave(self, epoch: int) -> None:
+        with self._lock:
+            self._admitted[epoch] -= 1
+            if not self._admitted[epoch]:
+                del self._admitted[epoch]
+
+    def resolve(self, ref: ModelRef) -> ServedModel:
+        """The available version `ref` names: its version, its label's, or the newest."""
+        routes = self._routes.get(ref.name)
+        if routes is None:
+            raise NotFound(f"no model named {ref.name!r}", "model")
+        number = self._number(ref)
+        model = routes.get(number) if number is not None else routes[max(routes)] if routes else None
+        if model is None:
+            state = self._state(ref.name, number)
+            raise NotFound(f"{ref}: version {number} is not available{f' ({state})' if state else ''}", "model")
+        return model
+
+    def _number(self, ref: ModelRef) -> int | None:
+        if ref.label is None:
+            return ref.version
+        labels = self._found.configs.get(ref.name, ModelConfig(ref.name)).labels
+        if ref.label not in labels:
+            raise NotFound(f"model {ref.name!r} has no label {ref.label!r}; its labels: {sorted(labels)}", "model")
+        return labels[ref.label]
+
+    def _state(self, name: str, number: int | None) -> str:
+        slot = self._slots.get(name, {}).get(number)
+        return f"{slot.state}: {slot.reason}" if slot and slot.reason else slot.state if slot else ""
+
+    def default(self, kind: str) -> str | None:
+        return self._found.defaults.get(kind)
+
+    def available(self, name: str) -> bool:
+        return bool(self._routes.get(name))
+
+    def status(self) -> dict[str, dict]:
+        """Every model: its kind, versions with state and reason, labels, and policy."""
+        with self._lock:
+            slots = {name: dict(versions) for name, versions in self._slots.items()}
+        configs = self._found.configs
+        return {name: {"versions": versions, "labels": dict(configs[name].labels) if name in configs else {},
+                       "policy": str(configs[name].policy) if name in configs else ""}
+                for name, versions in slots.items()}
+
+    # -- control -------------------------------------------------------------------
+    def load(self, name: str, version: int | None = None) -> None:
+        """Serve `name` again (after an unload), and `version` beside its policy's; then reconcile."""
+        with self._lock:
+            self._unloaded.discard(name)
+            if version is not None:
+                self._explicit[name].add(version)
+        for slot in [slot for slot in self._slots.get(name, {}).values() if slot.state == FAILED]:
+            self._forget(slot)  # tried again
+        self.reconcile()
+        if name not in self._found.versions:
+            raise NotFound(f"no model named {name!r} in the repository", "name")
+        if version is not None and version not in {found.number for found in self._found.versions[name]}:
+            with self._lock:
+                self._explicit[name].discard(version)
+            raise ValidationError("version", f"{name} could not be loaded: version {version} is not in the "
+                                             "repository")
+        failed = [slot for slot in self._slots.get(name, {}).values()
+                  if slot.state == FAILED and (version is None or slot.version.number == version)]
+        if failed or not self.available(name):
+            reason = failed[0].reason if failed else "no version of it is in the repository"
+            raise ValidationError("name", f"{name} could not be loaded: {reason}")
+
+    def unload(self, name: str, version: int | None = None) -> None:
+        """Stop serving `name` (every version, or one loaded on request), after its requests finish."""
+        if name not in self._slots:
+            raise NotFound(f"no model named {name!r} is loaded", "name")
+        if version is None and name in self._found.defaults.values():
+            raise ValidationError("name", f"{name} is a default model: configure another default before "
+                                          "unloading it")
+        with self._lock:
+            if version is None:
+                self._unloaded.add(name)
+            else:
+                self._explicit[name].discard(version)
+        self.reconcile()
+
+    def configure(self, configs: Mapping[str, ModelConfig]) -> None:
+        """New version policies and labels (a reloaded config), applied now."""
+        self.repository.configs = dict(configs)
+        self.reconcile()
+
+    # -- the lifecycle ----------------------------------------------------------------
+    def poll(self) -> None:
+        """Reconcile every `poll_s` until stopped (a daemon thread)."""
+        while not self._stop.wait(self.settings.poll_s):
+            try:
+                self.reconcile()
+            except Exception:  # a bug here must not end hot reload for the life of the process
+                log.exception("reloading the model repository failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            models = [slot.model for versions in self._slots.values() for slot in versions.values() if slot.model]
+        for model in models:
+            model.close()
+
+    def reconcile(self) -> None:
+        """One pass: scan, load what is aspired and missing, switch, retire what is not."""
+        with self._reconciling:
+            self._found = found = self.repository.scan()
+            for name in found.versions:
+                aspired = found.aspired(name, self._explicit[name], name in self._unloaded)
+                for version in aspired:
+                    self._ensure_loaded(version)
+                self._retire(name, {version.number for version in aspired})
+            for name in set(self._slots) - set(found.versions):  # gone from the repository
+                self._retire(name, set())
+
+    def _ensure_loaded(self, version: Version) -> None:
+        slot = self._slots.get(version.name, {}).get(version.number)
+        if slot is not None and (slot.state in (AVAILABLE, LOADING) or
+                                 slot.state == FAILED and slot.version == version):
+            return  # a failed version is tried again only when it changes (or on a load request)
+        self._load(version)
+
+    def _load(self, version: Version) -> None:
+        slot = Slot(version)
+        self._set(slot)
+        start = time.perf_counter()
+        try:
+            slot.footprint = _footprint(version.ref)
+            self._check_budget(slot)
+            with _lower_priority():
+                slot.info = info = locate(version.ref)
+                kind = self.kinds.get(info.kind)
+                if kind is None:
+                    raise ValueError(f"{version.ref} holds a model of kind {info.kind!r}; this service serves "
+                                     f"{sorted(self.kinds)}")
+                model = kind.load(dataclasses.replace(info, name=version.name, version=str(version.number)),
+                                  self.settings)
+                model.warm_up()
+        except Exception as error:
+            self._failed(slot, error, time.perf_counter() - start)
+            return
+        slot.model, slot.info = model, model.info
+        self._set(slot, AVAILABLE)
+        self._route(version.name)
+        metrics().model_loads.labels(model=version.name, outcome="loaded").inc()
+        metrics().model_load_seconds.labels(model=version.name).observe(time.perf_counter() - start)
+        info = model.info
+        metrics().model_info.labels(kind=info.kind, model=info.name, version=info.version, runtime=info.runtime).set(1)
+        log.info("%s %s:%s loaded from %s and warmed up on %s", info.kind, info.name, info.version, version.ref,
+                 info.runtime)
+
+    def _failed(self, slot: Slot, error: Exception, seconds: float) -> None:
+        reason = next(iter(str(error).strip().splitlines()), "")
+        slot.reason = f"{type(error).__name__}: {reason}"
+        self._set(slot, FAILED)
+        metrics().model_loads.labels(model=slot.version.name, outcome="failed").inc()
+        metrics().model_load_seconds.labels(model=slot.version.name).observe(seconds)
+        kind = slot.info.kind if slot.info else slot.version.kind or "model"
+        log.error("the %s could not be loaded from %s: %s", kind, slot.version.ref, slot.reason,
+                  exc_info=None if isinstance(error, BudgetExceeded) else error)
+
+    def _check_budget(self, slot: Slot) -> None:
+        budget = self.settings.memory_budget_mb * 2**20
+        if not budget:
+            return
+        with self._lock:
+            loaded = sum(other.footprint for versions in self._slots.values() for other in versions.values()
+                         if other.state in (AVAILABLE, UNLOADING))
+        if loaded + slot.footprint > budget:
+            raise BudgetExceeded(f"loading it ({slot.footprint / 2**20:.1f} MiB of weights) beside what is loaded "
+                                 f"({loaded / 2**20:.1f} MiB) would exceed memory_budget_mb = "
+                                 f"{self.settings.memory_budget_mb:g}")
+
+    def _retire(self, name: str, aspired: set[int]) -> None:
+        """Unload the versions not aspired, unless the last available one would go while an
+        aspired one is not available (a failed or loading new version: the old one serves)."""
+        slots = self._slots.get(name, {})
+        serving = [number for number, slot in slots.items() if slot.state == AVAILABLE]
+        keep_old = aspired and not aspired & set(serving)
+        for number in [number for number in serving if number not in aspired]:
+            if keep_old:
+                continue
+            self._unload(slots[number])
+        for number in [number for number, slot in slots.items() if slot.state == FAILED and number not in aspired]:
+            self._forget(slots[number])
+
+    def _unload(self, slot: Slot) -> None:
+        """Out of the routes now; closed on a thread of its own once drained, so that a long
+        request on one model holds up no other model's reload."""
+        self._set(slot, UNLOADING)
+        with self._lock:
+            self._epoch += 1
+            retired_in = self._epoch - 1
+        self._route(slot.version.name)
+        threading.Thread(target=self._close, args=(slot, retired_in), name="diptych-unload", daemon=True).start()
+
+    def _close(self, slot: Slot, retired_in: int) -> None:
+        self._drain(retired_in)
+        slot.model.close()
+        info = slot.model.info
+        metrics().model_info.labels(kind=info.kind, model=info.name, version=info.version, runtime=info.runtime).set(0)
+        slot.model = None
+        self._forget(slot)
+        log.info("%s %s:%s unloaded", info.kind, info.name, info.version)
+
+    def _drain(self, epoch: int) -> None:
+        """Wait until every request admitted up to `epoch` has finished (bounded: a request
+        cannot outlive its timeout by much)."""
+        deadline = time.monotonic() + self.settings.timeout_s + 10
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not any(count for admitted, count in self._admitted.items() if admitted <= epoch):
+                    return
+            self._stop.wait(0.01)
+
+    def _forget(self, slot: Slot) -> None:
+        for state in STATES:
+            metrics().model_versions.labels(model=slot.version.name, version=str(slot.version.number),
+                                            state=state).set(0)
+        with self._lock:
+            self._slots.get(slot.version.name, {}).pop(slot.version.number, None)
+            if not self._slots.get(slot.version.name):
+                self._slots.pop(slot.version.name, None)
+
+    def _set(self, slot: Slot, state: str = LOADING) -> None:
+        slot.state = state
+        for each in STATES:
+            metrics().model_versions.labels(model=slot.version.name, version=str(slot.version.number),
+                                            state=each).set(int(each == state))
+        with self._lock:
+            self._slots.setdefault(slot.version.name, {})[slot.version.number] = slot
+
+    def _route(self, name: str) -> None:
+        """The switch: the model's routes become its available versions, in one assignment."""
+        with self._lock:
+            routes = {number: slot.model for number, slot in self._slots.get(name, {}).items()
+                      if slot.state == AVAILABLE}
+            self._routes = {**self._routes, name: routes}
+
+
+class BudgetExceeded(Exception):
+    """Loading a version would pass `memory_budget_mb`."""
+
+
+def _footprint(ref: str) -> int:
+    """Bytes of weights on disk (variables, the LiteRT flatbuffer): an estimate of the memory
+    a loaded version holds, known before loading it."""
+    from contract.layout import resolve
+
+    folder = resolve(ref)[0]
+    files = [*Path(folder, "variables").glob("*"), Path(folder, "litert", "model.tflite")]
+    return sum(path.stat().st_size for path in files if path.is_file())
+
+
+class _lower_priority:
+    """This thread at LOAD_NICENESS while it loads (Linux schedules threads one by one)."""
+
+    def __enter__(self) -> None:
+        self._thread = threading.get_native_id()
+        try:
+            self._before = os.getpriority(os.PRIO_PROCESS, self._thread)
+            os.setpriority(os.PRIO_PROCESS, self._thread, self._before + LOAD_NICENESS)
+        except (AttributeError, OSError):
+            self._before = None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._before is not None:
+            try:
+                os.setpriority(os.PRIO_PROCESS, self._thread, self._before)  # raising it back needs root
+            except OSError:
+                pass

@@ -1,0 +1,245 @@
+"""Where models and their versions come from, and which versions should be served.
+
+A model is a name with numbered versions. Its versions come from one source, the first
+that names it:
+
+1. the settings: the default model of each kind (`classifier`, `generator`: a store tag
+   or a folder), and `[repository.<name>] path = ...` entries;
+2. the repository folder `model_root`, in TF Serving's layout: `<root>/<name>/<version>/`;
+3. the BentoML model store (every tag `training.publish` made), when `store` is on.
+
+A version policy per model says which of its versions are *aspired* (TF Serving's word):
+`latest:N` (the default, N = 1), `all`, or `specific:3,4`. Labels name versions
+(`stable = 3`). `Repository.scan()` is pure bookkeeping: it reads folders, the store and
+cards' kinds, never a model; the manager (manager.py) loads what it aspires.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from contract.layout import SAVED_MODEL, is_folder_ref, versions
+
+from .config import Settings
+from .errors import ValidationError
+
+log = logging.getLogger("diptych")
+
+REF = re.compile(r"(?P<name>[^:@\s]+)(?::(?P<version>\d+)|@(?P<label>[^:@\s]+))?")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    """`name`, `name:version` or `name@label`, as a request names a model."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
+
+    @classmethod
+    def parse(cls, text: str, field: str = "model") -> ModelRef:
+        match = REF.fullmatch(text.strip()) if isinstance(text, str) else None
+        if match is None:
+            raise ValidationError(field, f"{text!r}: name a model as name, name:version or name@label")
+        version = match["version"]
+        return cls(match["name"], int(version) if version else None, match["label"])
+
+    def __str__(self) -> str:
+        return self.name + (f":{self.version}" if self.version is not None else "") + \
+            (f"@{self.label}" if self.label else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """Which versions to serve: the newest `latest`, every one (`latest` None), or `specific`."""
+
+    latest: int | None = 1
+    specific: tuple[int, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> Policy:
+        kind, _, value = str(text).strip().partition(":")
+        try:
+            if kind == "all" and not value:
+                return cls(latest=None)
+            if kind == "latest":
+                count = int(value or 1)
+                if count >= 1:
+                    return cls(latest=count)
+            if kind == "specific" and value:
+                return cls(latest=None, specific=tuple(sorted(int(part) for part in value.split(","))))
+        except ValueError:
+            pass
+        raise ValueError(f"{where}: versions = {text!r}: use latest:N, all, or specific:V1,V2")
+
+    def choose(self, found: list[int]) -> list[int]:
+        if self.specific:
+            return [version for version in found if version in self.specific]
+        return found if self.latest is None else found[-self.latest:]
+
+    def __str__(self) -> str:
+        if self.specific:
+            return "specific:" + ",".join(map(str, self.specific))
+        return "all" if self.latest is None else f"latest:{self.latest}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """One model's settings: where it is (optional), its version policy, its labels."""
+
+    name: str
+    path: str | None = None  # a folder of versions, a version folder, or a store tag
+    policy: Policy = Policy()
+    labels: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, name: str, table: Any) -> ModelConfig:
+        where = f"repository.{name}"
+        if not isinstance(table, Mapping):
+            raise ValueError(f"{where}: expected a table of path, versions, labels")
+        if unknown := sorted(set(table) - {"path", "versions", "labels"}):
+            raise ValueError(f"{where}: unknown keys {unknown}: use path, versions, labels")
+        labels = table.get("labels", {})
+        if not isinstance(labels, Mapping) or not all(
+                isinstance(version, int) and not isinstance(version, bool) for version in labels.values()):
+            raise ValueError(f"{where}.labels: map each label to a version number, e.g. {{stable = 3}}")
+        path = table.get("path")
+        policy = Policy.parse(table["versions"], where) if "versions" in table else Policy()
+        return cls(name, str(path) if path else None, policy, dict(labels))
+
+
+@dataclasses.dataclass(frozen=True)
+class Version:
+    """One version found in a source: where it is (a folder, or a store tag) and its kind."""
+
+    name: str
+    number: int
+    ref: str  # what `locate` reads: a version folder or a store tag
+    kind: str | None  # from its card (None: unreadable, which the load then reports)
+
+
+@dataclasses.dataclass(frozen=True)
+class Found:
+    """What one scan found: per model, its versions (lowest first), source and config."""
+
+    versions: dict[str, list[Version]]
+    configs: dict[str, ModelConfig]
+    defaults: dict[str, str]  # kind → the name of its default model
+
+    def aspired(self, name: str, explicit: set[int] = frozenset(), removed: bool = False) -> list[Version]:
+        """The versions to serve: the policy's, plus explicitly loaded ones, minus an unload."""
+        if removed:
+            return []
+        found = self.versions.get(name, [])
+        chosen = set(self.configs[name].policy.choose([version.number for version in found])) | set(explicit)
+        return [version for version in found if version.number in chosen]
+
+
+class Repository:
+    def __init__(self, settings: Settings, configs: Mapping[str, ModelConfig] | None = None) -> None:
+        self.settings = settings
+        self.configs = dict(configs) if configs is not None else parse_configs(settings.repository)
+
+    def scan(self) -> Found:
+        """Every model's versions, from the first source that names it."""
+        versions: dict[str, list[Version]] = {}
+        configs = dict(self.configs)
+        defaults = {}
+        for kind, ref in self.settings.defaults().items():
+            name = self._add(versions, ref, configs)
+            if name:
+                defaults[kind] = name
+        for name, config in self.configs.items():
+            if config.path and name not in versions:
+                versions[name] = self._from_ref(name, config.path)
+        for name, found in self._from_root().items():
+            versions.setdefault(name, found)
+        for name, found in self._from_store().items():
+            versions.setdefault(name, found)
+        for name in versions:
+            configs.setdefault(name, ModelConfig(name))
+        return Found(versions, configs, defaults)
+
+    def _add(self, versions: dict[str, list[Version]], ref: str, configs: dict[str, ModelConfig]) -> str | None:
+        """A default model's ref: a store tag (`name:latest` serves the policy's versions,
+        `name:3` that one) or a folder (of versions, or one version)."""
+        if is_folder_ref(ref):
+            folder = Path(ref)
+            found = _folder_versions(folder, None if (folder / SAVED_MODEL).is_file() else folder.name)
+            if not found:
+                return _name_of_missing(ref)
+            name = found[-1].name  # a folder of versions is named as TF Serving names it; one version, by its card
+            versions.setdefault(name, found)
+            return name
+        name, _, tag = ref.partition(":")
+        if tag and tag != "latest" and name not in self.configs:
+            configs[name] = ModelConfig(name, policy=Policy(latest=None, specific=(_int(tag),)))
+        versions.setdefault(name, self._from_store().get(name, []))
+        return name
+
+    def _from_ref(self, name: str, ref: str) -> list[Version]:
+        if is_folder_ref(ref):
+            return [dataclasses.replace(version, name=name) for version in _folder_versions(Path(ref))]
+        return self._from_store().get(ref.partition(":")[0], [])
+
+    def _from_root(self) -> dict[str, list[Version]]:
+        root = Path(self.settings.model_root) if self.settings.model_root else None
+        if root is None or not root.is_dir():
+            return {}
+        found = {folder.name: _folder_versions(folder, folder.name) for folder in sorted(root.iterdir())
+                 if folder.is_dir() and not folder.name.startswith(".")}
+        return {name: versions for name, versions in found.items() if versions}
+
+    def _from_store(self) -> dict[str, list[Version]]:
+        if not self.settings.store:
+            return {}
+        import bentoml
+
+        found: dict[str, list[Version]] = {}
+        for model in bentoml.models.list():
+            if not (Path(model.path) / SAVED_MODEL).is_file() or not model.tag.version.isdigit():
+                continue  # not a diptych export (training.publish tags versions with the card's number)
+            found.setdefault(model.tag.name, []).append(
+                Version(model.tag.name, int(model.tag.version), str(model.tag), model.info.labels.get("kind")))
+        return {name: sorted(versions, key=lambda version: version.number) for name, versions in found.items()}
+
+
+def parse_configs(tables: Mapping[str, Any]) -> dict[str, ModelConfig]:
+    return {name: ModelConfig.parse(name, table) for name, table in tables.items()}
+
+
+def _folder_versions(folder: Path, name: str | None = None) -> list[Version]:
+    """A version folder (one version), or a folder of numbered versions (each with a SavedModel)."""
+    from contract.card import CardError, ModelCard
+
+    if (folder / SAVED_MODEL).is_file():
+        numbered = [(folder, None)]
+    else:
+        numbered = [(folder / str(number), number) for number in versions(folder) if folder.is_dir()]
+    found = []
+    for path, number in numbered:
+        if not (path / SAVED_MODEL).is_file():
+            continue  # still being copied in, or not a model
+        try:
+            card = ModelCard.read(path)
+            found.append(Version(name or card.name, number if number is not None else card.version, str(path),
+                                 card.kind))
+        except CardError:
+            found.append(Version(name or folder.name, number if number is not None else 0, str(path), None))
+    return sorted(found, key=lambda version: version.number)
+
+
+def _name_of_missing(ref: str) -> None:
+    log.warning("no model at %s: no saved_model.pb there, nor numbered version folders holding one", ref)
+    return None
+
+
+def _int(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"model store tag version {text!r}: use latest or a version number")
+    return int(text)
