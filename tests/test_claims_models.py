@@ -29,6 +29,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ROOT, Server, unavailable
+from tests.reliability import worker_processes
 
 pytestmark = pytest.mark.slow
 WARMUP_ROUNDS, MAX_BATCH = 2, 4
@@ -181,8 +182,7 @@ def test_grpc_port_0_turns_grpc_off(served):
     assert served.grpc_port == 0
     log = served.log.read_text()
     assert "gRPC on" not in log
-    workers = [child for child in psutil.Process(served.process.pid).children(recursive=True)
-               if "_bentoml_impl.worker.service" in child.cmdline()]
+    workers = worker_processes(served)
     assert workers
     for worker in workers:
         listening = {c.laddr.port for c in worker.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}

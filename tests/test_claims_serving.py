@@ -22,6 +22,7 @@ from proto.diptych.v1 import diptych_pb2, diptych_pb2_grpc
 from proto.inference import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from tests.conftest import ROOT, Server, eventually
 from tests.grpc_clients import health, png_bytes
+from tests.reliability import worker_processes
 
 pytestmark = pytest.mark.slow
 WORKERS = 2
@@ -61,12 +62,6 @@ def two_workers(server_env, tiny_models, tmp_path_factory):
         for channel in channels:
             channel.close()
         server.stop()
-
-
-def worker_processes(server: Server) -> list[psutil.Process]:
-    """BentoML's worker processes (`python -m _bentoml_impl.worker.service ...`) under the server."""
-    children = psutil.Process(server.process.pid).children(recursive=True)
-    return [child for child in children if "_bentoml_impl.worker.service" in child.cmdline()]
 
 
 def test_two_workers_both_answer_grpc_on_one_port(two_workers):
