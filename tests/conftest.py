@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +15,23 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+REQUIRE_TOOLS = "DIPTYCH_REQUIRE_TOOLS"  # .ci/run sets it to 1
+
+
+def unavailable(message: str, switch: str = REQUIRE_TOOLS) -> None:
+    """Skip, saying why; where the environment variable `switch` is 1 (CI sets it) fail
+    instead, so a check CI is meant to run cannot vanish quietly with its tool."""
+    if os.environ.get(switch) == "1":
+        pytest.fail(f"{message} ({switch}=1)", pytrace=False)
+    pytest.skip(message)
+
+
+def require_tool(tool: str | Path, install: str) -> str:
+    """The path of `tool` (a command name or a path), else `unavailable`, with how to install it."""
+    found = shutil.which(str(tool))
+    if not found:
+        unavailable(f"{tool} is not installed: {install}")
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -58,10 +76,11 @@ def free_port() -> int:
 
 
 class Server:
-    """`bentoml serve service.service:Diptych` on loopback: HTTP and gRPC on free ports."""
+    """`bentoml serve service.service:Diptych` on loopback: HTTP and gRPC on free ports
+    (`grpc=False`: DIPTYCH_GRPC_PORT=0, no gRPC)."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port, self.grpc_port = free_port(), free_port()
+    def __init__(self, env: dict[str, str], log: Path, grpc: bool = True) -> None:
+        self.port, self.grpc_port = free_port(), free_port() if grpc else 0
         self.url, self.grpc_target = f"http://127.0.0.1:{self.port}", f"127.0.0.1:{self.grpc_port}"
         self.log = log
         env = {**env, "DIPTYCH_GRPC_PORT": str(self.grpc_port), "DIPTYCH_GRPC_HOST": "127.0.0.1"}

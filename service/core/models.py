@@ -134,10 +134,15 @@ class ServedModel:
         return getattr(self, method) if method else None
 
     def warm_up(self) -> None:
-        """First calls are slow (graph set-up, allocations): pay them before reporting ready."""
+        """First calls are slow (graph set-up, allocations): pay them before reporting ready.
+        Logs how many model calls it made (`warmup_rounds` per batch size)."""
+        sizes, calls = sorted({1, self.settings.max_batch_size}), 0
         for _ in range(self.settings.warmup_rounds):
-            for size in sorted({1, self.settings.max_batch_size}):
+            for size in sizes:
                 self._runtime.run(self.example(size))
+                calls += 1
+        log.info("%s %s:%s warm-up: %d model calls, batch sizes %s", self.info.kind, self.info.name,
+                 self.info.version, calls, ", ".join(map(str, sizes)))
 
     def close(self) -> None:
         self.batcher.close()
