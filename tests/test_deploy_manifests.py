@@ -38,7 +38,7 @@ PROMETHEUS_DIR = DEPLOY / "prometheus"
 GRAFANA_DIR = DEPLOY / "grafana"
 DASHBOARD = GRAFANA_DIR / "dashboards" / "diptych.json"
 K8S = DEPLOY / "k8s"
-OVERLAYS = ("dev", "prod")
+OVERLAYS = ("dev", "prod", "repository")
 DOCS = ROOT / "docs" / "deploy.md"
 
 BIN = Path(sys.executable).parent
@@ -636,3 +636,21 @@ def test_checkov_passes_the_secret_example(tmp_path):
     shutil.copy(K8S / "overlays" / "prod" / "secret-api-keys.example.yaml", tmp_path / "secret.yaml")
     report = checkov(tmp_path / "secret.yaml")
     assert not report["results"]["failed_checks"]
+
+
+def test_the_repository_overlay_serves_models_from_a_volume():
+    """A new version rolls out by copying files onto the volume: the pods poll it."""
+    pod = one("repository", "Deployment")["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m for m in container("repository")["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["/models"]["readOnly"] is True
+    claim = volumes[mounts["/models"]["name"]]["persistentVolumeClaim"]
+    assert claim == {"claimName": "diptych-models", "readOnly": True}
+    pvc = objects("repository")[("PersistentVolumeClaim", "diptych-models")]
+    assert pvc["metadata"]["namespace"] == "diptych" and pvc["spec"]["accessModes"] == ["ReadOnlyMany"]
+    settings = settings_of("repository")
+    assert (settings["DIPTYCH_MODEL_ROOT"], settings["DIPTYCH_STORE"]) == ("/models", "false")
+    assert float(settings["DIPTYCH_POLL_S"]) > 0
+    unhashed = {overlay: {(kind, name.rsplit("-", 1)[0] if kind == "ConfigMap" else name)
+                          for kind, name in objects(overlay)} for overlay in ("prod", "repository")}
+    assert unhashed["repository"] - unhashed["prod"] == {("PersistentVolumeClaim", "diptych-models")}

@@ -3,8 +3,9 @@
 A model is a name with numbered versions. Its versions come from one source, the first
 that names it:
 
-1. the settings: the default model of each kind (`classifier`, `generator`: a store tag
-   or a folder), and `[repository.<name>] path = ...` entries;
+1. the settings: a default model given as a folder (`classifier = "models/classifier"`),
+   and `[repository.<name>] path = ...` entries (a default given as a name or a store tag,
+   `classifier:latest` or `classifier:3`, names a model of the sources below);
 2. the repository folder `model_root`, in TF Serving's layout: `<root>/<name>/<version>/`;
 3. the BentoML model store (every tag `training.publish` made), when `store` is on.
 
@@ -176,10 +177,9 @@ class Repository:
             name = found[-1].name  # a folder of versions is named as TF Serving names it; one version, by its card
             versions.setdefault(name, found)
             return name
-        name, _, tag = ref.partition(":")
+        name, _, tag = ref.partition(":")  # its versions come from the repository folder or the store
         if tag and tag != "latest" and name not in self.configs:
             configs[name] = ModelConfig(name, policy=Policy(latest=None, specific=(_int(tag),)))
-        versions.setdefault(name, self._from_store().get(name, []))
         return name
 
     def _from_ref(self, name: str, ref: str) -> list[Version]:
