@@ -54,10 +54,10 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.core.conversion import Conversion, convert_and_verify
+from contract.litert import Conversion, convert_and_verify
+from contract.runtime import LITERT, TENSORFLOW, LiteRTRuntime, Runtime, SavedModelRuntime, cores
 from service.core.images import decode
 from service.core.models import ModelInfo, locate
-from service.core.runtime import LITERT, TENSORFLOW, LiteRTRuntime, Runtime, SavedModelRuntime, cores
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,9 +96,9 @@ def bench_calls(call: Callable[[], object], batch: int, seconds: float) -> dict[
             "cpu ms": 1000 * (time.process_time() - cpu) / images}
 
 
-def litert_pool(path: str, info: ModelInfo) -> LiteRTRuntime:
+def litert_pool(info: ModelInfo) -> LiteRTRuntime:
     """The service's pool for this model: one interpreter per core, from the stored conversion."""
-    converted = Conversion.load(path) or convert_and_verify(path, info.card, cores())
+    converted = Conversion.load(info.path) or convert_and_verify(info.path, info.card, cores())
     if not converted.verified:
         raise SystemExit(f"no verified LiteRT conversion: {converted.report['reason']}")
     return LiteRTRuntime(converted.flatbuffer, cores())
@@ -321,24 +321,25 @@ def main() -> None:
     if hey is None or h2load is None:
         raise SystemExit("a load generator is missing: apt-get install hey nghttp2-client")
 
-    path, info = locate(args.classifier)
+    info = locate(args.classifier)
+    path = info.path
     images = sample_images()
     work = Path(tempfile.mkdtemp(prefix="diptych-bench-"))
     body = work / "classify.json"
     body.write_text(json.dumps({"images": [base64.b64encode(images[0]).decode()], "top_k": 1}))
     bodies = grpc_bodies(images[0], work)
-    print(f"classifier {info.name}:{info.version} ({info.card.get('backbone')}, {info.card['image_size'][0]} px), "
+    print(f"classifier {info.name}:{info.version} ({info.card.backbone}, {info.card.image_size[0]} px), "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, best of {args.rounds} rounds of "
           f"{args.seconds:g} s per row, {args.workers} worker(s) per service; log in {work}")
     batches, concurrencies = [int(n) for n in args.batches.split(",")], [int(n) for n in args.concurrency.split(",")]
-    runtime, pool, size = SavedModelRuntime(path), litert_pool(path, info), info.card["image_size"][0]
+    runtime, pool, size = SavedModelRuntime(path), litert_pool(info), info.card.image_size[0]
     measures: dict[tuple[str, int], Callable[[], dict[str, float]]] = {
         **{("raw tensorflow", batch): functools.partial(bench_raw, runtime, images, batch, args.seconds)
            for batch in batches},
         ("raw litert pool", cores()): functools.partial(bench_pool, pool, size, images[0], args.seconds),
     }
     runtimes = args.runtimes.split(",")
-    generator = locate(args.generator)[0]  # folders: each service has a model store (BENTOML_HOME) of its own
+    generator = locate(args.generator).path  # folders: each service has a model store (BENTOML_HOME) of its own
     services = {name: Service(path, generator, (work / f"service-{name}.log").open("wb"), name, workers=args.workers)
                 for name in runtimes}
     try:

@@ -61,9 +61,9 @@ def run(args: argparse.Namespace) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     work = Path(tempfile.mkdtemp(prefix="diptych-load-"))
     context = Context(args, work, sample_images(), locate(args.classifier), locate(args.generator))
-    cinfo, ginfo = context.classifier[1], context.generator[1]
+    cinfo, ginfo = context.classifier, context.generator
     began, load_start = time.time(), os.getloadavg()
-    print(f"classifier {cinfo.name}:{cinfo.version} ({cinfo.card.get('backbone')}, {cinfo.card['image_size'][0]} px), "
+    print(f"classifier {cinfo.name}:{cinfo.version} ({cinfo.card.backbone}, {cinfo.card.image_size[0]} px), "
           f"generator {ginfo.name}:{ginfo.version}; {os.cpu_count()} CPUs, load average {load_start[0]:.1f}; "
           f"concurrency {args.concurrency}, mixed {args.duration:g} s, pure {args.pure_duration:g} s; logs in {work}",
           flush=True)
@@ -98,14 +98,14 @@ def report_of(context: Context, began: float, load_start: tuple[float, float, fl
               results: list[dict[str, Any]], memory: dict[str, Any]) -> dict[str, Any]:
     """What --out holds: the run's settings and models, the raw rows, every phase, the memory
     reports, the ratios and the consistency notes."""
-    args, cinfo, ginfo = context.args, context.classifier[1], context.generator[1]
+    args, cinfo, ginfo = context.args, context.classifier, context.generator
     report = {"command": " ".join(["python -m benchmarks.load", *sys.argv[1:]]),
               "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(began)),
               "minutes": (time.time() - began) / 60, "cpus": os.cpu_count(),
               "load average": {"start": load_start, "end": os.getloadavg()},
-              "classifier": {"model": f"{cinfo.name}:{cinfo.version}", "backbone": cinfo.card.get("backbone"),
-                             "image size": cinfo.card["image_size"]},
-              "generator": {"model": f"{ginfo.name}:{ginfo.version}", "image size": ginfo.card["image_size"]},
+              "classifier": {"model": f"{cinfo.name}:{cinfo.version}", "backbone": cinfo.card.backbone,
+                             "image size": list(cinfo.card.image_size)},
+              "generator": {"model": f"{ginfo.name}:{ginfo.version}", "image size": list(ginfo.card.image_size)},
               "settings": {k: v for k, v in vars(args).items() if k not in ("client", "out")},
               "raw": raw, "phases": results, "memory": memory,
               "ratios": ratios(results, raw, memory.get("diptych", {}).get("runtimes", {})),

@@ -20,6 +20,8 @@ import numpy as np
 
 from benchmarks.load.sampler import Sampler, memory_report, mib
 from benchmarks.serving import ROOT, Service, bench_calls, bench_pool, bench_raw, litert_pool
+from contract.card import ModelCard
+from service.core.models import ModelInfo
 
 MIXED = {"classify1": 4, "classify8": 2, "generate": 3, "bad": 1}
 PURE = {  # phase: (request mix, concurrency: None = --concurrency)
@@ -35,8 +37,8 @@ class Context:
     args: argparse.Namespace
     work: Path
     images: list[bytes]
-    classifier: tuple[str, Any]  # (path, ModelInfo)
-    generator: tuple[str, Any]
+    classifier: ModelInfo
+    generator: ModelInfo
 
 
 def run_target(context: Context, target: str, protocols: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -45,7 +47,7 @@ def run_target(context: Context, target: str, protocols: list[str]) -> tuple[lis
     args = context.args
     app = "service.service:Diptych" if target == "diptych" else "benchmarks.naive_service:Naive"
     log = (context.work / f"{target}.log").open("wb")
-    service = Service(context.classifier[0], context.generator[0], log, runtime=args.classifier_runtime, app=app)
+    service = Service(context.classifier.path, context.generator.path, log, runtime=args.classifier_runtime, app=app)
     sampler = Sampler(service, args.sample_every)
     try:
         service.wait_ready()
@@ -109,12 +111,12 @@ def run_phase(context: Context, service: Service, sampler: Sampler, target: str,
 def client_spec(context: Context, service: Service, target: str, protocol: str, mix: dict[str, float],
                 concurrency: int, duration: float) -> dict[str, Any]:
     """All a load generator needs, as JSON: where to send, what, and what the models can answer."""
-    (_, cinfo), (_, ginfo) = context.classifier, context.generator
+    cinfo, ginfo = context.classifier, context.generator
     return {"target": target, "protocol": protocol, "url": service.url, "grpc_target": service.grpc_target,
             "concurrency": concurrency, "duration": duration, "mix": mix, "timeout": context.args.timeout,
-            "images": [base64.b64encode(i).decode() for i in context.images], "labels": cinfo.card["labels"],
-            "classes": ginfo.card["classes"], "image_size": ginfo.card["image_size"],
-            "channels": ginfo.card.get("channels", 1), "max_images": 32, "max_generate": 64}
+            "images": [base64.b64encode(i).decode() for i in context.images], "labels": cinfo.card.labels,
+            "classes": ginfo.card.classes, "image_size": list(ginfo.card.image_size),
+            "channels": ginfo.card.channels, "max_images": 32, "max_generate": 64}
 
 
 def follow(stdout: IO[str], sampler: Sampler, phase: str) -> tuple[dict[str, dict[str, Any]], list[float]]:
@@ -152,23 +154,23 @@ def raw_rows(context: Context, runtimes: dict[str, Any]) -> dict[str, dict[str, 
     """benchmarks.serving's raw measurement (classifier), and the generator's `serving_default`
     on batches of seeded latents, alone and with each image encoded to PNG as the service does.
     `runtimes` keeps the loaded models for the second round."""
-    seconds, (cpath, cinfo), (gpath, ginfo) = context.args.raw_seconds, context.classifier, context.generator
+    seconds, cinfo, ginfo = context.args.raw_seconds, context.classifier, context.generator
     if not runtimes:
-        from service.core.runtime import SavedModelRuntime
+        from contract.runtime import SavedModelRuntime
 
-        runtimes.update(classifier=SavedModelRuntime(cpath), generator=SavedModelRuntime(gpath),
-                        pool=litert_pool(cpath, cinfo))
+        runtimes.update(classifier=SavedModelRuntime(cinfo.path), generator=SavedModelRuntime(ginfo.path),
+                        pool=litert_pool(cinfo))
     rows = {f"classify tensorflow batch {b}": bench_raw(runtimes["classifier"], context.images, b, seconds)
             for b in (1, 8, 32)}
     rows[f"classify litert pool x{runtimes['pool'].interpreters}"] = bench_pool(
-        runtimes["pool"], cinfo.card["image_size"][0], context.images[0], seconds)
+        runtimes["pool"], cinfo.card.image_size[0], context.images[0], seconds)
     return {**rows, **generator_rows(runtimes["generator"], ginfo.card, seconds)}
 
 
-def generator_rows(generator: Any, card: dict[str, Any], seconds: float) -> dict[str, dict[str, float]]:
+def generator_rows(generator: Any, card: ModelCard, seconds: float) -> dict[str, dict[str, float]]:
     from service.core.images import encode_png
 
-    rows, dim, classes = {}, int(card["latent_dim"]), len(card["classes"])
+    rows, dim, classes = {}, card.latent_dim, len(card.classes)
     for batch in (1, 4, 32):
         inputs = {"latents": np.random.RandomState(batch).standard_normal((batch, dim)).astype(np.float32),
                   "class_ids": (np.arange(batch) % classes).astype(np.int32)}
