@@ -235,7 +235,7 @@ class Service:
     peer, which reads the same DIPTYCH_* model variables) on a free loopback port, until closed."""
 
     def __init__(self, classifier: str, generator: str, log: IO[bytes], runtime: str = "auto",
-                 app: str = "service.service:Diptych", workers: int = 1) -> None:
+                 app: str = "service.service:Diptych", workers: int = 1, settings: dict[str, str] | None = None) -> None:
         port, grpc_port = free_port(), free_port()
         self.url, self.grpc_target = f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
         # A BENTOML_HOME of its own: `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir
@@ -244,7 +244,7 @@ class Service:
         env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "TF_CPP_MIN_LOG_LEVEL": "3", "BENTOML_HOME": str(home),
                "DIPTYCH_CLASSIFIER": classifier, "DIPTYCH_GENERATOR": generator, "DIPTYCH_MAX_CONCURRENCY": "256",
                "DIPTYCH_GRPC_PORT": str(grpc_port), "DIPTYCH_GRPC_HOST": "127.0.0.1",
-               "DIPTYCH_CLASSIFIER_RUNTIME": runtime}
+               "DIPTYCH_CLASSIFIER_RUNTIME": runtime, **(settings or {})}
         if workers > 1:  # BentoML worker processes, the cores shared out among their interpreters
             env["BENTOML_CONFIG_OVERRIDES"] = json.dumps({"services": {"diptych": {"workers": workers}}})
             env["DIPTYCH_INTERPRETERS"] = str(max(1, cores() // workers))
