@@ -16,6 +16,7 @@ import bentoml
 
 from . import http, openapi
 from .core import Engine, Settings
+from .core.control import SharedControl
 from .kinds import KINDS, Classifier, Generator
 
 settings = Settings.load()
@@ -36,7 +37,7 @@ class Diptych:
     """Classify images and generate them, with one model each."""
 
     def __init__(self) -> None:
-        self.engine = Engine(settings, KINDS)
+        self.engine = Engine(settings, KINDS, SharedControl.of_supervisor())
         self.engine.start()
         self.grpc = None  # a service.grpc.GrpcServer once started
 

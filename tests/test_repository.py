@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from service.core import Engine, NotFound, Settings, Unauthenticated, ValidationError
+from service.core.control import SharedControl
 from service.core.repository import ModelConfig, ModelRef, Policy
 from service.kinds import KINDS, Classifier
 from tests.conftest import eventually
@@ -206,3 +207,22 @@ def _sample(name: str, labels: dict[str, str]) -> float:
 
 def _weights_mb(model: Path) -> float:
     return sum(path.stat().st_size for path in (model / "variables").glob("*")) / 2**20
+
+
+def test_a_load_request_reaches_every_worker_through_the_shared_control(repository, tiny_models, tmp_path):
+    """Two engines stand for two BentoML workers: a call reaches one, the other follows."""
+    shared = tmp_path / "control.json"
+    first, second = (Engine(Settings(classifier=str(repository / "shoes"), generator=str(tiny_models["generator"]),
+                                     model_root=str(repository), **FAST), KINDS, SharedControl(shared))
+                     for _ in range(2))
+    try:
+        first.load(), second.load()
+        asyncio.run(first.load_model("shoes", 1))
+        assert versions(first) == {1: "available", 2: "available"} and versions(second) == {2: "available"}
+        second.manager.reconcile()  # its next pass over the repository
+        assert versions(second) == {1: "available", 2: "available"}
+        asyncio.run(second.configure({"shoes": ModelConfig("shoes", labels={"stable": 2})}))
+        first.manager.reconcile()
+        assert classify(first, "shoes@stable") == "2" and versions(first) == {2: "available"}
+    finally:
+        first.close(), second.close()

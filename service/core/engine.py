@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from .auth import ApiKeys
 from .config import Settings
+from .control import SharedControl
 from .errors import NotFound, NotReady, Overloaded, Unauthenticated
 from .manager import Manager
 from .metrics import metrics
@@ -32,12 +33,13 @@ Kind = TypeVar("Kind", bound=ServedModel)
 
 
 class Engine:
-    def __init__(self, settings: Settings, kinds: Mapping[str, type[ServedModel]]) -> None:
+    def __init__(self, settings: Settings, kinds: Mapping[str, type[ServedModel]],
+                 shared: SharedControl | None = None) -> None:
         self.settings = settings
         # An admin key is an API key too, where API keys are on.
         self.keys = ApiKeys(settings.api_keys + settings.admin_keys if settings.api_keys else ())
         self.admin_keys = ApiKeys(settings.admin_keys)
-        self.manager = Manager(settings, kinds)
+        self.manager = Manager(settings, kinds, shared)  # shared: with the service's other workers
         self._loaded = threading.Event()  # the first pass over the repository is done
         self._ever_ready = False
         self._in_flight = 0

@@ -26,10 +26,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .config import Settings
+from .control import Control, SharedControl
 from .errors import NotFound, ValidationError
 from .metrics import metrics
 from .models import ModelInfo, ServedModel, locate
-from .repository import Found, ModelConfig, ModelRef, Repository, Version
+from .repository import Found, ModelConfig, ModelRef, Repository, Version, parse_configs
 
 log = logging.getLogger("diptych")
 
@@ -51,17 +52,18 @@ class Slot:
 
 
 class Manager:
-    def __init__(self, settings: Settings, kinds: Mapping[str, type[ServedModel]]) -> None:
+    def __init__(self, settings: Settings, kinds: Mapping[str, type[ServedModel]],
+                 shared: SharedControl | None = None) -> None:
         self.settings = settings
         self.kinds = dict(kinds)
         self.repository = Repository(settings)
+        self._shared = shared  # the load/unload API's changes, shared with sibling workers
         self._lock = threading.Lock()
         self._reconciling = threading.Lock()  # one pass at a time
         self._slots: dict[str, dict[int, Slot]] = {}  # every version with a state, by model
         self._routes: dict[str, dict[int, ServedModel]] = {}  # the available versions: replaced, never mutated
         self._found = Found({}, {}, {})
-        self._explicit: dict[str, set[int]] = collections.defaultdict(set)  # loaded on request
-        self._unloaded: set[str] = set()  # unloaded on request: nothing aspired until loaded again
+        self._control = Control()  # versions loaded and models unloaded on request, a reloaded config
         self._epoch = 0
         self._admitted: collections.Counter[int] = collections.Counter()  # requests in flight, by epoch
         self._stop = threading.Event()
@@ -122,9 +124,10 @@ class Manager:
     def load(self, name: str, version: int | None = None) -> None:
         """Serve `name` again (after an unload), and `version` beside its policy's; then reconcile."""
         with self._lock:
-            self._unloaded.discard(name)
+            self._control.unloaded.discard(name)
             if version is not None:
-                self._explicit[name].add(version)
+                self._control.explicit.setdefault(name, set()).add(version)
+        self._share()
         for slot in [slot for slot in self._slots.get(name, {}).values() if slot.state == FAILED]:
             self._forget(slot)  # tried again
         self.reconcile()
@@ -132,7 +135,8 @@ class Manager:
             raise NotFound(f"no model named {name!r} in the repository", "name")
         if version is not None and version not in {found.number for found in self._found.versions[name]}:
             with self._lock:
-                self._explicit[name].discard(version)
+                self._control.explicit.get(name, set()).discard(version)
+            self._share()
             raise ValidationError("version", f"{name} could not be loaded: version {version} is not in the "
                                              "repository")
         failed = [slot for slot in self._slots.get(name, {}).values()
@@ -150,15 +154,36 @@ class Manager:
                                           "unloading it")
         with self._lock:
             if version is None:
-                self._unloaded.add(name)
+                self._control.unloaded.add(name)
             else:
-                self._explicit[name].discard(version)
+                self._control.explicit.get(name, set()).discard(version)
+        self._share()
         self.reconcile()
 
     def configure(self, configs: Mapping[str, ModelConfig]) -> None:
-        """New version policies and labels (a reloaded config), applied now."""
+        """New version policies and labels (a reloaded config), applied now: for the models it
+        names, it replaces what load and unload requests changed too."""
         self.repository.configs = dict(configs)
+        with self._lock:
+            self._control.configs = {name: config.table() for name, config in configs.items()}
+            for name in configs:
+                self._control.explicit.pop(name, None)
+                self._control.unloaded.discard(name)
+        self._share()
         self.reconcile()
+
+    def _share(self) -> None:
+        if self._shared is not None:
+            self._shared.save(self._control)
+
+    def _apply_shared(self) -> None:
+        """What a sibling worker's API call changed, applied before this pass."""
+        control = self._shared.changed() if self._shared is not None else None
+        if control is not None:
+            with self._lock:
+                self._control = control
+            if control.configs is not None:
+                self.repository.configs = parse_configs(control.configs)
 
     # -- the lifecycle ----------------------------------------------------------------
     def poll(self) -> None:
@@ -179,9 +204,10 @@ class Manager:
     def reconcile(self) -> None:
         """One pass: scan, load what is aspired and missing, switch, retire what is not."""
         with self._reconciling:
+            self._apply_shared()
             self._found = found = self.repository.scan()
             for name in found.versions:
-                aspired = found.aspired(name, self._explicit[name], name in self._unloaded)
+                aspired = found.aspired(name, self._control.explicit.get(name, set()), name in self._control.unloaded)
                 for version in aspired:
                     self._ensure_loaded(version)
                 self._retire(name, {version.number for version in aspired})

@@ -113,6 +113,10 @@ class ModelConfig:
         policy = Policy.parse(table["versions"], where) if "versions" in table else Policy()
         return cls(name, str(path) if path else None, policy, dict(labels))
 
+    def table(self) -> dict[str, Any]:
+        """The settings table that parses back into this config."""
+        return {"versions": str(self.policy), "labels": dict(self.labels), **({"path": self.path} if self.path else {})}
+
 
 @dataclasses.dataclass(frozen=True)
 class Version:
