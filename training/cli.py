@@ -4,7 +4,8 @@ A trainer's config is one dataclass (nanoGPT's one config object): each field is
 declared with `option` (its default and help). `config_parser` builds the argparse CLI from
 it, and `with_profiles` fills what the user did not give from the profiles that apply
 (`--quick`, `--backbone scratch`), then from the defaults. A user mistake ends with one
-`error: ...` line, not a traceback (`run_cli`).
+`error: ...` line, not a traceback (`run_cli`). The commands that take an exported model
+share `model_parser` and `resolve_model_dir`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import types
 import typing
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from contract.layout import version_dir
 
 # TensorFlow's C++ start-up chatter (CUDA probing on a CPU machine, oneDNN notices) buries
 # the progress bars; keep warnings and errors only. Set before TensorFlow is imported.
@@ -160,3 +164,23 @@ def out_option(default: str) -> Any:
 
 def name_option(default: str) -> Any:
     return option(default, "model name recorded in the card (and used by the service)")
+
+
+# --- commands on an exported model --------------------------------------------------------
+
+
+def model_parser(prog: str, description: str, example: str) -> argparse.ArgumentParser:
+    """A parser whose first argument is an exported model (`resolve_model_dir` finds it)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("model", help=f"a version folder ({example}) or its parent (latest version)")
+    return parser
+
+
+def resolve_model_dir(path: str) -> Path:
+    """Accept a version folder or its parent (then the latest version is used)."""
+    try:
+        return version_dir(path)
+    except FileNotFoundError:
+        raise UserError(f"no exported model at {path}: expected a folder holding saved_model.pb, "
+                        "or one with numbered version folders (train one with python -m training.classifier)") from None
