@@ -90,21 +90,23 @@ def config_parser(config_type: type, profiles: Sequence[Profile] = (), *, prog: 
                   recipe: str) -> argparse.ArgumentParser:
     """One flag per field of `config_type`, its default in the help; a switch per switched
     profile; an epilog that starts with `recipe` and says what each profile sets."""
-    said = [f"{profile.trigger} sets {as_flags(profile.values)}" for profile in profiles]
-    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=" ".join(
-        [recipe, *(["; ".join(said) + "."] if said else []), "Flags given explicitly always win."]))
+    epilog = [recipe]
+    if profiles:
+        epilog.append("; ".join(f"{profile.trigger} sets {_as_flags(profile.values)}" for profile in profiles) + ".")
+    epilog.append("Flags given explicitly always win.")
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=" ".join(epilog))
     hints = typing.get_type_hints(config_type)
     for field in dataclasses.fields(config_type):
-        help = field.metadata["help"]
+        text = field.metadata["help"]
         if field.default is not None:
-            help += f" (default: {field.default})"
+            text += f" (default: {field.default})"
         value_type = _without_none(hints[field.name])
         # default=None: "not given", so a profile or the field's default may fill it.
         if value_type is bool:
-            parser.add_argument(flag(field.name), action=argparse.BooleanOptionalAction, default=None, help=help)
+            parser.add_argument(flag(field.name), action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             parser.add_argument(flag(field.name), type=value_type, choices=field.metadata["choices"],
-                                default=None, help=help)
+                                default=None, help=text)
     for profile in profiles:
         if profile.switch:
             parser.add_argument(flag(profile.switch), action="store_true", help=profile.help)
@@ -127,7 +129,7 @@ def with_profiles(config_type: type, profiles: Sequence[Profile], args: argparse
     return config_type(**{**values, **given(config_type, args)})
 
 
-def as_flags(values: dict[str, Any]) -> str:
+def _as_flags(values: dict[str, Any]) -> str:
     """{"per_class": 100, "augment": False} → "--per-class=100 --no-augment"."""
     return " ".join(
         (flag(name) if value else flag("no_" + name)) if isinstance(value, bool) else f"{flag(name)}={value}"
