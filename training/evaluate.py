@@ -9,7 +9,6 @@ per-class precision/recall, and writes a confusion-matrix PNG and a markdown rep
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from training.cli import UserError, run_cli
 from contract.card import ModelCard
-from contract.layout import version_dir
+from training.cli import UserError, model_parser, resolve_model_dir, run_cli
 
 
 @dataclass
@@ -48,15 +46,6 @@ class Evaluation:
                 for label, p, r in zip(self.labels, self.precision, self.recall)
             },
         }
-
-
-def resolve_model_dir(path: str) -> Path:
-    """Accept a version folder or its parent (then the latest version is used)."""
-    try:
-        return version_dir(path)
-    except FileNotFoundError:
-        raise UserError(f"no exported model at {path}: expected a folder holding saved_model.pb, "
-                        "or one with numbered version folders (train one with python -m training.classifier)") from None
 
 
 def confusion_matrix(true: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -155,13 +144,8 @@ def evaluate_and_report(model_dir: Path, data: str, split: str, report_dir: Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m training.evaluate",
-        description="Evaluate an exported classifier: accuracy, per-class precision/recall, "
-                    "confusion-matrix PNG and a markdown report.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("model", help="a version folder (models/classifier/3) or its parent (latest version)")
+    parser = model_parser("python -m training.evaluate", "Evaluate an exported classifier: accuracy, per-class "
+                          "precision/recall, confusion-matrix PNG and a markdown report.", "models/classifier/3")
     parser.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist, or an image folder")
     parser.add_argument("--split", default="test", help="which split of the data set to evaluate on")
     parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N images only")

@@ -18,51 +18,19 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from training.cli import UserError, run_cli
+from training.gan_config import FOLDER_IMAGE_SIZE, TrainConfig, parse_args
 
-# The default flags are the full recipe (docs/gan.md): ~15 CPU-minutes on Fashion-MNIST.
-# Small networks and small batches: on a CPU, more updates beat wider layers (docs/gan.md
-# has the measurements). --quick is the same recipe cut to 2 epochs for the demo.
-DEFAULTS = dict(
-    data="fashion-mnist", per_class=None, image_size=None, conditional=True,
-    epochs=10, batch_size=16, latent_dim=64, filters=32, learning_rate=5e-4, lr_decay=0.5, ema=0.998,
-    seed=0, out="models/generator", name="generator", run_dir="runs/gan", evaluate=True,
-)
-QUICK = dict(epochs=2)
-FOLDER_IMAGE_SIZE = 32  # image folders are generated at 32 px unless --image-size says otherwise
-# --resume continues a run as it was started: only these flags may change.
-RESUMABLE = ("epochs", "out", "name", "run_dir", "evaluate")
 SAMPLE_COLUMNS = 10
 RUN_FILES = ("config.json", "history.json", "training_curves.png")
-
-
-@dataclass
-class TrainConfig:
-    data: str
-    per_class: int | None
-    image_size: int | None
-    conditional: bool
-    epochs: int
-    batch_size: int
-    latent_dim: int
-    filters: int
-    learning_rate: float
-    lr_decay: float
-    ema: float
-    seed: int
-    out: str
-    name: str
-    run_dir: str
-    evaluate: bool
 
 
 def log(message: str) -> None:
@@ -264,107 +232,11 @@ def plot_history(history: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _as_flags(values: dict) -> str:
-    return " ".join(f"--{name.replace('_', '-')}={value}" for name, value in values.items())
-
-
-def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
-    """The run's config and whether to resume; --resume reads the rest from the run folder."""
-    parser = argparse.ArgumentParser(
-        prog="python -m training.gan",
-        description=__doc__.split("\n\n")[0] + " Exports the generator as a SavedModel with a model card.",
-        epilog=f"Defaults are the full recipe (docs/gan.md). --quick sets {_as_flags(QUICK)}. "
-               "Flags given explicitly always win.",
-    )
-    add = parser.add_argument
-    add("--data", help="fashion-mnist, mnist, or a folder with one subfolder of images per class")
-    add("--per-class", type=int, help="use N images per class (stratified, seeded); default: all")
-    add("--image-size", type=int, help="generate images of this side, e.g. 28, 32 or 64; "
-                                       f"default: 28 for the built-in sets, {FOLDER_IMAGE_SIZE} for folders")
-    add("--conditional", action=argparse.BooleanOptionalAction, help="condition both networks on the class")
-    add("--epochs", type=int, help="passes over the training images (the total, also with --resume)")
-    add("--batch-size", type=int, help="images per step")
-    add("--latent-dim", type=int, help="size of the generator's random input")
-    add("--filters", type=int, help="width of the networks (the last hidden map of the generator)")
-    add("--learning-rate", type=float, help="Adam learning rate of both networks until the decay (beta_1 = 0.5)")
-    add("--lr-decay", type=float, help="fraction of the run, at its end, over which both learning rates fall "
-                                       "linearly to 0 (0 keeps them constant); the schedule runs over the steps "
-                                       "of --epochs, so --resume --epochs N follows the N-epoch schedule from "
-                                       "where the run stands")
-    add("--ema", type=float, help="decay of the exported moving average of the generator's weights "
-                                  "(0 exports the last weights)")
-    add("--seed", type=int, help="random seed for the subset, the weights, the latents and the shuffling")
-    add("--out", help="export into OUT/<next version>/")
-    add("--name", help="model name recorded in the card (and used by the service)")
-    add("--run-dir", help="checkpoints, per-epoch sample grids, history and curves; a new run clears it")
-    add("--evaluate", action=argparse.BooleanOptionalAction, help="measure FID and class consistency at the end")
-    add("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
-    add("--quick", action="store_true", help="the demo profile: a few minutes on a laptop CPU")
-    for action in parser._actions:
-        if DEFAULTS.get(action.dest) is not None:
-            action.help += f" (default: {DEFAULTS[action.dest]})"
-    parser.set_defaults(**{name: None for name in DEFAULTS})  # None = not given: profiles may fill it
-    args = parser.parse_args(argv)
-    given = {key: value for key, value in vars(args).items() if key in DEFAULTS and value is not None}
-
-    if args.resume:
-        values = resumed_values(Path(given.get("run_dir", DEFAULTS["run_dir"])), given, args.quick)
-    else:
-        values = {**DEFAULTS, **(QUICK if args.quick else {}), **given}
-    config = TrainConfig(**{f.name: values[f.name] for f in fields(TrainConfig)})
-    validate(config)
-    return config, args.resume
-
-
-def resumed_values(run_dir: Path, given: dict, quick: bool) -> dict:
-    """The saved run's flags, with the few a resumed run may change."""
-    saved_path = run_dir / "config.json"
-    if not saved_path.exists():
-        raise UserError(f"nothing to resume in {run_dir}: no config.json there (start a run without --resume)")
-    saved = json.loads(saved_path.read_text())
-    changed = sorted(key for key, value in given.items() if key not in RESUMABLE and value != saved[key])
-    if changed or quick:
-        flags = ", ".join(f"--{key.replace('_', '-')}" for key in changed) or "--quick"
-        raise UserError(f"{flags} cannot change when resuming {run_dir}; only "
-                        f"{', '.join('--' + key.replace('_', '-') for key in RESUMABLE)} can")
-    values = {**saved, **given}
-    done = len(json.loads((run_dir / "history.json").read_text())["epochs"])
-    if values["epochs"] <= done:
-        raise UserError(f"{run_dir} has already trained {done} epochs: pass --epochs N with N > {done} to continue")
-    return values
-
-
-def validate(config: TrainConfig) -> None:
-    if config.per_class is not None and config.per_class < 1:
-        raise UserError("--per-class must be at least 1")
-    for name in ("epochs", "batch_size", "latent_dim", "filters"):
-        if getattr(config, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if not 0.0 <= config.ema < 1.0:
-        raise UserError("--ema must be in [0, 1)")
-    if config.learning_rate <= 0:
-        raise UserError("--learning-rate must be positive")
-    if not 0.0 <= config.lr_decay <= 1.0:
-        raise UserError("--lr-decay must be in [0, 1]")
-    if config.image_size is not None:
-        from training.gan_model import GANConfig
-
-        try:
-            GANConfig(image_size=config.image_size).check()
-        except ValueError as error:
-            raise UserError(f"--image-size: {error}") from None
-
-
 def main(argv: list[str] | None = None) -> None:
     config, resume = parse_args(argv)
-    from training.data import DataError  # after parsing: --help needs no TensorFlow
-
     if not resume:
         clear_run(Path(config.run_dir))
-    try:
-        model_dir = train(config, resume)
-    except DataError as error:
-        raise UserError(str(error)) from None
+    model_dir = train(config, resume)
     log(f"done: {model_dir}")
 
 
