@@ -175,3 +175,20 @@ def test_engine_refuses_until_ready_and_when_loading_failed():
                 pass
     with engine.admit():  # the slot was given back
         pass
+
+
+def test_label_drift_is_the_population_stability_index_of_a_window():
+    from service.core.drift import MIN_SAMPLES, LabelDrift, psi
+
+    assert psi([100, 100], [50, 50]) == pytest.approx(0.0)
+    assert psi([100, 100], [90, 10]) == pytest.approx((0.9 - 0.5) * np.log(0.9 / 0.5) + (0.1 - 0.5) * np.log(
+        0.1 / 0.5), rel=0.05)  # smoothing (half a count a class) moves it a little
+    reported = []
+    drift = LabelDrift([500, 500], reported.append, window=200)
+    drift.observe([0, 1] * (MIN_SAMPLES // 2 - 1))
+    assert reported == []  # too few to say anything
+    drift.observe([0, 1])
+    assert reported[-1] == pytest.approx(0.0, abs=1e-9)
+    drift.observe([0] * 200)  # the window has slid: only class 0 now
+    assert reported[-1] == pytest.approx(psi([500, 500], [200, 0]))
+    assert reported[-1] > 0.25  # the shipped alert's threshold

@@ -33,8 +33,10 @@ class Batcher(Generic[Item, Result]):
         window_s: float = 0.0,
         name: str = "batcher",
         workers: int = 1,
+        observe_wait: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self._run_batch = run_batch
+        self._observe_wait = observe_wait  # each item's time in the queue (a metric)
         self._max_batch_size = max_batch_size
         self._window_s = window_s
         self._queue: collections.deque[tuple[Item, Future[Result], float]] = collections.deque()
@@ -54,6 +56,11 @@ class Batcher(Generic[Item, Result]):
             self._queue.extend((item, future, now) for item, future in zip(items, futures))
             self._wakeup.notify()
         return futures
+
+    @property
+    def depth(self) -> int:
+        """Items waiting for a batch."""
+        return len(self._queue)
 
     def close(self) -> None:
         with self._wakeup:
@@ -77,11 +84,12 @@ class Batcher(Generic[Item, Result]):
                 self._wakeup.wait(left)
             share = min(self._max_batch_size, math.ceil(len(self._queue) / self._idle))
             self._idle -= 1
-            batch = []
+            batch, now = [], time.monotonic()
             while self._queue and len(batch) < share:
-                item, future, _ = self._queue.popleft()
+                item, future, queued = self._queue.popleft()
                 if future.set_running_or_notify_cancel():
                     batch.append((item, future))
+                    self._observe_wait(now - queued)
             if self._queue:
                 self._wakeup.notify()  # the rest is another idle worker's share
             return batch

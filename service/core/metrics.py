@@ -38,6 +38,27 @@ class Metrics:
         self.request_seconds = prom.Histogram(
             "diptych_request_seconds", "Time to answer a request", call, buckets=LATENCY_BUCKETS
         )
+        # Per model version, so a canary can be compared with stable (deploy/prometheus/alerts.yml).
+        self.model_requests = prom.Counter(
+            "diptych_model_requests", "Requests a model version served, by outcome (ok, or the error's reason)",
+            [*model, "outcome"]
+        )
+        self.model_request_seconds = prom.Histogram(
+            "diptych_model_request_seconds", "Time a request waited for its model version's results", model,
+            buckets=LATENCY_BUCKETS
+        )
+        self.queue_depth = prom.Gauge(
+            "diptych_batch_queue_depth", "Items waiting for a batch, per model version", model,
+            multiprocess_mode="livesum"
+        )
+        self.queue_wait = prom.Histogram(
+            "diptych_batch_queue_wait_seconds", "Time an item waited in the queue before its batch ran", model,
+            buckets=LATENCY_BUCKETS
+        )
+        self.label_drift = prom.Gauge(
+            "diptych_label_drift_psi", "Population stability index of the served top-1 labels (a window) against "
+            "the training set's class distribution", model, multiprocess_mode="livemax"
+        )
         self.model_info = prom.Gauge(
             "diptych_model_info", "Loaded models (value 1)", ["kind", *run], multiprocess_mode="livemax"
         )

@@ -31,7 +31,7 @@ from contract.runtime import LITERT, TENSORFLOW, LiteRTRuntime, Runtime, SavedMo
 
 from .batching import Batcher
 from .config import Settings
-from .errors import DeadlineExceeded
+from .errors import DeadlineExceeded, ServiceError
 from .metrics import metrics
 
 log = logging.getLogger("diptych")
@@ -100,9 +100,13 @@ class ServedModel:
         labels = {"model": info.name, "version": info.version, "runtime": info.runtime}
         self._latency = metrics().inference_seconds.labels(**labels)
         self._batch_size = metrics().batch_size.labels(**labels)
+        self.metric_labels = {"model": info.name, "version": info.version}
+        self._request_seconds = metrics().model_request_seconds.labels(**self.metric_labels)
+        self._queue_depth = metrics().queue_depth.labels(**self.metric_labels)
         self.batcher: Batcher = Batcher(
             self.run_batch, settings.max_batch_size, settings.batch_window_ms / 1000, name=f"{info.kind}-batcher",
             workers=settings.interpreters or cores(),
+            observe_wait=metrics().queue_wait.labels(**self.metric_labels).observe,
         )
 
     @classmethod
@@ -111,6 +115,7 @@ class ServedModel:
         return cls(info, runtime, settings)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._queue_depth.set(self.batcher.depth)
         start = time.perf_counter()
         outputs = self._runtime.run(inputs)
         self._latency.observe(time.perf_counter() - start)
@@ -118,8 +123,22 @@ class ServedModel:
         return outputs
 
     async def infer(self, items: Sequence[Any]) -> list[Any]:
-        """Each item's result, from the batches they join; bounded by `timeout_s`."""
-        return await self._wait(self.batcher.submit(list(items)))
+        """Each item's result, from the batches they join; bounded by `timeout_s`. Counted per
+        model version, with its outcome, so versions can be compared."""
+        start, outcome = time.perf_counter(), "ok"
+        try:
+            futures = self.batcher.submit(list(items))
+            self._queue_depth.set(self.batcher.depth)
+            return await self._wait(futures)
+        except ServiceError as error:
+            outcome = error.reason
+            raise
+        except Exception:
+            outcome = "error"
+            raise
+        finally:
+            metrics().model_requests.labels(**self.metric_labels, outcome=outcome).inc()
+            self._request_seconds.observe(time.perf_counter() - start)
 
     async def _wait(self, futures: list[Future]) -> list[Any]:
         try:

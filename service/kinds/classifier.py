@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from service.core.drift import LabelDrift
 from service.core.errors import LimitExceeded, ValidationError
 from service.core.images import decode, prepare, resize
 from service.core.metrics import metrics
@@ -46,6 +47,9 @@ class Classifier(ServedModel):
         model = {"model": self.info.name, "version": self.info.version}
         self._classified = metrics().images_classified.labels(**model)
         self._predicted = {label: metrics().predictions.labels(**model, label=label) for label in self.labels}
+        counts = self.info.card.per_class_counts
+        self._drift = LabelDrift([counts.get(label, 0) for label in self.labels],
+                                 metrics().label_drift.labels(**model).set) if counts else None
 
     # -- requests ------------------------------------------------------------------
     async def classify(self, images: Sequence[bytes], top_k: int = 5) -> Classification:
@@ -118,7 +122,10 @@ class Classifier(ServedModel):
     def _classify(self, pixels: np.ndarray) -> np.ndarray:
         scores = self.run({"images": pixels})["scores"]
         self._classified.inc(len(scores))
-        for row in scores:
-            self._predicted[self.labels[int(row.argmax())]].inc()
+        best = scores.argmax(axis=1).tolist()
+        for index in best:
+            self._predicted[self.labels[index]].inc()
+        if self._drift is not None:
+            self._drift.observe(best)
         return scores
 
