@@ -32,6 +32,11 @@ class Settings:
     model_control: bool = False  # the load/unload API without admin keys (with admin keys it is on)
     admin_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False)  # keys for the load/unload API
     admin_keys_file: str | None = None
+    payload_log: str = ""  # a JSON-lines file, or an http(s) URL to POST CloudEvents to; each model's
+    # [repository.<name>] log_sample says the share of its requests logged
+    payload_log_queue: int = 1000  # events waiting to be written; more are dropped (and counted)
+    payload_log_max_mb: float = 100.0  # a log file is rotated at this size ...
+    payload_log_files: int = 5  # ... keeping this many
     classifier_runtime: str = "auto"  # auto (LiteRT when verified and faster), litert, tensorflow
     generator_runtime: str = "auto"
     interpreters: int = 0  # LiteRT interpreters, and batch workers, per model; 0: one per CPU core

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from .auth import ApiKeys
 from .config import Settings
+from .context import current
 from .control import SharedControl
 from .errors import NotFound, NotReady, Overloaded, Unauthenticated
 from .manager import Manager
@@ -116,22 +117,23 @@ class Engine:
     def get(self, kind: type[Kind], ref: str | ModelRef | None = None) -> Kind:
         """The model `ref` names (or the default of its kind), which must be of `kind`."""
         self._check_ready()
-        if ref is None:
-            model = self.manager.resolve(ModelRef(self.manager.default(kind.kind)))
-        else:
-            model = self.find(ref)
+        model = self.find(ModelRef(self.manager.default(kind.kind)) if ref is None else ref)
         if not isinstance(model, kind):
             raise NotFound(f"{ref} is a {model.kind}, not a {kind.kind}", "model")
         return model
 
     def find(self, ref: str | ModelRef) -> ServedModel:
-        """A model version by reference; a kind's name stands for its default model."""
+        """A model version by reference (a kind's name stands for its default model), chosen
+        for this request: by the model's traffic split for its caller; and its shadow noted."""
         self._check_ready()
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         default = self.manager.default(ref.name)
         if default is not None and not self.manager.status().get(ref.name):
             ref = ModelRef(default, ref.version, ref.label)
-        return self.manager.resolve(ref)
+        context = current()
+        model = self.manager.resolve(ref, context.caller or context.id)
+        context.shadow = self.manager.shadow(ref.name, model)
+        return model
 
     def models(self) -> list[ModelInfo]:
         """Every available model version."""

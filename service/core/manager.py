@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import logging
 import os
 import threading
@@ -30,6 +31,7 @@ from .control import Control, SharedControl
 from .errors import NotFound, ValidationError
 from .metrics import metrics
 from .models import ModelInfo, ServedModel, locate
+from .payloads import PayloadLog
 from .repository import Found, ModelConfig, ModelRef, Repository, Version, parse_configs
 
 log = logging.getLogger("diptych")
@@ -58,6 +60,9 @@ class Manager:
         self.kinds = dict(kinds)
         self.repository = Repository(settings)
         self._shared = shared  # the load/unload API's changes, shared with sibling workers
+        self.payload_log = PayloadLog(settings.payload_log, settings.payload_log_queue,
+                                      int(settings.payload_log_max_mb * 2**20), settings.payload_log_files) \
+            if settings.payload_log else None
         self._lock = threading.Lock()
         self._reconciling = threading.Lock()  # one pass at a time
         self._slots: dict[str, dict[int, Slot]] = {}  # every version with a state, by model
@@ -81,17 +86,42 @@ class Manager:
             if not self._admitted[epoch]:
                 del self._admitted[epoch]
 
-    def resolve(self, ref: ModelRef) -> ServedModel:
-        """The available version `ref` names: its version, its label's, or the newest."""
+    def resolve(self, ref: ModelRef, key: str = "") -> ServedModel:
+        """The available version `ref` names: its version, its label's, or, for the model's
+        name alone, the traffic split's choice for `key` (the caller), or the newest."""
         routes = self._routes.get(ref.name)
         if routes is None:
             raise NotFound(f"no model named {ref.name!r}", "model")
         number = self._number(ref)
-        model = routes.get(number) if number is not None else routes[max(routes)] if routes else None
+        if number is None and routes:
+            number = self._split(ref.name, routes, key)
+        model = routes.get(number)
         if model is None:
             state = self._state(ref.name, number)
             raise NotFound(f"{ref}: version {number} is not available{f' ({state})' if state else ''}", "model")
         return model
+
+    def _split(self, name: str, routes: Mapping[int, ServedModel], key: str) -> int:
+        """A version by the model's traffic weights, among the available targets only; one
+        caller (its key) always gets the same one while the weights stay."""
+        config = self._found.configs.get(name)
+        weights = [(number, weight) for target, weight in (config.traffic if config else {}).items()
+                   if (number := config.version_of(target)) in routes and weight]
+        if not weights:
+            return max(routes)
+        point = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32 * sum(weight for _, weight in weights)
+        for number, weight in weights:
+            point -= weight
+            if point < 0:
+                return number
+        return weights[-1][0]
+
+    def shadow(self, name: str, primary: ServedModel) -> ServedModel | None:
+        """The version the model's `shadow` names, when it is available and not `primary`."""
+        config = self._found.configs.get(name)
+        number = config.version_of(config.shadow) if config and config.shadow else None
+        model = self._routes.get(name, {}).get(number)
+        return model if model is not primary else None
 
     def _number(self, ref: ModelRef) -> int | None:
         if ref.label is None:
@@ -196,6 +226,8 @@ class Manager:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.payload_log is not None:
+            self.payload_log.close()
         with self._lock:
             models = [slot.model for versions in self._slots.values() for slot in versions.values() if slot.model]
         for model in models:
@@ -213,6 +245,8 @@ class Manager:
                 self._retire(name, {version.number for version in aspired})
             for name in set(self._slots) - set(found.versions):  # gone from the repository
                 self._retire(name, set())
+            for name in self._routes:
+                self._configure_logging(name)  # a changed config applies to loaded versions too
 
     def _ensure_loaded(self, version: Version) -> None:
         slot = self._slots.get(version.name, {}).get(version.number)
@@ -337,6 +371,14 @@ class Manager:
             routes = {number: slot.model for number, slot in self._slots.get(name, {}).items()
                       if slot.state == AVAILABLE}
             self._routes = {**self._routes, name: routes}
+        self._configure_logging(name)
+
+    def _configure_logging(self, name: str) -> None:
+        """The model's payload-log settings, on each of its available versions."""
+        config = self._found.configs.get(name, ModelConfig(name))
+        for model in self._routes.get(name, {}).values():
+            model.payload_log = self.payload_log
+            model.log_sample, model.log_thumbnails = config.log_sample, config.log_thumbnails
 
 
 class BudgetExceeded(Exception):

@@ -59,6 +59,14 @@ class Metrics:
             "diptych_label_drift_psi", "Population stability index of the served top-1 labels (a window) against "
             "the training set's class distribution", model, multiprocess_mode="livemax"
         )
+        self.shadow_requests = prom.Counter(
+            "diptych_shadow_requests", "Copies of requests a shadow version served (never returned), by outcome",
+            [*model, "outcome"]
+        )
+        self.payload_events = prom.Counter(
+            "diptych_payload_events", "Payload log events: written, dropped (queue full) or failed (the sink)",
+            ["outcome"]
+        )
         self.model_info = prom.Gauge(
             "diptych_model_info", "Loaded models (value 1)", ["kind", *run], multiprocess_mode="livemax"
         )

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
@@ -31,8 +33,10 @@ from contract.runtime import LITERT, TENSORFLOW, LiteRTRuntime, Runtime, SavedMo
 
 from .batching import Batcher
 from .config import Settings
+from .context import RequestContext, current
 from .errors import DeadlineExceeded, ServiceError
 from .metrics import metrics
+from .payloads import PayloadLog
 
 log = logging.getLogger("diptych")
 
@@ -88,6 +92,11 @@ class ServedModel:
 
     kind: ClassVar[str] = ""
     card_fields: ClassVar[tuple[str, ...]] = ()  # the optional card fields this kind needs
+    # The payload log, and the share of requests written to it: set by the manager from the
+    # model's settings (manager.py).
+    payload_log: PayloadLog | None = None
+    log_sample: float = 0.0
+    log_thumbnails: bool = False
     # The SavedModel signatures this kind serves to the tensor protocols (TF Serving, V2): by
     # the set of input names a signature takes, the name of the method that runs it.
     tensor_runners: ClassVar[dict[frozenset[str], str]] = {}
@@ -125,10 +134,13 @@ class ServedModel:
     async def infer(self, items: Sequence[Any]) -> list[Any]:
         """Each item's result, from the batches they join; bounded by `timeout_s`. Counted per
         model version, with its outcome, so versions can be compared."""
-        start, outcome = time.perf_counter(), "ok"
+        start, outcome, items = time.perf_counter(), "ok", list(items)
         try:
-            futures = self.batcher.submit(list(items))
+            futures = self.batcher.submit(items)
             self._queue_depth.set(self.batcher.depth)
+            shadow = current().shadow
+            if shadow is not None and shadow is not self:
+                shadow.mirror(items)
             return await self._wait(futures)
         except ServiceError as error:
             outcome = error.reason
@@ -146,6 +158,45 @@ class ServedModel:
                 return await asyncio.gather(*map(asyncio.wrap_future, futures))
         except TimeoutError:
             raise DeadlineExceeded(f"no result within {self.settings.timeout_s:g} s") from None
+
+    def mirror(self, items: list[Any]) -> None:
+        """A shadow's copy of another version's items: run in this version's batches, counted
+        and logged, never awaited or returned (so it can neither slow nor fail the request)."""
+        labels, context = self.metric_labels, current()
+        try:
+            futures = self.batcher.submit(items)
+        except RuntimeError:  # unloaded meanwhile
+            metrics().shadow_requests.labels(**labels, outcome="unavailable").inc()
+            return
+        remaining, lock = [len(futures)], threading.Lock()
+
+        def done(_: Future) -> None:
+            with lock:
+                remaining[0] -= 1
+                if remaining[0]:
+                    return
+            failed = any(future.cancelled() or future.exception() for future in futures)
+            metrics().shadow_requests.labels(**labels, outcome="error" if failed else "ok").inc()
+            if not failed:
+                self.log_exchange({"items": len(items)}, self.describe([future.result() for future in futures]),
+                                  context, component="shadow")
+
+        for future in futures:
+            future.add_done_callback(done)
+
+    def log_exchange(self, request: dict[str, Any], response: dict[str, Any], context: RequestContext | None = None,
+                     component: str = "predictor") -> None:
+        """Write the request and its response to the payload log, when this request is sampled:
+        by its id, so a request is logged whole (its shadow's answer too) or not at all."""
+        if self.payload_log is None or not self.log_sample:
+            return
+        context = context or current()
+        if int(hashlib.sha256(context.id.encode()).hexdigest()[:8], 16) < self.log_sample * 2**32:
+            self.payload_log.log(context.id, self.info.name, self.info.version, request, response, component)
+
+    def describe(self, results: list[Any]) -> dict[str, Any]:
+        """What the payload log keeps of a batch's results (the kind says)."""
+        return {"results": len(results)}
 
     def tensor_runner(self, inputs: frozenset[str]) -> TensorRunner | None:
         """The method that serves a signature taking these inputs, or None."""

@@ -89,33 +89,65 @@ class Policy:
         return "all" if self.latest is None else f"latest:{self.latest}"
 
 
+KEYS = ("path", "versions", "labels", "traffic", "shadow", "log_sample", "log_thumbnails")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """One model's settings: where it is (optional), its version policy, its labels."""
+    """One model's settings: where it is (optional), its version policy and labels, how a
+    request that names no version is split among versions (`traffic`: weights by label or
+    version number), which version gets a copy of the traffic (`shadow`), and the share of
+    its requests written to the payload log (`log_sample`, with image thumbnails or not)."""
 
     name: str
     path: str | None = None  # a folder of versions, a version folder, or a store tag
     policy: Policy = Policy()
     labels: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    traffic: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    shadow: str | None = None
+    log_sample: float = 0.0
+    log_thumbnails: bool = False
 
     @classmethod
     def parse(cls, name: str, table: Any) -> ModelConfig:
         where = f"repository.{name}"
         if not isinstance(table, Mapping):
-            raise ValueError(f"{where}: expected a table of path, versions, labels")
-        if unknown := sorted(set(table) - {"path", "versions", "labels"}):
-            raise ValueError(f"{where}: unknown keys {unknown}: use path, versions, labels")
-        labels = table.get("labels", {})
-        if not isinstance(labels, Mapping) or not all(
-                isinstance(version, int) and not isinstance(version, bool) for version in labels.values()):
-            raise ValueError(f"{where}.labels: map each label to a version number, e.g. {{stable = 3}}")
-        path = table.get("path")
+            raise ValueError(f"{where}: expected a table of {', '.join(KEYS)}")
+        if unknown := sorted(set(table) - set(KEYS)):
+            raise ValueError(f"{where}: unknown keys {unknown}: use {', '.join(KEYS)}")
+        labels = _numbers(table.get("labels", {}), f"{where}.labels", "map each label to a version number, "
+                                                                       "e.g. {stable = 3}")
+        traffic = _numbers(table.get("traffic", {}), f"{where}.traffic", "map labels or version numbers to "
+                                                                         "weights, e.g. {stable = 90, canary = 10}")
+        for target in [*traffic, *([table["shadow"]] if table.get("shadow") else [])]:
+            if not (str(target).isdigit() or target in labels):
+                raise ValueError(f"{where}: {target!r} is neither a label of this model nor a version number")
+        if traffic and not sum(traffic.values()):
+            raise ValueError(f"{where}.traffic: the weights add up to 0")
+        sample = table.get("log_sample", 0.0)
+        if isinstance(sample, bool) or not isinstance(sample, (int, float)) or not 0 <= sample <= 1:
+            raise ValueError(f"{where}.log_sample: a share between 0 and 1, e.g. 0.1")
+        path, shadow = table.get("path"), table.get("shadow")
         policy = Policy.parse(table["versions"], where) if "versions" in table else Policy()
-        return cls(name, str(path) if path else None, policy, dict(labels))
+        return cls(name, str(path) if path else None, policy, labels, traffic, str(shadow) if shadow else None,
+                   float(sample), bool(table.get("log_thumbnails", False)))
 
     def table(self) -> dict[str, Any]:
         """The settings table that parses back into this config."""
-        return {"versions": str(self.policy), "labels": dict(self.labels), **({"path": self.path} if self.path else {})}
+        table = {"versions": str(self.policy), "labels": dict(self.labels), "traffic": dict(self.traffic),
+                 "log_sample": self.log_sample, "log_thumbnails": self.log_thumbnails}
+        return {**table, **({"path": self.path} if self.path else {}), **({"shadow": self.shadow} if self.shadow else {})}
+
+    def version_of(self, target: str) -> int | None:
+        """A label's version, or a version number given as text."""
+        return self.labels.get(target) if target in self.labels else int(target) if target.isdigit() else None
+
+
+def _numbers(value: Any, where: str, hint: str) -> dict[str, int]:
+    if not isinstance(value, Mapping) or not all(
+            isinstance(number, int) and not isinstance(number, bool) and number >= 0 for number in value.values()):
+        raise ValueError(f"{where}: {hint}")
+    return {str(key): number for key, number in value.items()}
 
 
 @dataclasses.dataclass(frozen=True)

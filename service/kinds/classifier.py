@@ -8,18 +8,21 @@ the model's size: the card's `numeric_signature` (`classify_resized`) or its Lit
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
 
 from service.core.drift import LabelDrift
 from service.core.errors import LimitExceeded, ValidationError
-from service.core.images import decode, prepare, resize
+from service.core.images import decode, encode_png, prepare, resize
 from service.core.metrics import metrics
 from service.core.models import ModelInfo, ServedModel
 
 Image = bytes | np.ndarray  # encoded file, or uint8 pixels [H, W, 1|3]
+THUMBNAIL = 32  # pixels a side of a payload log thumbnail
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +65,25 @@ class Classifier(ServedModel):
     async def score(self, images: Sequence[Image]) -> Scores:
         """Every class's score for each image: the model's whole output, for the tensor protocols."""
         rows = await self.infer(self.checked(images))
+        if self.payload_log is not None:
+            self.log_exchange({"images": [self._described(image) for image in images]}, self.describe(rows))
         return Scores(self.info, self.labels, np.stack(rows))
+
+    def describe(self, results: list[np.ndarray]) -> dict[str, list]:
+        """The payload log's view of score rows: each image's top-1 label and score."""
+        return {"top1": [{"label": self.labels[int(row.argmax())], "score": float(row.max())} for row in results]}
+
+    def _described(self, image: Image) -> dict[str, object]:
+        """An image in the payload log: its sha256 and size, and a small thumbnail if asked for."""
+        data = image if isinstance(image, bytes) else np.ascontiguousarray(image).tobytes()
+        entry: dict[str, object] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        if self.log_thumbnails:
+            try:
+                pixels = decode(image, THUMBNAIL, "image") if isinstance(image, bytes) else resize(image, THUMBNAIL)
+                entry["thumbnail"] = base64.b64encode(encode_png(pixels)).decode()
+            except ValidationError:
+                pass  # an undecodable image has no thumbnail; its hash says which it was
+        return entry
 
     def check_top_k(self, top_k: int) -> None:
         if not 1 <= top_k <= len(self.labels):

@@ -10,6 +10,7 @@ the SavedModel's own graph does (`contract.latents`), whatever runtime serves th
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -72,7 +73,15 @@ class Generator(ServedModel):
     async def render_plan(self, plan: Latents) -> Generation:
         images = await self.infer(zip(plan.latents, plan.class_ids.tolist()))
         names = [self.classes[i] if self.conditional else None for i in plan.class_ids]
+        if self.payload_log is not None:  # the latents and classes make every logged image again
+            self.log_exchange({"seed": plan.seed, "latents": plan.latents.tolist(),
+                               "class_ids": plan.class_ids.tolist()}, self.describe(images))
         return Generation(self.info, np.stack(images), plan.latents, plan.class_ids, names, plan.seed)
+
+    def describe(self, results: list[np.ndarray]) -> dict[str, list]:
+        """The payload log's view of generated images: the sha256 of each one's uint8 pixels."""
+        return {"images": [{"sha256": hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()}
+                           for image in results]}
 
     # -- what a request asks for, checked ---------------------------------------------
     def plan(self, count: int | None, seed: int | None, class_: int | str | None,
