@@ -104,11 +104,11 @@ class Engine:
                 raise Overloaded(f"more than {self.settings.max_concurrency} requests in flight; retry shortly")
             self._in_flight += 1
         metrics().in_flight.inc()
-        epoch = self.manager.enter()
+        epoch = self.manager.epochs.enter()
         try:
             yield
         finally:
-            self.manager.leave(epoch)
+            self.manager.epochs.leave(epoch)
             metrics().in_flight.dec()
             with self._lock:
                 self._in_flight -= 1

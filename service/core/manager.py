@@ -16,21 +16,19 @@ request threads: a reload competes with serving for the same cores (TF Serving #
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 from .config import Settings
 from .control import Control, SharedControl
+from .epochs import Epochs
 from .errors import NotFound, ValidationError
+from .loader import BudgetExceeded, check_budget, footprint, load_version
 from .metrics import metrics
-from .models import ModelInfo, ServedModel, locate
+from .models import ModelInfo, ServedModel
 from .payloads import PayloadLog
 from .repository import Found, ModelConfig, ModelRef, Repository, Version, parse_configs
 
@@ -38,7 +36,6 @@ log = logging.getLogger("diptych")
 
 LOADING, AVAILABLE, UNLOADING, FAILED = "loading", "available", "unloading", "failed"
 STATES = (LOADING, AVAILABLE, UNLOADING, FAILED)
-LOAD_NICENESS = 5  # CFS weights: a nice-5 thread gets ~1/4 of a core that a nice-0 request thread also wants
 
 
 @dataclasses.dataclass
@@ -69,23 +66,10 @@ class Manager:
         self._routes: dict[str, dict[int, ServedModel]] = {}  # the available versions: replaced, never mutated
         self._found = Found({}, {}, {})
         self._control = Control()  # versions loaded and models unloaded on request, a reloaded config
-        self._epoch = 0
-        self._admitted: collections.Counter[int] = collections.Counter()  # requests in flight, by epoch
+        self.epochs = Epochs()  # requests hold one while admitted: a retired version waits for them
         self._stop = threading.Event()
 
     # -- requests ------------------------------------------------------------------
-    def enter(self) -> int:
-        """A request starts: it holds the current epoch until `leave`."""
-        with self._lock:
-            self._admitted[self._epoch] += 1
-            return self._epoch
-
-    def leave(self, epoch: int) -> None:
-        with self._lock:
-            self._admitted[epoch] -= 1
-            if not self._admitted[epoch]:
-                del self._admitted[epoch]
-
     def resolve(self, ref: ModelRef, key: str = "") -> ServedModel:
         """The available version `ref` names: its version, its label's, or, for the model's
         name alone, the traffic split's choice for `key` (the caller), or the newest."""
@@ -102,19 +86,8 @@ class Manager:
         return model
 
     def _split(self, name: str, routes: Mapping[int, ServedModel], key: str) -> int:
-        """A version by the model's traffic weights, among the available targets only; one
-        caller (its key) always gets the same one while the weights stay."""
         config = self._found.configs.get(name)
-        weights = [(number, weight) for target, weight in (config.traffic if config else {}).items()
-                   if (number := config.version_of(target)) in routes and weight]
-        if not weights:
-            return max(routes)
-        point = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32 * sum(weight for _, weight in weights)
-        for number, weight in weights:
-            point -= weight
-            if point < 0:
-                return number
-        return weights[-1][0]
+        return config.split(set(routes), key) if config else max(routes)
 
     def shadow(self, name: str, primary: ServedModel) -> ServedModel | None:
         """The version the model's `shadow` names, when it is available and not `primary`."""
@@ -260,17 +233,12 @@ class Manager:
         self._set(slot)
         start = time.perf_counter()
         try:
-            slot.footprint = _footprint(version.ref)
-            self._check_budget(slot)
-            with _lower_priority():
-                slot.info = info = locate(version.ref)
-                kind = self.kinds.get(info.kind)
-                if kind is None:
-                    raise ValueError(f"{version.ref} holds a model of kind {info.kind!r}; this service serves "
-                                     f"{sorted(self.kinds)}")
-                model = kind.load(dataclasses.replace(info, name=version.name, version=str(version.number)),
-                                  self.settings)
-                model.warm_up()
+            slot.footprint = footprint(version.ref)
+            with self._lock:
+                loaded = sum(other.footprint for versions in self._slots.values() for other in versions.values()
+                             if other.state in (AVAILABLE, UNLOADING))
+            check_budget(slot.footprint, loaded, self.settings)
+            model = load_version(version, self.kinds, self.settings)
         except Exception as error:
             self._failed(slot, error, time.perf_counter() - start)
             return
@@ -290,21 +258,9 @@ class Manager:
         self._set(slot, FAILED)
         metrics().model_loads.labels(model=slot.version.name, outcome="failed").inc()
         metrics().model_load_seconds.labels(model=slot.version.name).observe(seconds)
-        kind = slot.info.kind if slot.info else slot.version.kind or "model"
+        kind = slot.version.kind or "model"
         log.error("the %s could not be loaded from %s: %s", kind, slot.version.ref, slot.reason,
                   exc_info=None if isinstance(error, BudgetExceeded) else error)
-
-    def _check_budget(self, slot: Slot) -> None:
-        budget = self.settings.memory_budget_mb * 2**20
-        if not budget:
-            return
-        with self._lock:
-            loaded = sum(other.footprint for versions in self._slots.values() for other in versions.values()
-                         if other.state in (AVAILABLE, UNLOADING))
-        if loaded + slot.footprint > budget:
-            raise BudgetExceeded(f"loading it ({slot.footprint / 2**20:.1f} MiB of weights) beside what is loaded "
-                                 f"({loaded / 2**20:.1f} MiB) would exceed memory_budget_mb = "
-                                 f"{self.settings.memory_budget_mb:g}")
 
     def _retire(self, name: str, aspired: set[int]) -> None:
         """Unload the versions not aspired, unless the last available one would go while an
@@ -323,30 +279,19 @@ class Manager:
         """Out of the routes now; closed on a thread of its own once drained, so that a long
         request on one model holds up no other model's reload."""
         self._set(slot, UNLOADING)
-        with self._lock:
-            self._epoch += 1
-            retired_in = self._epoch - 1
         self._route(slot.version.name)
+        retired_in = self.epochs.advance()
         threading.Thread(target=self._close, args=(slot, retired_in), name="diptych-unload", daemon=True).start()
 
     def _close(self, slot: Slot, retired_in: int) -> None:
-        self._drain(retired_in)
+        # Bounded: no request outlives its timeout by much (BentoML's answers 504 at timeout_s + 10).
+        self.epochs.wait_past(retired_in, self.settings.timeout_s + 10)
         slot.model.close()
         info = slot.model.info
         metrics().model_info.labels(kind=info.kind, model=info.name, version=info.version, runtime=info.runtime).set(0)
         slot.model = None
         self._forget(slot)
         log.info("%s %s:%s unloaded", info.kind, info.name, info.version)
-
-    def _drain(self, epoch: int) -> None:
-        """Wait until every request admitted up to `epoch` has finished (bounded: a request
-        cannot outlive its timeout by much)."""
-        deadline = time.monotonic() + self.settings.timeout_s + 10
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not any(count for admitted, count in self._admitted.items() if admitted <= epoch):
-                    return
-            self._stop.wait(0.01)
 
     def _forget(self, slot: Slot) -> None:
         for state in STATES:
@@ -381,34 +326,3 @@ class Manager:
             model.log_sample, model.log_thumbnails = config.log_sample, config.log_thumbnails
 
 
-class BudgetExceeded(Exception):
-    """Loading a version would pass `memory_budget_mb`."""
-
-
-def _footprint(ref: str) -> int:
-    """Bytes of weights on disk (variables, the LiteRT flatbuffer): an estimate of the memory
-    a loaded version holds, known before loading it."""
-    from contract.layout import resolve
-
-    folder = resolve(ref)[0]
-    files = [*Path(folder, "variables").glob("*"), Path(folder, "litert", "model.tflite")]
-    return sum(path.stat().st_size for path in files if path.is_file())
-
-
-class _lower_priority:
-    """This thread at LOAD_NICENESS while it loads (Linux schedules threads one by one)."""
-
-    def __enter__(self) -> None:
-        self._thread = threading.get_native_id()
-        try:
-            self._before = os.getpriority(os.PRIO_PROCESS, self._thread)
-            os.setpriority(os.PRIO_PROCESS, self._thread, self._before + LOAD_NICENESS)
-        except (AttributeError, OSError):
-            self._before = None
-
-    def __exit__(self, *exc: object) -> None:
-        if self._before is not None:
-            try:
-                os.setpriority(os.PRIO_PROCESS, self._thread, self._before)  # raising it back needs root
-            except OSError:
-                pass

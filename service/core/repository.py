@@ -18,6 +18,7 @@ cards' kinds, never a model; the manager (manager.py) loads what it aspires.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import re
 from collections.abc import Mapping
@@ -137,6 +138,20 @@ class ModelConfig:
         table = {"versions": str(self.policy), "labels": dict(self.labels), "traffic": dict(self.traffic),
                  "log_sample": self.log_sample, "log_thumbnails": self.log_thumbnails}
         return {**table, **({"path": self.path} if self.path else {}), **({"shadow": self.shadow} if self.shadow else {})}
+
+    def split(self, available: set[int], key: str) -> int:
+        """A version by the traffic weights, among the available targets only; one caller
+        (its `key`) always gets the same one while the weights stay. No weights: the newest."""
+        weights = [(number, weight) for target, weight in self.traffic.items()
+                   if (number := self.version_of(target)) in available and weight]
+        if not weights:
+            return max(available)
+        point = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32 * sum(weight for _, weight in weights)
+        for number, weight in weights:
+            point -= weight
+            if point < 0:
+                return number
+        return weights[-1][0]
 
     def version_of(self, target: str) -> int | None:
         """A label's version, or a version number given as text."""
