@@ -9,6 +9,13 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 export BENTOML_DO_NOT_TRACK := true
 export TF_CPP_MIN_LOG_LEVEL := 2
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+
+# TensorFlow's C++ start-up lines (oneDNN notices, CUDA probing on a CPU-only machine, the
+# SavedModel reader and the LiteRT converter) are written before its log level applies: the
+# demo hides exactly these, by their source file, and shows everything else.
+TF_NOISE := { grep --line-buffered -v -E '^WARNING: All log messages before absl::InitializeLog|^[IWE][0-9]{4} [0-9:.]+ +[0-9]+ (port|cudart_stub|cuda_platform|cuda_executor|cpu_feature_guard|reader|loader|tf_tfl_flatbuffer_helpers|flatbuffer_export)\.cc:[0-9]+\]|^To enable the following instructions:|^INFO: Created TensorFlow Lite XNNPACK delegate' || true; }
 
 .PHONY: install system-deps demo test benchmark serving-benchmark load-benchmark proto clean help
 
@@ -46,11 +53,11 @@ $(CHECKOV): pyproject.toml
 	@touch $(CHECKOV)
 
 demo: install  ## train the default models if absent (quick profiles), publish them, serve HTTP on :3000
-	@test -n "$$(ls models/classifier 2>/dev/null)" || $(PY) -m training.classifier --quick
-	@test -n "$$(ls models/generator 2>/dev/null)" || $(PY) -m training.gan --quick
-	$(PY) -m training.publish models/classifier models/generator
+	@test -n "$$(ls models/classifier 2>/dev/null)" || $(PY) -m training.classifier --quick 2>&1 | $(TF_NOISE)
+	@test -n "$$(ls models/generator 2>/dev/null)" || $(PY) -m training.gan --quick 2>&1 | $(TF_NOISE)
+	$(PY) -m training.publish models/classifier models/generator 2>&1 | $(TF_NOISE)
 	@echo ">> serving HTTP on http://127.0.0.1:3000 (API explorer at /) and gRPC on 127.0.0.1:50051; Ctrl-C stops"
-	DIPTYCH_GRPC_HOST=127.0.0.1 $(VENV)/bin/bentoml serve service.service:Diptych --host 127.0.0.1 --port 3000
+	DIPTYCH_GRPC_HOST=127.0.0.1 $(VENV)/bin/bentoml serve service.service:Diptych --host 127.0.0.1 --port 3000 2>&1 | $(TF_NOISE)
 
 test: install  ## run the whole test suite
 	$(PY) -m pytest -q

@@ -55,6 +55,7 @@ class Settings:
     api_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     api_keys_file: str | None = None
     access_log: bool = False  # BentoML's log line per HTTP request
+    log_format: str = "text"  # text (BentoML's lines) or json (one JSON object a line: service/logs.py)
     tracing: bool = False  # BentoML's OpenTelemetry middleware on HTTP requests (spans, X-BentoML-Request-ID)
 
     def __post_init__(self) -> None:
@@ -62,6 +63,8 @@ class Settings:
             value = getattr(self, field.name)
             if isinstance(value, (int, float)) and value < 0:
                 raise ValueError(f"setting {field.name} must not be negative, got {value}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"setting log_format must be text or json, got {self.log_format!r}")
         for name in ("classifier_runtime", "generator_runtime"):
             if getattr(self, name) not in RUNTIMES:
                 raise ValueError(f"setting {name} must be one of {', '.join(RUNTIMES)}, got {getattr(self, name)!r}")
