@@ -76,18 +76,19 @@ def free_port() -> int:
 
 
 class Server:
-    """`bentoml serve service.service:Diptych` on loopback: HTTP and gRPC on free ports
-    (`grpc=False`: DIPTYCH_GRPC_PORT=0, no gRPC)."""
+    """`bentoml serve service.service:Diptych` (or another `target`: a Bento's tag) on loopback:
+    HTTP and gRPC on free ports (`grpc=False`: DIPTYCH_GRPC_PORT=0, no gRPC)."""
 
-    def __init__(self, env: dict[str, str], log: Path, grpc: bool = True) -> None:
+    def __init__(self, env: dict[str, str], log: Path, grpc: bool = True, target: str = "service.service:Diptych",
+                 cwd: Path = ROOT) -> None:
         self.port, self.grpc_port = free_port(), free_port() if grpc else 0
         self.url, self.grpc_target = f"http://127.0.0.1:{self.port}", f"127.0.0.1:{self.grpc_port}"
         self.log = log
         env = {**env, "DIPTYCH_GRPC_PORT": str(self.grpc_port), "DIPTYCH_GRPC_HOST": "127.0.0.1"}
         self.process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("bentoml")), "serve", "service.service:Diptych",
+            [str(Path(sys.executable).with_name("bentoml")), "serve", target,
              "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.client = httpx.Client(base_url=self.url, timeout=30)
 
