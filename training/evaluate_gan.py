@@ -30,7 +30,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from training.cli import UserError, run_cli  # first: it quiets TensorFlow's start-up logs
 
@@ -282,10 +282,12 @@ def card_metrics(evaluations: dict[float, GANEvaluation], psi: float) -> dict:
 
 
 def evaluate_saved_generator(model_dir: Path, data: str | None = None, seed: int = 0,
-                             card: ModelCard | None = None, psis=PSI_GRID) -> dict[float, GANEvaluation]:
+                             card: ModelCard | None = None,
+                             psis: Sequence[float] = PSI_GRID) -> dict[float, GANEvaluation]:
     """Load the data the card names (or `data`), the evaluator, and measure the export at
-    each ψ of `psis`. `card`: the export's, when it is not written yet (the trainer measures
-    before it is)."""
+    each ψ of `psis`, on the same seed's latents: ψ only scales them, so the rows differ by
+    ψ alone. `card`: the export's, when it is not written yet (the trainer measures before
+    it is)."""
     from training.data import load_dataset
 
     card = card or ModelCard.read(model_dir)

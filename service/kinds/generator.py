@@ -192,8 +192,8 @@ class Generator(ServedModel):
         try:
             return check_psi(psi)
         except ValueError as error:
-            raise CardError(f"the generator card of {self.info.name}:{self.info.version}: truncation_psi {error}") \
-                from None
+            model = f"{self.info.name}:{self.info.version}"
+            raise CardError(f"the generator card of {model}: truncation_psi {error}") from None
 
     def latent_rows(self, value: Sequence[Sequence[float]], field: str = "latents") -> np.ndarray:
         for i, row in enumerate(value):
