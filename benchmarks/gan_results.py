@@ -5,10 +5,12 @@
     python -m benchmarks.gan_results --model models/generator/3   # measure exports you already have
 
 Each row is one `python -m training.gan ...` command, run as a user would run it (own
-process, evaluation of the export on the full Fashion-MNIST test set). `--run` re-measures
-rows on this machine and records them in docs/gan_results.json; without it the recorded
-numbers are printed, each with the command that reproduces it. `--model` measures existing
-exports (FID, floor, class consistency) and prints their rows without recording them.
+process, evaluation of the export on the full Fashion-MNIST test set at each truncation ψ
+of `training.evaluate_gan.PSI_GRID`). `--run` re-measures rows on this machine and records
+them in docs/gan_results.json; without it the recorded numbers are printed, each with the
+command that reproduces it: the table at each row's default ψ, then FID and class
+consistency at every ψ. `--model` measures existing exports and prints their rows without
+recording them.
 """
 
 from __future__ import annotations
@@ -42,11 +44,13 @@ def row_from_card(card: dict, command: str) -> dict:
         "train_images": training["train_images"],
         "training_minutes": round(training["wall_seconds"] / 60, 1),
         "training_cpu_minutes": round(training["cpu_seconds"] / 60, 1),
+        "psi": metrics["psi"],
         "fid": metrics["fid"],
         "fid_floor": metrics["fid_floor"],
         "class_consistency": metrics["class_consistency"],
         "evaluator_accuracy": metrics["evaluator_accuracy"],
         "fid_samples": metrics["samples"],
+        "by_psi": metrics["by_psi"],
     }
 
 
@@ -73,27 +77,41 @@ def run_row(name: str, figures: Path | None) -> dict:
 def measure_export(path: str) -> dict:
     """Evaluate an existing export now; its training numbers come from its card."""
     from training.cli import resolve_model_dir
-    from training.evaluate_gan import evaluate_saved_generator
+    from training.evaluate_gan import card_metrics, choose_psi, evaluate_saved_generator
     from contract.card import ModelCard
 
     model_dir = resolve_model_dir(path)
     card = ModelCard.read(model_dir).to_dict()
-    card["metrics"] = evaluate_saved_generator(model_dir).as_dict()
+    evaluations = evaluate_saved_generator(model_dir)
+    card["metrics"] = card_metrics(evaluations, choose_psi(evaluations))  # the ψ the trainer would choose now
     flags = card["training"]["config"]
     return row_from_card(card, f"{model_dir} (trained with {flags['epochs']} epochs, filters {flags['filters']})")
 
 
+def _percent(consistency: float | None) -> str:
+    return "—" if consistency is None else f"{consistency:.1%}"
+
+
 def print_table(rows: dict) -> None:
-    print(f"| {'row':<24} | epochs | train min | CPU min | domain FID | floor | FID/floor | class consistency | command")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    """The rows at their default ψ, then the trade-off: FID and class consistency at each ψ."""
+    print(f"| {'row':<24} | epochs | train min | CPU min | default ψ | domain FID | floor | FID/floor | "
+          "class consistency | command")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for name, row in rows.items():
         if row is None:
-            print(f"| {name:<24} | — | — | — | — | — | — | — | not measured yet")
+            print(f"| {name:<24} | — | — | — | — | — | — | — | — | not measured yet")
             continue
-        consistency = "—" if row["class_consistency"] is None else f"{row['class_consistency']:.1%}"
         print(f"| {name:<24} | {row['epochs']:>6} | {row['training_minutes']:>9.1f} | "
-              f"{row['training_cpu_minutes']:>7.1f} | {row['fid']:>10.2f} | {row['fid_floor']:>5.2f} | "
-              f"{row['fid'] / row['fid_floor']:>9.0f} | {consistency:>17} | {row['command']}")
+              f"{row['training_cpu_minutes']:>7.1f} | {row['psi']:>9g} | {row['fid']:>10.2f} | "
+              f"{row['fid_floor']:>5.2f} | {row['fid'] / row['fid_floor']:>9.0f} | "
+              f"{_percent(row['class_consistency']):>17} | {row['command']}")
+    print(f"\n| {'row':<24} | ψ | domain FID | FID/floor | class consistency | command")
+    print("|---|---:|---:|---:|---:|---|")
+    for name, row in rows.items():
+        for psi, measured in (row or {}).get("by_psi", {}).items():
+            print(f"| {name:<24} | {psi} | {measured['fid']:>10.2f} | "
+                  f"{measured['fid'] / row['fid_floor']:>9.0f} | {_percent(measured['class_consistency']):>17} | "
+                  f"{row['command']}")
 
 
 def main() -> None:

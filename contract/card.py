@@ -51,6 +51,7 @@ class ModelCard:
     classes: list[str] | None = None
     conditional: bool | None = None
     max_batch: int | None = None
+    truncation_psi: float | None = None  # the ψ a request without one gets, chosen by measurement (docs/gan.md)
 
     @classmethod
     def new(cls, **fields: Any) -> ModelCard:

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from contract.card import SCHEMA, CardError, ModelCard
-from contract.latents import seeded_class_ids, seeded_latents
+from contract.latents import check_psi, seeded_class_ids, seeded_latents, truncated_latents
 from contract.layout import latest_version_dir, new_version_folder, resolve, version_dir, versions
 from contract.litert import Conversion, save_calibration
 from contract.signatures import signatures
@@ -113,6 +113,31 @@ def test_seeded_latents_are_the_same_in_a_graph_and_eagerly():
         np.testing.assert_array_equal(latents.numpy(), seeded_latents(seed, 5, 6).numpy())
         assert class_ids.numpy().tolist() == seeded_class_ids(-1, 5, 4).numpy().tolist() == [0, 1, 2, 3, 0]
     assert seeded_class_ids(2, 3, 4).numpy().tolist() == [2, 2, 2]
+
+
+
+def test_truncated_latents_stay_within_two_psi_and_are_fixed_by_the_seed():
+    for psi in (1.0, 0.7, 0.05):
+        latents = truncated_latents(7, 500, 16, psi)
+        assert latents.dtype == np.float32 and latents.shape == (500, 16)
+        assert np.abs(latents).max() <= np.float32(2 * psi)
+        np.testing.assert_array_equal(latents, truncated_latents(7, 500, 16, psi))  # the same seed, the same latents
+    one = truncated_latents(7, 500, 16, 1.0)
+    np.testing.assert_allclose(truncated_latents(7, 500, 16, 0.5), 0.5 * one, rtol=1e-6)  # ψ only scales
+    np.testing.assert_array_equal(truncated_latents(7, 1, 16), one[:1])  # the first row does not depend on count
+    assert not np.array_equal(truncated_latents(8, 1, 16), one[:1])
+    # The truncation resamples only what lies beyond ±2: the rest is a standard normal's draw.
+    plain = np.random.RandomState(7).standard_normal(16)
+    inside = np.abs(plain) <= 2
+    np.testing.assert_allclose(one[0][inside], plain[inside], rtol=1e-6)
+    assert 0.85 < one.std() < 0.9  # a standard normal truncated at ±2 has σ 0.88
+
+
+@pytest.mark.parametrize("psi", [0, -0.5, 1.01, float("nan"), float("inf"), True, "0.5", None])
+def test_psi_outside_zero_to_one_is_refused(psi):
+    with pytest.raises(ValueError, match=r"must be a number in \(0, 1\]"):
+        check_psi(psi)
+    assert check_psi(1) == 1.0 and check_psi(np.float32(0.25)) == 0.25
 
 
 def test_a_stored_report_without_its_digest_is_not_trusted(tmp_path):

@@ -17,6 +17,7 @@ from PIL import Image
 from contract.layout import new_version_folder
 from training import gan
 from training.cli import run_cli
+from training.evaluate_gan import PSI_GRID
 from training.gan_config import TrainConfig
 from training.gan_export import MAX_BATCH, export_generator
 from training.gan_model import (GANConfig, LinearDecay, build_discriminator, build_generator, to_uint8,
@@ -253,6 +254,11 @@ def test_toy_generator_respects_the_requested_class(toy_run):
     metrics = card["metrics"]
     assert metrics["class_consistency"] >= 0.9
     assert np.isfinite(metrics["fid"]) and metrics["fid_floor"] > 0
+    # The trainer measured every ψ and wrote the one its rule chose (tests/test_gan_fid.py) as the
+    # card's default, with the measurement at that ψ as the card's headline numbers.
+    assert sorted(map(float, metrics["by_psi"])) == sorted(PSI_GRID)
+    assert card["truncation_psi"] == metrics["psi"] in PSI_GRID
+    assert metrics["by_psi"][f"{metrics['psi']:g}"]["fid"] == metrics["fid"]
 
 
 @pytest.mark.slow
@@ -344,8 +350,13 @@ def test_benchmark_prints_the_recorded_numbers(capsys):
     from benchmarks.gan_results import print_table
 
     row = {"command": "python -m training.gan --quick", "epochs": 2, "training_minutes": 3.5,
-           "training_cpu_minutes": 2.9, "fid": 8.123, "fid_floor": 0.16, "class_consistency": 0.931}
+           "training_cpu_minutes": 2.9, "psi": 0.8, "fid": 8.123, "fid_floor": 0.16, "class_consistency": 0.931,
+           "by_psi": {"1": {"fid": 7.5, "class_consistency": 0.9}, "0.8": {"fid": 8.123, "class_consistency": 0.931}}}
     print_table({"quick": row, "full": None})
-    quick, full = capsys.readouterr().out.splitlines()[2:]
-    assert "8.12" in quick and "0.16" in quick and "93.1%" in quick and "python -m training.gan --quick" in quick
-    assert "not measured yet" in full
+    lines = capsys.readouterr().out.splitlines()
+    quick, full = lines[2:4]
+    assert " 0.8 |" in quick and "8.12" in quick and "0.16" in quick and "93.1%" in quick
+    assert "python -m training.gan --quick" in quick and "not measured yet" in full
+    one, point_eight = lines[-2:]  # the trade-off: one line per ψ measured
+    assert "| 1 |" in one and "7.50" in one and "90.0%" in one
+    assert "| 0.8 |" in point_eight and "8.12" in point_eight and "93.1%" in point_eight

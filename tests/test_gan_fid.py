@@ -1,9 +1,10 @@
-"""The Fréchet distance on cases with known answers, and the latent interpolation path."""
+"""The Fréchet distance on cases with known answers, the latent interpolation path, and the
+choice of the default truncation ψ."""
 
 import numpy as np
 import pytest
 
-from training.evaluate_gan import slerp
+from training.evaluate_gan import GANEvaluation, card_metrics, choose_psi, slerp
 from training.gan_fid import feature_statistics, fid, frechet_distance
 
 
@@ -57,3 +58,27 @@ def test_slerp_runs_along_the_sphere_between_its_ends():
     np.testing.assert_allclose(path[0], start, atol=1e-12)
     np.testing.assert_allclose(path[-1], end, atol=1e-12)
     np.testing.assert_allclose(np.linalg.norm(path, axis=1), np.linalg.norm(start), rtol=1e-9)
+
+
+def _measured(consistencies: dict[float, float | None]) -> dict[float, GANEvaluation]:
+    """Evaluations whose FID grows as ψ falls (less variety), with these consistencies."""
+    return {psi: GANEvaluation(psi, fid=10 - 5 * psi, fid_floor=0.5, class_consistency=consistency,
+                               per_class_consistency=None, evaluator_accuracy=0.9, samples=100)
+            for psi, consistency in consistencies.items()}
+
+
+def test_the_default_psi_is_the_largest_that_reaches_the_target():
+    measured = _measured({1.0: 0.93, 0.9: 0.96, 0.8: 0.975, 0.7: 0.98, 0.6: 0.97})
+    assert choose_psi(measured, target=0.97) == 0.8  # not 0.7: no more variety given up than needed
+    assert choose_psi(measured, target=0.9) == 1.0
+    assert choose_psi(measured, target=0.99) == 0.7  # none reaches it: the most consistent
+    assert choose_psi(_measured({1.0: None, 0.5: None})) == 1.0  # unconditional: the lowest FID
+
+
+def test_the_card_records_every_psi_and_the_default_in_full():
+    measured = _measured({1.0: 0.93123, 0.5: 0.98})
+    metrics = card_metrics(measured, 0.5)
+    assert metrics["psi"] == 0.5 and metrics["fid"] == 7.5 and metrics["class_consistency"] == 0.98
+    assert metrics["fid_over_floor"] == 15.0
+    assert metrics["by_psi"] == {"1": {"fid": 5.0, "class_consistency": 0.9312},
+                                 "0.5": {"fid": 7.5, "class_consistency": 0.98}}

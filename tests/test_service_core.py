@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from contract.card import CardError
+from contract.latents import truncated_latents
 from service.core import Engine, LimitExceeded, NotReady, Overloaded, Settings, Unauthenticated, ValidationError
 from service.core.auth import ApiKeys
 from service.core.batching import Batcher
@@ -150,6 +152,62 @@ def test_generation_requests(generator):
         with pytest.raises(ValidationError) as error:
             generator.plan(*args)
         assert error.value.field == field
+
+
+def test_seeded_latents_are_truncated_at_the_requested_psi_or_the_cards(generator):
+    assert generator.default_psi == 1.0  # a card without a measured ψ: the truncation alone
+    plan = generator.plan(8, 5, None, None)
+    assert plan.psi == 1.0 and np.abs(plan.latents).max() <= 2
+    np.testing.assert_array_equal(plan.latents, truncated_latents(5, 8, 4, 1.0))  # what the evaluation measures
+    half = generator.plan(8, 5, None, None, psi=0.5)
+    assert half.psi == 0.5 and half.seed == 5
+    np.testing.assert_allclose(half.latents, 0.5 * plan.latents, rtol=1e-6)
+    np.testing.assert_array_equal(generator.latents_for_seed(5, 8, 0.5), half.latents)
+    ends = generator.plan_interpolation([5, 6], None, 3, None, psi=0.5)
+    np.testing.assert_allclose(ends.latents[0], half.latents[0], rtol=1e-6)
+    assert ends.psi == 0.5
+
+
+def test_a_request_without_psi_gets_the_cards_default():
+    model = toy_model(Generator, latent_dim=4, classes=["cat", "dog"], conditional=True, truncation_psi=0.6)
+    try:
+        assert model.default_psi == 0.6
+        default, one = model.plan(4, 9, None, None), model.plan(4, 9, None, None, psi=1)
+        assert default.psi == 0.6 and one.psi == 1.0
+        np.testing.assert_allclose(default.latents, 0.6 * one.latents, rtol=1e-6)
+        assert np.abs(default.latents).max() <= np.float32(1.2) < np.abs(one.latents).max()
+        assert model.plan_interpolation([9, 10], None, 2, None).psi == 0.6
+    finally:
+        model.close()
+
+
+def test_a_card_with_a_psi_outside_zero_to_one_is_refused():
+    with pytest.raises(CardError, match=r"truncation_psi must be a number in \(0, 1\], got 1.5"):
+        toy_model(Generator, latent_dim=4, classes=["cat"], conditional=True, truncation_psi=1.5)
+
+
+@pytest.mark.parametrize("psi", [0, -1, 1.5, float("nan"), True])
+def test_psi_outside_zero_to_one_is_refused_naming_the_field(generator, psi):
+    for plan in (lambda: generator.plan(2, 1, None, None, psi),
+                 lambda: generator.plan_interpolation([1, 2], None, 3, None, psi),
+                 lambda: generator.latents_for_seed(1, 2, psi)):
+        with pytest.raises(ValidationError) as error:
+            plan()
+        assert error.value.field == "psi" and "(0, 1]" in error.value.problem
+
+
+def test_given_latents_are_never_changed_by_psi(generator):
+    latents = [[3.0, -4.0, 0.5, 0.0]]  # beyond any truncation: used as they are
+    plan = generator.plan(None, None, None, latents)
+    np.testing.assert_array_equal(plan.latents, latents)
+    assert plan.psi is None and plan.seed is None
+    ends = generator.plan_interpolation(None, [latents[0], [0.0, 1.0, 0.0, 0.0]], 2, None)
+    np.testing.assert_allclose(ends.latents[0], latents[0], rtol=1e-6)
+    for plan in (lambda: generator.plan(None, None, None, latents, 0.5),
+                 lambda: generator.plan_interpolation(None, [latents[0], latents[0]], 2, None, 0.5)):
+        with pytest.raises(ValidationError, match="drawn from a seed") as error:
+            plan()
+        assert error.value.field == "psi"
 
 
 def test_interpolation_walks_from_one_end_to_the_other(generator):

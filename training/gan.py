@@ -174,13 +174,15 @@ def export_and_measure(generator, model_config, class_names: list[str], config: 
         card = export_generator(generator, model_config, class_names, folder, version, name=config.name,
                                 dataset=config.data, training=training)
         if config.evaluate:
-            from training.evaluate_gan import evaluate_saved_generator
+            from training.evaluate_gan import card_metrics, choose_psi, evaluate_saved_generator
 
-            log("measuring the export: domain FID, its real-vs-real floor, class consistency")
-            evaluation = evaluate_saved_generator(folder, seed=config.seed, card=card)
-            card = replace(card, metrics=evaluation.as_dict())
+            log("measuring the export at each truncation ψ: domain FID, its real-vs-real floor, class consistency")
+            evaluations = evaluate_saved_generator(folder, seed=config.seed, card=card)
+            psi = choose_psi(evaluations)
+            evaluation = evaluations[psi]
+            card = replace(card, truncation_psi=psi, metrics=card_metrics(evaluations, psi))
             consistency = evaluation.class_consistency
-            log(f"domain FID {evaluation.fid:.2f} (real-vs-real floor {evaluation.fid_floor:.2f}, "
+            log(f"default ψ {psi:g}: domain FID {evaluation.fid:.2f} (real-vs-real floor {evaluation.fid_floor:.2f}, "
                 f"{evaluation.fid / evaluation.fid_floor:.0f}x)"
                 + (f", class consistency {consistency:.1%}" if consistency is not None else ""))
         card.write(folder)

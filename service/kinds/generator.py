@@ -3,8 +3,12 @@
 Items are (latent row, class id); each batch is one call of the card's `numeric_signature`
 (`serving_default`) or its LiteRT twin. Requests give latents, or a seed to draw them from
 (numpy's RandomState: frozen across versions, so a seed's images stay reproducible), or
-two end points to walk between; the tensor protocols' `generate_seeded` draws exactly as
-the SavedModel's own graph does (`contract.latents`), whatever runtime serves the model.
+two end points to walk between. Latents drawn from a seed are truncated and scaled by ψ
+(`contract.latents.truncated_latents`, the function the evaluation measures): a request
+without ψ gets the card's `truncation_psi`, the value its trainer measured to give better
+samples. Given latents are used as they are, so a returned latent always reproduces its
+image. The tensor protocols' `generate_seeded` draws exactly as the SavedModel's own graph
+does (`contract.latents.seeded_latents`, no truncation), whatever runtime serves the model.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from contract.latents import seeded_class_ids, seeded_latents
+from contract.card import CardError
+from contract.latents import check_psi, seeded_class_ids, seeded_latents, truncated_latents
 from service.core.errors import ValidationError
 from service.core.metrics import metrics
 from service.core.models import ModelInfo, ServedModel
@@ -30,6 +35,7 @@ class Generation:
     class_ids: np.ndarray  # int32 [N]
     class_names: list[str | None]
     seed: int | None  # set when the latents were drawn from a seed
+    psi: float | None  # the truncation they were drawn with: the same seed and ψ give the same images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +45,7 @@ class Latents:
     latents: np.ndarray  # float32 [N, latent_dim]
     class_ids: np.ndarray  # int32 [N]
     seed: int | None  # set when the latents were drawn from a seed
+    psi: float | None = None  # set when they were drawn (from seeds) with a truncation
 
 
 class Generator(ServedModel):
@@ -54,17 +61,18 @@ class Generator(ServedModel):
         self.conditional: bool = card.conditional
         self.classes: list[str] = list(card.classes)
         self._class_count = len(self.classes) if self.conditional else 1  # an unconditional model has class 0
+        self.default_psi = self._card_psi()
         self._generated = metrics().images_generated.labels(model=self.info.name, version=self.info.version)
 
     # -- requests ------------------------------------------------------------------
     async def generate(self, count: int | None = None, seed: int | None = None, class_: int | str | None = None,
-                       latents: Sequence[Sequence[float]] | None = None) -> Generation:
-        return await self.render_plan(self.plan(count, seed, class_, latents))
+                       latents: Sequence[Sequence[float]] | None = None, psi: float | None = None) -> Generation:
+        return await self.render_plan(self.plan(count, seed, class_, latents, psi))
 
     async def interpolate(self, seeds: Sequence[int] | None = None,
                           latents: Sequence[Sequence[float]] | None = None, steps: int = 8,
-                          class_: int | str | None = None) -> Generation:
-        return await self.render_plan(self.plan_interpolation(seeds, latents, steps, class_))
+                          class_: int | str | None = None, psi: float | None = None) -> Generation:
+        return await self.render_plan(self.plan_interpolation(seeds, latents, steps, class_, psi))
 
     async def render(self, latents: np.ndarray, class_ids: np.ndarray) -> Generation:
         """One image per (latent row, class id), as the generator's own signature takes them."""
@@ -74,9 +82,9 @@ class Generator(ServedModel):
         images = await self.infer(zip(plan.latents, plan.class_ids.tolist()))
         names = [self.classes[i] if self.conditional else None for i in plan.class_ids]
         if self.payload_log is not None:  # the latents and classes make every logged image again
-            self.log_exchange({"seed": plan.seed, "latents": plan.latents.tolist(),
+            self.log_exchange({"seed": plan.seed, "psi": plan.psi, "latents": plan.latents.tolist(),
                                "class_ids": plan.class_ids.tolist()}, self.describe(images))
-        return Generation(self.info, np.stack(images), plan.latents, plan.class_ids, names, plan.seed)
+        return Generation(self.info, np.stack(images), plan.latents, plan.class_ids, names, plan.seed, plan.psi)
 
     def describe(self, results: list[np.ndarray]) -> dict[str, list]:
         """The payload log's view of generated images: the sha256 of each one's uint8 pixels."""
@@ -85,22 +93,25 @@ class Generator(ServedModel):
 
     # -- what a request asks for, checked ---------------------------------------------
     def plan(self, count: int | None, seed: int | None, class_: int | str | None,
-             latents: Sequence[Sequence[float]] | None) -> Latents:
-        """`latents`, or `count` images from `seed` (random when absent); classes cycle unless given."""
+             latents: Sequence[Sequence[float]] | None, psi: float | None = None) -> Latents:
+        """`latents`, or `count` images from `seed` (random when absent) at truncation `psi`
+        (the card's default when absent); classes cycle unless given."""
         if latents is not None and seed is not None:
             raise ValidationError("seed", "give either latents or a seed, not both")
         if latents is not None:
+            self._no_psi_with_latents(psi)
             if count is not None and count != len(latents):
                 raise ValidationError("count", f"is {count} but {len(latents)} latents were given")
             image_count(len(latents), self.settings, "latents")
             return Latents(self.latent_rows(latents), self._class_ids(len(latents), class_), None)
         count = image_count(1 if count is None else count, self.settings)
-        seed = random_seed(seed)
-        return Latents(self.latents_for_seed(seed, count), self._class_ids(count, class_), seed)
+        seed, psi = random_seed(seed), self.truncation(psi)
+        return Latents(self.latents_for_seed(seed, count, psi), self._class_ids(count, class_), seed, psi)
 
     def plan_interpolation(self, seeds: Sequence[int] | None, latents: Sequence[Sequence[float]] | None,
-                           steps: int, class_: int | str | None) -> Latents:
-        """Two end points (latents, or seeds) → `steps` latents along the great circle between them."""
+                           steps: int, class_: int | str | None, psi: float | None = None) -> Latents:
+        """Two end points (latents, or seeds drawn at truncation `psi`) → `steps` latents along
+        the great circle between them."""
         if (seeds is None) == (latents is None):
             raise ValidationError("seeds", "give exactly one of seeds or latents (two of them)")
         field, ends = ("seeds", seeds) if seeds is not None else ("latents", latents)
@@ -109,11 +120,13 @@ class Generator(ServedModel):
         if not 2 <= steps <= self.settings.max_steps:
             raise ValidationError("steps", f"must be between 2 and {self.settings.max_steps}")
         if seeds is not None:
-            start, end = (self.latents_for_seed(random_seed(s, f"seeds[{i}]"), 1)[0] for i, s in enumerate(seeds))
+            psi = self.truncation(psi)
+            start, end = (self.latents_for_seed(random_seed(s, f"seeds[{i}]"), 1, psi)[0] for i, s in enumerate(seeds))
         else:
+            self._no_psi_with_latents(psi)
             start, end = self.latent_rows(latents)
         fixed = self.class_id(class_) or 0
-        return Latents(slerp(start, end, steps), np.full(steps, fixed, np.int32), None)
+        return Latents(slerp(start, end, steps), np.full(steps, fixed, np.int32), None, psi)
 
     def plan_rows(self, latents: np.ndarray, class_ids: np.ndarray) -> Latents:
         if len(class_ids) != len(latents):
@@ -160,8 +173,36 @@ class Generator(ServedModel):
         ids = np.arange(count) % self._class_count if fixed is None else np.full(count, fixed)
         return ids.astype(np.int32)
 
-    def latents_for_seed(self, seed: int, count: int) -> np.ndarray:
-        return np.random.RandomState(seed).standard_normal((count, self.latent_dim)).astype(np.float32)
+    def latents_for_seed(self, seed: int, count: int, psi: float | None = None) -> np.ndarray:
+        """`count` latents from `seed`, truncated at ψ (the card's default when None)."""
+        return truncated_latents(seed, count, self.latent_dim, self.truncation(psi))
+
+    def truncation(self, psi: float | None) -> float:
+        """The request's ψ, checked, or the card's default."""
+        if psi is None:
+            return self.default_psi
+        try:
+            return check_psi(psi)
+        except ValueError as error:
+            raise ValidationError("psi", str(error)) from None
+
+    def _no_psi_with_latents(self, psi: float | None) -> None:
+        """ψ scales the latents drawn from a seed; given latents (a returned image's, say)
+        are used as they are, or they would no longer reproduce their image."""
+        if psi is not None:
+            raise ValidationError("psi", "applies to latents drawn from a seed; given latents are used as they are")
+
+    def _card_psi(self) -> float:
+        """The card's measured ψ; 1 (the truncation alone) for a card without one: an export
+        made without its evaluation (--no-evaluate), or before ψ existed."""
+        psi = self.info.card.truncation_psi
+        if psi is None:
+            return 1.0
+        try:
+            return check_psi(psi)
+        except ValueError as error:
+            model = f"{self.info.name}:{self.info.version}"
+            raise CardError(f"the generator card of {model}: truncation_psi {error}") from None
 
     def latent_rows(self, value: Sequence[Sequence[float]], field: str = "latents") -> np.ndarray:
         for i, row in enumerate(value):
