@@ -38,7 +38,7 @@ PROMETHEUS_DIR = DEPLOY / "prometheus"
 GRAFANA_DIR = DEPLOY / "grafana"
 DASHBOARD = GRAFANA_DIR / "dashboards" / "diptych.json"
 K8S = DEPLOY / "k8s"
-OVERLAYS = ("dev", "prod", "repository")
+OVERLAYS = ("dev", "prod", "repository", "prod-cpu")  # prod-keda, kserve: tests/test_rollout_manifests.py
 DOCS = ROOT / "docs" / "deploy.md"
 
 BIN = Path(sys.executable).parent
@@ -276,8 +276,8 @@ def test_dashboard_queries_are_valid_promql(tmp_path):
 
 @pytest.fixture(scope="module")
 def served(grpc_servers):
-    """The open test server after a classify, a generate and a refused request (so every
-    labelled metric has a sample), and the sample names on its /metrics."""
+    """The open test server after 100 images classified, a generate and a refused request (so
+    every labelled metric has a sample), and the sample names on its /metrics."""
     from PIL import Image
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -285,7 +285,8 @@ def served(grpc_servers):
     buffer = io.BytesIO()
     Image.new("RGB", (40, 30), (90, 30, 200)).save(buffer, format="PNG")
     image = base64.b64encode(buffer.getvalue()).decode()
-    assert server.client.post("/classify", json={"images": [image], "top_k": 1}).status_code == 200
+    for _ in range(4):  # 100 predictions: the label drift gauge reports from 100 on
+        assert server.client.post("/classify", json={"images": [image] * 25, "top_k": 1}).status_code == 200
     assert server.client.post("/generate", json={"seed": 1, "count": 1, "format": "json"}).status_code == 200
     assert server.client.post("/generate", json={"count": 0}).status_code == 400
     samples: set[str] = set()
@@ -293,7 +294,7 @@ def served(grpc_servers):
     while time.monotonic() < deadline:
         text = server.client.get("/metrics").text
         samples = {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
-        if {"diptych_images_generated_total", "diptych_requests_rejected_total"} <= samples:
+        if {"diptych_images_generated_total", "diptych_requests_rejected_total", "diptych_label_drift_psi"} <= samples:
             break
         time.sleep(0.2)
     return server, samples
@@ -596,7 +597,7 @@ def test_overlays_size_and_protect_the_pods():
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "diptych"}
     assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
-    assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
+    assert [m["type"] for m in hpa["spec"]["metrics"]] == ["Pods"]  # in flight: tests/test_rollout_manifests.py
     assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 60
     pdb = one("prod", "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 1 < hpa["spec"]["minReplicas"]
