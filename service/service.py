@@ -11,6 +11,7 @@ too, on `grpc_port`, by `service.grpc`: they call the same engine, models and ba
 from __future__ import annotations
 
 import logging
+import os
 
 import bentoml
 
@@ -37,7 +38,7 @@ class Diptych:
     """Classify images and generate them, with one model each."""
 
     def __init__(self) -> None:
-        self.engine = Engine(settings, KINDS, SharedControl.of_supervisor())
+        self.engine = Engine(settings, KINDS, SharedControl.of_supervisor(), os.environ.get("DIPTYCH_CONFIG"))
         self.engine.start()
         self.grpc = None  # a service.grpc.GrpcServer once started
 

@@ -328,3 +328,26 @@ def _events(path: Path) -> list[dict]:
 
 def tiny_models_labels(engine: Engine) -> list[str]:
     return engine.get(Classifier, "shoes:1").labels
+
+
+def test_the_config_file_is_read_again_when_it_changes(repository, tiny_models, tmp_path):
+    """Labels and weights change by editing the file: the next pass applies them, no restart."""
+    config = tmp_path / "diptych.toml"
+    config.write_text('[repository.shoes]\nversions = "all"\nlabels = {stable = 1, canary = 2}\n'
+                      'traffic = {stable = 100}\n')
+    settings = Settings.load({"DIPTYCH_CONFIG": str(config)})
+    engine = Engine(Settings(**{**settings.__dict__, "classifier": str(repository / "shoes"),
+                                "generator": str(tiny_models["generator"]), "model_root": str(repository), **FAST}),
+                    KINDS, config_file=str(config))
+    engine.load()
+    try:
+        assert classify(engine) == "1"
+        config.write_text('[repository.shoes]\nversions = "all"\nlabels = {stable = 2, canary = 1}\n'
+                          'traffic = {stable = 100}\n')  # the rollback of a bad promotion: one line
+        engine.manager.reconcile()
+        assert classify(engine) == "2" and classify(engine, "shoes@canary") == "1"
+        config.write_text('[repository.shoes]\nversions = "sometimes"\n')  # a mistake is not applied
+        engine.manager.reconcile()
+        assert classify(engine) == "2" and set(versions(engine)) == {1, 2}
+    finally:
+        engine.close()

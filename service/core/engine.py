@@ -35,12 +35,13 @@ Kind = TypeVar("Kind", bound=ServedModel)
 
 class Engine:
     def __init__(self, settings: Settings, kinds: Mapping[str, type[ServedModel]],
-                 shared: SharedControl | None = None) -> None:
+                 shared: SharedControl | None = None, config_file: str | None = None) -> None:
         self.settings = settings
         # An admin key is an API key too, where API keys are on.
         self.keys = ApiKeys(settings.api_keys + settings.admin_keys if settings.api_keys else ())
         self.admin_keys = ApiKeys(settings.admin_keys)
-        self.manager = Manager(settings, kinds, shared)  # shared: with the service's other workers
+        # shared: with the service's other workers; config_file: read again when it changes
+        self.manager = Manager(settings, kinds, shared, config_file)
         self._loaded = threading.Event()  # the first pass over the repository is done
         self._ever_ready = False
         self._in_flight = 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -52,10 +53,12 @@ class Slot:
 
 class Manager:
     def __init__(self, settings: Settings, kinds: Mapping[str, type[ServedModel]],
-                 shared: SharedControl | None = None) -> None:
+                 shared: SharedControl | None = None, config_file: str | None = None) -> None:
         self.settings = settings
         self.kinds = dict(kinds)
         self.repository = Repository(settings)
+        self._config_file = config_file  # DIPTYCH_CONFIG: its [repository] tables are read again when it changes
+        self._config_seen = _mtime(config_file)
         self._shared = shared  # the load/unload API's changes, shared with sibling workers
         self.payload_log = PayloadLog(settings.payload_log, settings.payload_log_queue,
                                       int(settings.payload_log_max_mb * 2**20), settings.payload_log_files) \
@@ -179,6 +182,23 @@ class Manager:
         if self._shared is not None:
             self._shared.save(self._control)
 
+    def _reload_config(self) -> None:
+        """The config file's policies, labels, traffic and logging, when it changed (hot reload;
+        as Settings.load reads it, so a DIPTYCH_REPOSITORY variable still wins)."""
+        seen = _mtime(self._config_file)
+        if seen == self._config_seen:
+            return
+        self._config_seen = seen
+        try:
+            configs = parse_configs(Settings.load({**os.environ, "DIPTYCH_CONFIG": self._config_file}).repository)
+        except (OSError, ValueError) as error:  # a half-saved or mistyped file: keep serving as configured
+            log.error("the config file %s was not applied: %s", self._config_file, error)
+            return
+        self.repository.configs = configs
+        with self._lock:
+            self._control.configs = None  # the file is now newer than any reload request
+        log.info("repository settings reloaded from %s", self._config_file)
+
     def _apply_shared(self) -> None:
         """What a sibling worker's API call changed, applied before this pass."""
         control = self._shared.changed() if self._shared is not None else None
@@ -209,6 +229,7 @@ class Manager:
     def reconcile(self) -> None:
         """One pass: scan, load what is aspired and missing, switch, retire what is not."""
         with self._reconciling:
+            self._reload_config()
             self._apply_shared()
             self._found = found = self.repository.scan()
             for name in found.versions:
@@ -326,3 +347,10 @@ class Manager:
             model.log_sample, model.log_thumbnails = config.log_sample, config.log_thumbnails
 
 
+
+
+def _mtime(path: str | None) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns if path else None
+    except OSError:
+        return None

@@ -37,6 +37,8 @@ from .tfserving import PredictionServicer
 
 log = logging.getLogger("diptych")
 
+MAX_CONNECTION_AGE_S = 300
+
 SERVICES = (
     diptych_pb2.DESCRIPTOR.services_by_name["Diptych"].full_name,
     prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
@@ -51,7 +53,11 @@ class GrpcServer:
         self.address = f"{settings.grpc_host}:{settings.grpc_port}"
         self.server = grpc.aio.server(
             interceptors=[Gate(engine)],
-            options=[("grpc.max_receive_message_length", settings.max_body_bytes), ("grpc.so_reuseport", 1)],
+            options=[("grpc.max_receive_message_length", settings.max_body_bytes), ("grpc.so_reuseport", 1),
+                     # Clients reconnect (and re-resolve a headless Service) at least this often, so
+                     # new pods get connections: GOAWAY, then calls in flight get a grace to finish.
+                     ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_S * 1000),
+                     ("grpc.max_connection_age_grace_ms", int(settings.timeout_s * 1000))],
         )
         self.health = health.aio.HealthServicer()
         diptych_pb2_grpc.add_DiptychServicer_to_server(DiptychServicer(engine), self.server)
