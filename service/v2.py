@@ -11,14 +11,13 @@ calls `infer`, and lays the outputs out with `raw()` / `values()`.
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from . import tensors
+from . import __version__, tensors
 from contract.signatures import Spec
 
 from .core import Engine, ModelInfo, NotFound, ValidationError
@@ -37,11 +36,7 @@ NAMES = {dtype: name for name, dtype in DATATYPES.items()}
 
 
 def server_metadata() -> dict[str, Any]:
-    try:
-        version = importlib.metadata.version("diptych")
-    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
-        version = "dev"
-    return {"name": "diptych", "version": version, "extensions": ["binary_tensor_data"]}
+    return {"name": "diptych", "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,10 +3,13 @@ the gRPC twin of the HTTP side's `Guard` and `errors`.
 
 It checks the API key (metadata `authorization: Bearer <key>`), refuses a message that is
 not valid protobuf (INVALID_ARGUMENT, not gRPC's UNKNOWN), takes one of the engine's
-request slots for inference calls, bounds the call by its deadline (the work is cancelled,
-and queued items leave their batch, when it passes), maps every `ServiceError` to a status
-code (the only place that happens), and counts the call in the protocol-labelled metrics.
-Health checks, reflection and the V2 liveness/readiness calls stay open, as on HTTP.
+request slots, bounds the call by its deadline (the work is cancelled, and queued items
+leave their batch, when it passes), maps every `ServiceError` to a status code (the only
+place that happens), and counts the call in the protocol-labelled metrics.
+Every method takes a slot unless it is listed here: a method added later is admitted like
+inference (an allow-list of inference methods let a new one skip `max_concurrency`).
+Health checks, reflection and the V2 liveness/readiness calls stay open, as on HTTP; the
+metadata calls, like HTTP's GETs, need the key but no slot.
 """
 
 from __future__ import annotations
@@ -39,13 +42,12 @@ OPEN = (
     "/inference.GRPCInferenceService/ServerLive",
     "/inference.GRPCInferenceService/ServerReady",
 )
-INFERENCE = frozenset({
-    "/diptych.v1.Diptych/Classify",
-    "/diptych.v1.Diptych/Generate",
-    "/tensorflow.serving.PredictionService/Classify",
-    "/tensorflow.serving.PredictionService/MultiInference",
-    "/tensorflow.serving.PredictionService/Predict",
-    "/inference.GRPCInferenceService/ModelInfer",
+METADATA = frozenset({  # they read what is loaded: no slot, as HTTP's GET /models
+    "/diptych.v1.Diptych/ListModels",
+    "/tensorflow.serving.PredictionService/GetModelMetadata",
+    "/inference.GRPCInferenceService/ServerMetadata",
+    "/inference.GRPCInferenceService/ModelMetadata",
+    "/inference.GRPCInferenceService/ModelReady",
 })
 PRIVILEGED = frozenset({  # the load/unload API: an admin key, and no request slot (a load outlasts requests)
     "/diptych.v1.Diptych/LoadModel",
@@ -85,7 +87,7 @@ class Gate(grpc.aio.ServerInterceptor):
         return guarded
 
     def _guarded(self, behavior: Behavior, method: str) -> Behavior:
-        slot = self.engine.admit if method in INFERENCE else contextlib.nullcontext
+        slot = contextlib.nullcontext if method in METADATA else self.engine.admit
         requests = metrics().requests
         seconds = metrics().request_seconds.labels(protocol="grpc", method=method)
 

@@ -1,0 +1,108 @@
+"""The ASGI middleware in front of every HTTP route, BentoML's included: API keys on all but
+the route table's open endpoints; for POST, a request slot taken before the body is read,
+and the body size-checked; every guarded request counted by its route's template."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from opentelemetry import trace
+
+from ..core import LimitExceeded, ServiceError
+from ..core.metrics import metrics
+from ..core.validation import decimal
+from .api import engine
+from .endpoints import Routes
+from .errors import error_response
+
+CLIENT_CLOSED = 499  # the metrics' code for a client that left mid-body (nginx's convention)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its whole request body arrived."""
+
+
+class Guard:
+    def __init__(self, app: Callable, routes: Routes, max_body_bytes: int) -> None:
+        self.app = app
+        self.routes = routes
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        endpoint = self.routes.find(scope.get("path", "")) if scope["type"] == "http" else None
+        if endpoint is not None and endpoint.ahead_of_bentoml:
+            return await self.routes.app(scope, receive, send)
+        if scope["type"] != "http" or (endpoint is not None and endpoint.open):
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def answer(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), *_request_id()]
+            await send(message)
+
+        try:
+            core = engine()
+            core.keys.check(_header(scope, b"authorization"))
+            if scope["method"] != "POST":
+                return await self.app(scope, receive, answer)
+            with core.admit():
+                body = await self._read_body(scope, receive)
+                await self.app(scope, _replay(body, receive), answer)
+        except ServiceError as error:
+            await error_response(error)(scope, receive, answer)
+        except ClientGone:  # a request cut off mid-body is never run: nobody waits for its answer
+            status = CLIENT_CLOSED
+        except asyncio.CancelledError:  # BentoML's traffic timeout (timeout_s + 10 s) answers 504 itself
+            status = 504
+            raise
+        finally:
+            method = f"{scope['method']} {endpoint.path if endpoint else 'other'}"
+            metrics().requests.labels(protocol="http", method=method, code=str(status)).inc()
+            metrics().request_seconds.labels(protocol="http", method=method).observe(time.perf_counter() - start)
+
+    async def _read_body(self, scope: dict, receive: Callable) -> bytes:
+        too_large = LimitExceeded("body", f"larger than {self.max_body_bytes} bytes")
+        declared = decimal(_header(scope, b"content-length") or "")
+        if declared is not None and declared > self.max_body_bytes:
+            raise too_large
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                raise too_large
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+
+def _header(scope: dict, name: bytes) -> str | None:
+    return next((value.decode("latin-1") for key, value in scope["headers"] if key == name), None)
+
+
+def _request_id() -> list[tuple[bytes, bytes]]:
+    """With tracing on, the request's span id as `X-BentoML-Request-ID`, as BentoML's API
+    routes answered it; with tracing off there is no span, and no header."""
+    context = trace.get_current_span().get_span_context()
+    return [(b"x-bentoml-request-id", format(context.span_id, "016x").encode())] if context.is_valid else []
+
+
+def _replay(body: bytes, receive: Callable) -> Callable:
+    """Hand the already-read body to the app once, then pass through (disconnects)."""
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay

@@ -1,0 +1,94 @@
+"""The route table: every path the HTTP port answers, once. The guard reads it (which paths
+are open, the bounded `route` label of the metrics), the app diptych mounts into BentoML's is
+built from it, and so are the OpenAPI document and the route list of BentoML's client.
+
+Adding a route is one `Endpoint` here and its handler (docs/architecture.md, "Adding an
+HTTP route").
+"""
+
+from __future__ import annotations
+
+import functools
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from . import api, openapi, schemas, v2rest
+from .endpoints import Endpoint, Operation, Routes
+
+INFERENCE_ERRORS = (400, 401, 413, 500, 503, 504)
+BINARY = {"type": "string", "format": "binary"}
+ANY_OBJECT = {"type": "object", "additionalProperties": True}
+MULTIPART_CLASSIFY = {
+    "type": "object",
+    "required": ["images"],
+    "properties": {"images": {"type": "array", "items": BINARY}, "top_k": {"type": "integer", "default": 5}},
+}
+
+
+async def docs(request: Request) -> Response:
+    return JSONResponse(_documents()[0])
+
+
+async def client_schema(request: Request) -> Response:
+    return JSONResponse(_documents()[1])
+
+
+@functools.cache
+def _documents() -> tuple[dict, dict]:
+    return openapi.document(ROUTES), openapi.client_schema(ROUTES)
+
+
+def _health(description: str) -> Operation:
+    return Operation(description, infrastructure=True, answers={503: "not alive, or not ready yet"})
+
+
+ROUTES = Routes(
+    # diptych's API
+    Endpoint("POST", "/classify", api.classify, doc=Operation(
+        "Top-k labels for each image (JSON with base64 images, or multipart files in `images`).",
+        ok={"application/json": schemas.ClassifyResponse}, errors=INFERENCE_ERRORS, client_name="classify",
+        body={"application/json": schemas.ClassifyRequest, "multipart/form-data": MULTIPART_CLASSIFY})),
+    Endpoint("POST", "/generate", api.generate, doc=Operation(
+        "Images from a seed or explicit latents: one PNG, a PNG grid, or JSON (base64 PNGs and latents).",
+        ok={"application/json": schemas.GenerateResponse, "image/png": BINARY}, errors=INFERENCE_ERRORS,
+        client_name="generate", body={"application/json": schemas.GenerateRequest})),
+    Endpoint("POST", "/interpolate", api.interpolate, doc=Operation(
+        "A PNG strip walking from one latent (or seed) to another in `steps` images.",
+        ok={"image/png": BINARY}, errors=INFERENCE_ERRORS, client_name="interpolate",
+        body={"application/json": schemas.InterpolateRequest})),
+    Endpoint("GET", "/models", api.list_models, doc=Operation(
+        "the loaded models' cards", ok={"application/json": ANY_OBJECT}, ok_description="the models",
+        errors=(401, 503))),
+    Endpoint("GET", "/models/{name}", api.get_model, doc=Operation(
+        "one model's card, by name or kind", ok={"application/json": ANY_OBJECT}, ok_description="the model",
+        errors=(401, 404, 503))),
+    # the Open Inference Protocol (KServe V2)
+    Endpoint("GET", "/v2", v2rest.server),
+    Endpoint("GET", "/v2/health/live", v2rest.live, open=True),
+    Endpoint("GET", "/v2/health/ready", v2rest.ready, open=True),
+    Endpoint("GET", "/v2/models/{name}", v2rest.model, doc=Operation(
+        "Open Inference Protocol: model metadata", ok={"application/json": ANY_OBJECT},
+        ok_description="the model's tensors", errors=(401, 404, 503))),
+    Endpoint("GET", "/v2/models/{name}/ready", v2rest.model_ready),
+    Endpoint("POST", "/v2/models/{name}/infer", v2rest.infer, doc=Operation(
+        "Open Inference Protocol: run the model's serving_default signature (JSON tensors, or JSON followed by "
+        "binary tensor data: Inference-Header-Content-Length)",
+        ok={"application/json": ANY_OBJECT, "application/octet-stream": BINARY}, ok_description="the outputs",
+        errors=(400, 401, 404, 413, 500, 503, 504), body={"application/json": schemas.V2InferRequest})),
+    Endpoint("GET", "/v2/models/{name}/versions/{version}", v2rest.model),
+    Endpoint("GET", "/v2/models/{name}/versions/{version}/ready", v2rest.model_ready),
+    Endpoint("POST", "/v2/models/{name}/versions/{version}/infer", v2rest.infer),
+    # the documents: BentoML's, answered first otherwise, describe none of the routes above
+    Endpoint("GET", "/docs.json", docs, open=True, ahead_of_bentoml=True),
+    Endpoint("GET", "/schema.json", client_schema, open=True, ahead_of_bentoml=True),
+    # BentoML's own
+    Endpoint("GET", "/livez", open=True, doc=_health("the process is up (503 once the models failed to load)")),
+    Endpoint("GET", "/healthz", open=True, doc=_health("as /livez")),
+    Endpoint("GET", "/readyz", open=True, doc=_health("every model is loaded and warm")),
+    Endpoint("GET", "/metrics", open=True, doc=Operation(
+        "Prometheus metrics: BentoML's and diptych_* (docs/serving.md, Metrics)", infrastructure=True)),
+    Endpoint("GET", "/", open=True),  # the API explorer
+    Endpoint("GET", "/static_content/{file:path}", open=True),
+    Endpoint("GET", "/assets/{file:path}", open=True),
+)
