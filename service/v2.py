@@ -11,14 +11,16 @@ calls `infer`, and lays the outputs out with `raw()` / `values()`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from . import __version__, tensors
 from contract.signatures import Spec
+
+from . import __version__, tensors
 
 from .core import Engine, ModelInfo, NotFound, ValidationError
 from .core.manager import AVAILABLE
@@ -99,6 +101,18 @@ def repository_index(engine: Engine, ready_only: bool = False) -> list[dict[str,
     index = [{"name": name, "version": str(number), "state": REPOSITORY_STATES[slot.state], "reason": slot.reason}
              for name, entry in sorted(engine.status().items()) for number, slot in sorted(entry["versions"].items())]
     return [entry for entry in index if entry["state"] == "READY"] if ready_only else index
+
+
+def repository_config(text: Any) -> dict[str, Any]:
+    """The `config` load parameter: JSON of the model's repository table (as in the settings)."""
+    try:
+        table = json.loads(text) if isinstance(text, (str, bytes)) else None
+    except ValueError:
+        table = None
+    if not isinstance(table, dict):
+        raise ValidationError("parameters.config", "JSON of the model's settings, e.g. "
+                                                   '{"labels": {"stable": 3}, "traffic": {"stable": 100}}')
+    return table
 
 
 def repository_version(parameters: dict[str, Any]) -> int | None:

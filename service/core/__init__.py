@@ -1,6 +1,7 @@
 """diptych's serving core: protocol-free and kind-free. Adapters (HTTP, gRPC) call `Engine`
 for a served model; what each kind of model does lives in `service/kinds/`."""
 
+from . import context
 from .config import Settings
 from .engine import Engine
 from .errors import (
@@ -18,6 +19,7 @@ from .errors import (
 from .models import ModelInfo, ServedModel
 
 __all__ = [
+    "context",
     "DeadlineExceeded",
     "Engine",
     "LimitExceeded",

@@ -23,7 +23,7 @@ from .auth import ApiKeys
 from .config import Settings
 from .context import current
 from .control import SharedControl
-from .errors import NotFound, NotReady, Overloaded, Unauthenticated
+from .errors import NotFound, NotReady, Overloaded, Unauthenticated, ValidationError
 from .manager import Manager
 from .metrics import metrics
 from .models import ModelInfo, ServedModel
@@ -164,6 +164,15 @@ class Engine:
 
     async def configure(self, configs: Mapping[str, ModelConfig]) -> None:
         await _in_own_thread(self.manager.configure, configs)
+
+    async def configure_model(self, name: str, table: Mapping[str, object]) -> None:
+        """One model's settings (labels, traffic weights, shadow, policy, logging), now; the
+        other models keep theirs."""
+        try:
+            config = ModelConfig.parse(name, table)
+        except ValueError as error:
+            raise ValidationError("config", str(error)) from None
+        await self.configure({**self.manager.repository.configs, name: config})
 
     def _check_ready(self) -> None:
         if not self.ready:

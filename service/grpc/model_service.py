@@ -13,12 +13,11 @@ import grpc
 from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2, model_service_pb2_grpc, status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from ..core import Engine, NotFound, ValidationError
+from .. import tfserving
+from ..core import Engine, ValidationError
 from ..core.repository import ModelConfig, Policy
 
 Status = get_model_status_pb2.ModelVersionStatus
-STATES = {"loading": Status.LOADING, "available": Status.AVAILABLE, "unloading": Status.UNLOADING,
-          "failed": Status.END}
 UNKNOWN_ERROR = 2  # tensorflow.error.Code.UNKNOWN: a version that ended with a failed load
 
 
@@ -29,24 +28,13 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
                              context: grpc.aio.ServicerContext) -> get_model_status_pb2.GetModelStatusResponse:
         spec = request.model_spec
-        entry = self.engine.status().get(spec.name)
-        if entry is None:
-            raise NotFound(f"Could not find any versions of model {spec.name}", "model_spec")
-        versions = entry["versions"]
         choice = spec.WhichOneof("version_choice")
-        if choice == "version":
-            versions = {number: slot for number, slot in versions.items() if number == spec.version.value}
-        elif choice == "version_label":
-            labelled = entry["labels"].get(spec.version_label)
-            versions = {number: slot for number, slot in versions.items() if number == labelled}
-        if not versions:
-            raise NotFound(f"Could not find version {spec.version.value or spec.version_label} of model "
-                           f"{spec.name}", "model_spec")
+        found = tfserving.version_status(self.engine, spec.name, spec.version.value if choice == "version" else None,
+                                         spec.version_label if choice == "version_label" else None)
         return get_model_status_pb2.GetModelStatusResponse(model_version_status=[
-            Status(version=number, state=STATES[slot.state],
-                   status=status_pb2.StatusProto(error_code=UNKNOWN_ERROR if slot.reason else 0,
-                                                 error_message=slot.reason))
-            for number, slot in sorted(versions.items())])
+            Status(version=number, state=Status.State.Value(state),
+                   status=status_pb2.StatusProto(error_code=UNKNOWN_ERROR if reason else 0, error_message=reason))
+            for number, state, reason in found])
 
     async def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext

@@ -35,9 +35,8 @@ from tensorflow_serving.apis import (
 
 from contract.signatures import dtypes
 
-from .. import tensors
-from ..core import Engine, ModelInfo, NotFound, ServedModel, ValidationError
-from ..core.repository import ModelRef
+from .. import tensors, tfserving
+from ..core import Engine, ModelInfo, ServedModel, ValidationError
 from ..kinds import Classifier, Scores
 
 SIGNATURE_DEF = "signature_def"  # the one metadata field TF Serving knows
@@ -88,14 +87,8 @@ def servable(
     if not spec.name:
         raise ValidationError("model_spec", "Missing ModelSpec")
     choice = spec.WhichOneof("version_choice")
-    ref = ModelRef(spec.name, spec.version.value if choice == "version" else None,
-                   spec.version_label if choice == "version_label" else None)
-    try:
-        model = engine.find(ref)
-    except NotFound:
-        wanted = {"version": f"Specific({spec.name}, {spec.version.value})",
-                  "version_label": f"Labeled({spec.name}, {spec.version_label})"}.get(choice, f"Latest({spec.name})")
-        raise NotFound(f"Servable not found for request: {wanted}", "model_spec") from None
+    model = tfserving.servable(engine, spec.name, spec.version.value if choice == "version" else None,
+                               spec.version_label if choice == "version_label" else None)
     signature = spec.signature_name or "serving_default"
     if classify and (not isinstance(model, Classifier) or signature != "serving_default"):
         raise ValidationError("model_spec", "Classify serves the classifier's serving_default signature; use Predict")

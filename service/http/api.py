@@ -27,27 +27,37 @@ def engine() -> Engine:
 @errors
 async def classify(request: Request) -> Response:
     body = await schemas.ClassifyRequest.parse(request)
-    return classified(await engine().get(Classifier).classify(body.images, body.top_k))
+    classifier = engine().get(Classifier, model_of(request, body.model))
+    return classified(await classifier.classify(body.images, body.top_k))
 
 
 @errors
 async def generate(request: Request) -> Response:
     body = await schemas.GenerateRequest.parse(request)
     body.check_format()
-    result = await engine().get(Generator).generate(body.count, body.seed, body.class_, body.latents)
-    return generated(result, body.format)
+    generator = engine().get(Generator, model_of(request, body.model))
+    return generated(await generator.generate(body.count, body.seed, body.class_, body.latents, body.psi), body.format)
 
 
 @errors
 async def interpolate(request: Request) -> Response:
     body = await schemas.InterpolateRequest.parse(request)
-    result = await engine().get(Generator).interpolate(body.seeds, body.latents, body.steps, body.class_)
-    return generated(result, "strip")
+    generator = engine().get(Generator, model_of(request, body.model))
+    return generated(await generator.interpolate(body.seeds, body.latents, body.steps, body.class_, body.psi), "strip")
+
+
+def model_of(request: Request, field: str | None) -> str | None:
+    """The model a request names: its body's `model`, or the `model` query parameter."""
+    return field or request.query_params.get("model") or None
 
 
 @errors
 async def list_models(request: Request) -> Response:
-    return JSONResponse({"models": [card(info) for info in engine().models()]})
+    """Every model version the service knows, with its state (loading, available, unloading,
+    failed and why), the labels naming it, its model's policy, and its card once read."""
+    return JSONResponse({"models": [version_entry(name, number, slot, entry)
+                                    for name, entry in engine().status().items()
+                                    for number, slot in sorted(entry["versions"].items())]})
 
 
 @errors
@@ -93,4 +103,11 @@ def json_response(body: pydantic.BaseModel, info: ModelInfo) -> Response:
 
 def card(info: ModelInfo) -> dict[str, Any]:
     return {"name": info.name, "version": info.version, "kind": info.kind, "source": info.source,
-            "runtime": info.runtime, "litert": info.litert, "card": info.card.to_dict()}
+            "runtime": info.runtime, "litert": info.litert, "card": info.card.to_dict(), "state": "available"}
+
+
+def version_entry(name: str, number: int, slot: Any, entry: dict[str, Any]) -> dict[str, Any]:
+    labels = sorted(label for label, version in entry["labels"].items() if version == number)
+    known = card(slot.info) if slot.info is not None and slot.model is not None else {
+        "name": name, "version": str(number), "kind": slot.version.kind, "source": slot.version.ref}
+    return {**known, "state": slot.state, "reason": slot.reason, "labels": labels, "policy": entry["policy"]}

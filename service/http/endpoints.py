@@ -38,6 +38,7 @@ class Endpoint:
     path: str  # a Starlette path template: also the metrics label and the OpenAPI path
     handler: Handler | None = None  # None: BentoML answers it
     open: bool = False  # no API key, no request slot, not counted: health, metrics, the docs
+    control: bool = False  # the load/unload API: an admin key, and no request slot (a load outlasts requests)
     doc: Operation | None = None  # None: not in the OpenAPI document
     ahead_of_bentoml: bool = False  # BentoML has a route of this path too, which would answer first
 

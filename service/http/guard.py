@@ -1,6 +1,9 @@
 """The ASGI middleware in front of every HTTP route, BentoML's included: API keys on all but
-the route table's open endpoints; for POST, a request slot taken before the body is read,
-and the body size-checked; every guarded request counted by its route's template."""
+the route table's open endpoints, and an admin key on its control endpoints (loading and
+unloading models); for other POSTs, a request slot taken before the body is read, and the
+body size-checked; every guarded request counted by its route's template. Each request gets
+its id here (the client's `X-Request-Id`, or a new one), returned in `X-Request-Id`, and its
+caller (`X-Caller`, else its API key), which a model's traffic split sticks to."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from collections.abc import Callable
 
 from opentelemetry import trace
 
-from ..core import LimitExceeded, ServiceError
+from ..core import LimitExceeded, ServiceError, context
 from ..core.metrics import metrics
 from ..core.validation import decimal
 from .api import engine
@@ -37,17 +40,23 @@ class Guard:
         if scope["type"] != "http" or (endpoint is not None and endpoint.open):
             return await self.app(scope, receive, send)
         start, status = time.perf_counter(), 500
+        authorization = _header(scope, b"authorization")
+        request = context.begin(_header(scope, b"x-request-id"), _header(scope, b"x-caller") or authorization)
 
         async def answer(message: dict) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), *_request_id()]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request.id.encode()),
+                                      *_request_id()]
             await send(message)
 
         try:
             core = engine()
-            core.keys.check(_header(scope, b"authorization"))
+            core.keys.check(authorization)
+            if endpoint is not None and endpoint.control:  # the load/unload API: an admin key, no request slot
+                core.check_admin(authorization)
+                return await self.app(scope, receive, answer)
             if scope["method"] != "POST":
                 return await self.app(scope, receive, answer)
             with core.admit():

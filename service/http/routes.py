@@ -13,12 +13,13 @@ import functools
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import api, openapi, schemas, v2rest
+from . import api, openapi, schemas, tfserving_rest, v2rest
 from .endpoints import Endpoint, Operation, Routes
 
 INFERENCE_ERRORS = (400, 401, 413, 500, 503, 504)
 BINARY = {"type": "string", "format": "binary"}
 ANY_OBJECT = {"type": "object", "additionalProperties": True}
+ANY_LIST = {"type": "array", "items": ANY_OBJECT}
 MULTIPART_CLASSIFY = {
     "type": "object",
     "required": ["images"],
@@ -58,7 +59,8 @@ ROUTES = Routes(
         ok={"image/png": BINARY}, errors=INFERENCE_ERRORS, client_name="interpolate",
         body={"application/json": schemas.InterpolateRequest})),
     Endpoint("GET", "/models", api.list_models, doc=Operation(
-        "the loaded models' cards", ok={"application/json": ANY_OBJECT}, ok_description="the models",
+        "every model version: its state (loading, available, unloading, failed, with the reason), labels and card",
+        ok={"application/json": ANY_OBJECT}, ok_description="the models",
         errors=(401, 503))),
     Endpoint("GET", "/models/{name}", api.get_model, doc=Operation(
         "one model's card, by name or kind", ok={"application/json": ANY_OBJECT}, ok_description="the model",
@@ -79,6 +81,30 @@ ROUTES = Routes(
     Endpoint("GET", "/v2/models/{name}/versions/{version}", v2rest.model),
     Endpoint("GET", "/v2/models/{name}/versions/{version}/ready", v2rest.model_ready),
     Endpoint("POST", "/v2/models/{name}/versions/{version}/infer", v2rest.infer),
+    # the Open Inference Protocol's model repository extension (Triton's)
+    Endpoint("POST", "/v2/repository/index", v2rest.repository_index, doc=Operation(
+        "every model version and its state (READY, LOADING, UNLOADING, UNAVAILABLE)",
+        ok={"application/json": ANY_LIST}, ok_description="the index", errors=(400, 401))),
+    Endpoint("POST", "/v2/repository/models/{name}/load", v2rest.repository_load, control=True, doc=Operation(
+        "load a model (again), or one more version (`parameters.version`), or set its config (`parameters.config`:"
+        " JSON of its settings table: labels, traffic, shadow, ...); needs an admin key",
+        ok={"application/json": ANY_OBJECT}, ok_description="loaded", errors=(400, 401, 404),
+        body={"application/json": ANY_OBJECT})),
+    Endpoint("POST", "/v2/repository/models/{name}/unload", v2rest.repository_unload, control=True, doc=Operation(
+        "stop serving a model (or `parameters.version`) once its requests have finished; needs an admin key",
+        ok={"application/json": ANY_OBJECT}, ok_description="unloaded", errors=(400, 401, 404),
+        body={"application/json": ANY_OBJECT})),
+    # TF Serving's REST API: the version or label in the path, or the latest
+    *(Endpoint("POST", f"/v1/models/{{name}}{where}:{verb}", handler, doc=Operation(
+        f"TF Serving REST: {verb}", ok={"application/json": ANY_OBJECT}, errors=(400, 401, 404, 413, 503, 504),
+        body={"application/json": ANY_OBJECT}) if not where else None)
+      for where in ("", "/versions/{version}", "/labels/{label}")
+      for verb, handler in (("predict", tfserving_rest.predict), ("classify", tfserving_rest.classify))),
+    *(Endpoint("GET", f"/v1/models/{{name}}{where}{what}", handler, doc=Operation(
+        f"TF Serving REST: {doc}", ok={"application/json": ANY_OBJECT}, errors=(401, 404)) if not where else None)
+      for where in ("", "/versions/{version}", "/labels/{label}")
+      for what, handler, doc in (("/metadata", tfserving_rest.metadata, "the SignatureDefMap"),
+                                 ("", tfserving_rest.status, "the versions' status"))),
     # the documents: BentoML's, answered first otherwise, describe none of the routes above
     Endpoint("GET", "/docs.json", docs, open=True, ahead_of_bentoml=True),
     Endpoint("GET", "/schema.json", client_schema, open=True, ahead_of_bentoml=True),

@@ -20,6 +20,10 @@ Seed = Annotated[int, Field(description="0 to 2**32-1; the same seed gives the s
 ClassName = Annotated[int | str, WithJsonSchema({"oneOf": [{"type": "integer"}, {"type": "string"}]})]
 Class = Annotated[ClassName | None, Field(alias="class", description="a class name, or its id (int or digit string)")]
 LatentRows = Annotated[list[list[float]], Field(description="one row of latent_dim finite numbers per image")]
+ModelName = Annotated[str | None, Field(description="name, name:version or name@label (or the query parameter "
+                                                    "`model`); absent: the default model of the kind")]
+Psi = Annotated[float | None, Field(description="truncation of latents drawn from a seed, in (0, 1]: lower is more "
+                                                "typical and less varied; absent: the model card's default")]
 
 
 class Body(pydantic.BaseModel):
@@ -47,6 +51,7 @@ class ClassifyRequest(Body):
 
     images: list[Base64] = Field(description="base64-encoded image files (JPEG, PNG, GIF, BMP, WebP, TIFF, ...)")
     top_k: int = Field(5, description="labels per image, best first")
+    model: ModelName = None
 
     @classmethod
     async def from_form(cls, request: Request) -> ClassifyRequest:
@@ -63,6 +68,8 @@ class ClassifyRequest(Body):
                 raise parse_error(cls, "images", "file_expected", "each `images` part must be a file upload")
             elif name == "top_k" and isinstance(value, str) and (number := decimal(value)) is not None:
                 fields["top_k"] = number
+            elif name == "model" and isinstance(value, str):
+                fields["model"] = value
             else:
                 fields[name] = value  # pydantic names the problem: unknown field or wrong type
         return cls.model_validate({"images": images, **fields})
@@ -73,6 +80,8 @@ class GenerateRequest(Body):
     seed: Seed | None = Field(None, description="draw the latents from this seed (random when neither is given)")
     class_: Class = None
     latents: LatentRows | None = Field(None, description="explicit latents instead of a seed")
+    psi: Psi = None
+    model: ModelName = None
     format: Literal["png", "grid", "json"] = Field(
         "png", description="png: one image/png (count 1); grid: one PNG of all images; json: base64 PNGs + latents"
     )
@@ -89,6 +98,8 @@ class InterpolateRequest(Body):
     latents: LatentRows | None = Field(None, description="two latents: the end points (instead of seeds)")
     steps: int = Field(8, description="images in the strip, end points included")
     class_: Class = None
+    psi: Psi = None
+    model: ModelName = None
 
 
 def parse_error(model: type, field: str, kind: str, message: str) -> pydantic.ValidationError:

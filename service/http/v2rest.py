@@ -115,3 +115,49 @@ async def model_ready(request: Request) -> Response:
 
 async def server(request: Request) -> Response:
     return JSONResponse(v2.server_metadata())
+
+
+# -- the model repository extension (Triton's extension_model_repository) --------------------
+
+
+@errors
+async def repository_index(request: Request) -> Response:
+    body = _object(await request.body())
+    ready = body.get("ready", False)
+    if not isinstance(ready, bool):
+        raise ValidationError("ready", "true or false")
+    return JSONResponse(v2.repository_index(engine(), ready))
+
+
+@errors
+async def repository_load(request: Request) -> Response:
+    name, parameters = request.path_params["name"], _parameters(await request.body())
+    if "config" in parameters:  # a model config: its repository table (labels, traffic, shadow, ...)
+        await engine().configure_model(name, v2.repository_config(parameters["config"]))
+    await engine().load_model(name, v2.repository_version(parameters))
+    return JSONResponse({})
+
+
+@errors
+async def repository_unload(request: Request) -> Response:
+    name, parameters = request.path_params["name"], _parameters(await request.body())
+    await engine().unload_model(name, v2.repository_version(parameters))
+    return JSONResponse({})
+
+
+def _parameters(body: bytes) -> dict[str, Any]:
+    parameters = _object(body).get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise ValidationError("parameters", "an object of load parameters")
+    return parameters
+
+
+def _object(body: bytes) -> dict[str, Any]:
+    """A JSON object body; an empty body is an empty object, as Triton takes it."""
+    try:
+        parsed = json.loads(body or b"{}")
+    except ValueError as error:
+        raise ValidationError("body", f"not JSON: {error}") from None
+    if not isinstance(parsed, dict):
+        raise ValidationError("body", "send a JSON object")
+    return parsed
