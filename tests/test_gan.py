@@ -360,3 +360,11 @@ def test_benchmark_prints_the_recorded_numbers(capsys):
     one, point_eight = lines[-2:]  # the trade-off: one line per ψ measured
     assert "| 1 |" in one and "7.50" in one and "90.0%" in one
     assert "| 0.8 |" in point_eight and "8.12" in point_eight and "93.1%" in point_eight
+
+
+def test_the_latent_width_is_declared_in_the_signature(exported):
+    """Clients that read model metadata (TF Serving, V2, tritonclient) learn the width there."""
+    from contract.signatures import signatures
+
+    model_dir, _ = exported
+    assert signatures(model_dir)["serving_default"].inputs["latents"].shape == (-1, TINY.latent_dim)

@@ -59,12 +59,16 @@ class GeneratorModule(tf.Module):
             class_ids = tf.identity(class_ids)
         return to_uint8(self.generator([latents, class_ids], training=False))
 
-    @tf.function(input_signature=[
-        tf.TensorSpec([None, None], tf.float32, name="latents"),
-        tf.TensorSpec([None], tf.int32, name="class_ids"),
-    ])
     def generate(self, latents, class_ids):
         return {"images": self._generate(latents, class_ids)}
+
+    def serving_default(self) -> tf.types.experimental.ConcreteFunction:
+        """`generate` with the latent width declared, so that a client reading the model's
+        metadata (TF Serving's GetModelMetadata, the V2 protocol, tritonclient) learns it."""
+        return tf.function(self.generate, input_signature=[
+            tf.TensorSpec([None, self.latent_dim], tf.float32, name="latents"),
+            tf.TensorSpec([None], tf.int32, name="class_ids"),
+        ]).get_concrete_function()
 
     @tf.function(input_signature=[
         tf.TensorSpec([], tf.int64, name="seed"),
@@ -93,7 +97,7 @@ def export_generator(generator: keras.Model, config: GANConfig, class_names: lis
     half-written version); return the card, for the caller to complete and write once."""
     module = GeneratorModule(generator, config)
     tf.saved_model.save(module, str(folder), signatures={
-        "serving_default": module.generate,
+        "serving_default": module.serving_default(),
         "generate_seeded": module.generate_seeded,
     })
     save_calibration(folder, {

@@ -52,13 +52,14 @@ class DiptychServicer(diptych_pb2_grpc.DiptychServicer):
 
 
 def generation_arguments(request: pb.GenerateRequest) -> tuple:
-    """(count, seed, class, latents) as `Generator.generate` takes them; absent fields are None."""
+    """(count, seed, class, latents, psi) as `Generator.generate` takes them; absent fields are None."""
     present = request.WhichOneof("class")
     return (
         request.count if request.HasField("count") else None,
         request.seed if request.HasField("seed") else None,
         getattr(request, present) if present else None,
         [list(latent.values) for latent in request.latents] or None,
+        request.psi if request.HasField("psi") else None,
     )
 
 

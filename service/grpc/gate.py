@@ -34,6 +34,7 @@ from ..core import (
     UnknownSignature,
     ValidationError,
 )
+from ..core import context as request_context
 from ..core.metrics import metrics
 
 OPEN = (
@@ -48,6 +49,8 @@ METADATA = frozenset({  # they read what is loaded: no slot, as HTTP's GET /mode
     "/inference.GRPCInferenceService/ServerMetadata",
     "/inference.GRPCInferenceService/ModelMetadata",
     "/inference.GRPCInferenceService/ModelReady",
+    "/inference.GRPCInferenceService/RepositoryIndex",
+    "/tensorflow.serving.ModelService/GetModelStatus",
 })
 PRIVILEGED = frozenset({  # the load/unload API: an admin key, and no request slot (a load outlasts requests)
     "/diptych.v1.Diptych/LoadModel",
@@ -87,14 +90,17 @@ class Gate(grpc.aio.ServerInterceptor):
         return guarded
 
     def _guarded(self, behavior: Behavior, method: str) -> Behavior:
-        slot = contextlib.nullcontext if method in METADATA else self.engine.admit
+        slot = contextlib.nullcontext if method in METADATA | PRIVILEGED else self.engine.admit
         requests = metrics().requests
         seconds = metrics().request_seconds.labels(protocol="grpc", method=method)
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start, code = time.perf_counter(), grpc.StatusCode.OK
+            metadata = dict(context.invocation_metadata() or ())
+            authorization = metadata.get("authorization")
+            request_id = request_context.begin(metadata.get("x-request-id"), metadata.get("x-caller") or authorization).id
+            context.set_trailing_metadata((("x-request-id", request_id),))
             try:
-                authorization = dict(context.invocation_metadata() or ()).get("authorization")
                 self.engine.keys.check(authorization)
                 if method in PRIVILEGED:
                     self.engine.check_admin(authorization)
@@ -106,7 +112,7 @@ class Gate(grpc.aio.ServerInterceptor):
                 code = next(status for kind, status in STATUS.items() if isinstance(error, kind))
                 metrics().rejected.labels(reason=error.reason, protocol="grpc").inc()
                 retry = [("retry-after", str(error.retry_after_s))] if isinstance(error, Unavailable) else []
-                await context.abort(code, str(error), trailing_metadata=tuple(retry))
+                await context.abort(code, str(error), trailing_metadata=(("x-request-id", request_id), *retry))
             except grpc.aio.AbortError:  # the servicer answered with a status of its own
                 code = context.code()
                 raise

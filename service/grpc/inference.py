@@ -62,7 +62,10 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
                                   context: grpc.aio.ServicerContext) -> pb.RepositoryModelLoadResponse:
-        await self.engine.load_model(request.model_name, v2.repository_version(parameters(request.parameters)))
+        given = parameters(request.parameters)
+        if "config" in given:  # a model config: its settings table (labels, traffic, shadow, ...)
+            await self.engine.configure_model(request.model_name, v2.repository_config(given["config"]))
+        await self.engine.load_model(request.model_name, v2.repository_version(given))
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
@@ -80,6 +83,10 @@ def infer_request(message: pb.ModelInferRequest) -> v2.Request:
     raw = message.raw_input_contents
     if raw and len(raw) != len(message.inputs):
         raise ValidationError("raw_input_contents", f"has {len(raw)} entries for {len(message.inputs)} inputs")
+    for i, tensor in enumerate(message.inputs):
+        if raw and tensor.contents.ListFields():  # the protocol: one or the other, never both
+            raise ValidationError(f"inputs[{i}].contents", "given with raw_input_contents: send the tensor data "
+                                                           "in one of them only")
     inputs = {}
     for i, tensor in enumerate(message.inputs):
         data = raw[i] if raw else list(getattr(tensor.contents, CONTENTS.get(tensor.datatype, "bytes_contents")))
