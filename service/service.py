@@ -47,7 +47,7 @@ class Diptych:
     @bentoml.on_startup
     async def serve_grpc(self) -> None:
         if settings.grpc_port:
-            from .grpc import GrpcServer  # here, not above: it loads TensorFlow, which the supervisor never needs
+            from .grpc.server import GrpcServer  # here, not above: it loads TensorFlow, which the supervisor never needs
 
             self.grpc = GrpcServer(self.engine, settings)
             await self.grpc.start()
