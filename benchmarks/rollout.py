@@ -66,7 +66,7 @@ def run(args: argparse.Namespace, scratch: Path) -> list[str]:
 
 async def drive(service: Service, root: Path, export: Path, args: argparse.Namespace) -> list[str]:
     body = {"images": [base64.b64encode(sample_images(1)[0]).decode()], "top_k": 1}
-    answers: list[tuple[float, float, int, str]] = []  # (start, seconds, status, version)
+    answers: list[tuple[float, float, int, str]] = []  # (start, seconds, status, version); Unix time
     stop = asyncio.Event()
     async with httpx.AsyncClient(base_url=service.url, timeout=60) as client:
         clients = [asyncio.create_task(classify(client, body, answers, stop)) for _ in range(args.concurrency)]
@@ -80,44 +80,45 @@ async def drive(service: Service, root: Path, export: Path, args: argparse.Names
 
 async def classify(client: httpx.AsyncClient, body: dict, answers: list, stop: asyncio.Event) -> None:
     while not stop.is_set():
-        start = time.monotonic()
+        start = time.time()
         try:
             response = await client.post("/classify", json=body)
-            answers.append((start, time.monotonic() - start, response.status_code,
+            answers.append((start, time.time() - start, response.status_code,
                             response.headers.get("x-model-version", "")))
         except httpx.TransportError:
-            answers.append((start, time.monotonic() - start, 0, ""))
+            answers.append((start, time.time() - start, 0, ""))
 
 
 async def phases(client: httpx.AsyncClient, service: Service, root: Path, export: Path,
                  seconds: float) -> dict[str, float]:
-    marks = {"start": time.monotonic()}
+    marks = {"start": time.time()}
     await asyncio.sleep(seconds)
     marks["rss one"] = rss(service)
-    marks["copied 2"] = time.monotonic()
+    marks["copied 2"] = time.time()
     add_version(root, 2, export)
-    marks["available 2"] = await until(client, lambda versions: versions.get("2") == "available")
+    marks["available 2"] = await until(client, "2", "available")  # the server's own time of the switch
     marks["rss two"] = rss(service)
-    marks["unloaded 1"] = await until(client, lambda versions: "1" not in versions)
+    await until(client, "1", None)
+    marks["unloaded 1"] = time.time()
     await asyncio.sleep(seconds)
     marks["rss after"] = rss(service)
-    marks["switch end"] = time.monotonic()
+    marks["switch end"] = time.time()
     broken = add_version(root, 3, export)
     (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
-    marks["failed 3"] = await until(client, lambda versions: versions.get("3") == "failed")
+    marks["failed 3"] = await until(client, "3", "failed")
     await asyncio.sleep(seconds)
-    marks["end"] = time.monotonic()
+    marks["end"] = time.time()
     return marks
 
 
-async def until(client: httpx.AsyncClient, check, timeout: float = 300) -> float:
-    """When `check` first holds for the classifier's {version: state} in /models."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+async def until(client: httpx.AsyncClient, version: str, state: str | None, timeout: float = 300) -> float:
+    """When the classifier's `version` entered `state` (None: gone), by /models' `since`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
         models = (await client.get("/models")).json()["models"]
-        versions = {entry["version"]: entry["state"] for entry in models if entry["name"] == "classifier"}
-        if check(versions):
-            return time.monotonic()
+        found = next((entry for entry in models if entry["name"] == "classifier" and entry["version"] == version), None)
+        if (found is None and state is None) or (found is not None and found["state"] == state):
+            return found["since"] if found else time.time()
         await asyncio.sleep(0.1)
     raise TimeoutError("the repository never reached the expected state")
 

@@ -49,6 +49,7 @@ class Slot:
     model: ServedModel | None = None
     footprint: int = 0  # bytes of weights on disk: the memory budget's estimate
     info: ModelInfo | None = None
+    since: float = 0.0  # when it entered its state (Unix time)
 
 
 class Manager:
@@ -324,7 +325,7 @@ class Manager:
                 self._slots.pop(slot.version.name, None)
 
     def _set(self, slot: Slot, state: str = LOADING) -> None:
-        slot.state = state
+        slot.state, slot.since = state, time.time()
         for each in STATES:
             metrics().model_versions.labels(model=slot.version.name, version=str(slot.version.number),
                                             state=each).set(int(each == state))

@@ -110,4 +110,5 @@ def version_entry(name: str, number: int, slot: Any, entry: dict[str, Any]) -> d
     labels = sorted(label for label, version in entry["labels"].items() if version == number)
     known = card(slot.info) if slot.info is not None and slot.model is not None else {
         "name": name, "version": str(number), "kind": slot.version.kind, "source": slot.version.ref}
-    return {**known, "state": slot.state, "reason": slot.reason, "labels": labels, "policy": entry["policy"]}
+    return {**known, "state": slot.state, "since": slot.since, "reason": slot.reason, "labels": labels,
+            "policy": entry["policy"]}
