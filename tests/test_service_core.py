@@ -250,3 +250,30 @@ def test_label_drift_is_the_population_stability_index_of_a_window():
     drift.observe([0] * 200)  # the window has slid: only class 0 now
     assert reported[-1] == pytest.approx(psi([500, 500], [200, 0]))
     assert reported[-1] > 0.25  # the shipped alert's threshold
+
+
+def test_json_log_lines_are_one_object_a_line():
+    import json
+    import logging
+
+    from service import logs
+
+    handler, records = logging.StreamHandler(), []
+    handler.emit = lambda record: records.append(handler.format(record))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        logs.configure("json")
+        logging.getLogger("diptych").info("classifier %s:%s loaded", "shoes", 3)
+        try:
+            raise ValueError("broken")
+        except ValueError:
+            logging.getLogger("diptych").exception("a failure")
+    finally:
+        root.removeHandler(handler)
+    first, second = map(json.loads, records)
+    assert first["level"] == "INFO" and first["logger"] == "diptych" and first["message"] == "classifier shoes:3 loaded"
+    assert first["time"].endswith("+00:00") and isinstance(first["process"], int)
+    assert second["level"] == "ERROR" and "ValueError: broken" in second["exception"]
+    with pytest.raises(ValueError, match="log_format must be text or json"):
+        Settings(log_format="xml")
