@@ -34,10 +34,12 @@ class Guard:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        endpoint = self.routes.find(scope.get("path", "")) if scope["type"] == "http" else None
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        endpoint = self.routes.find(scope["path"])
         if endpoint is not None and endpoint.ahead_of_bentoml:
             return await self.routes.app(scope, receive, send)
-        if scope["type"] != "http" or (endpoint is not None and endpoint.open):
+        if endpoint is not None and endpoint.open:
             return await self.app(scope, receive, send)
         start, status = time.perf_counter(), 500
         authorization = _header(scope, b"authorization")
