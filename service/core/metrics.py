@@ -19,7 +19,7 @@ class Metrics:
         import prometheus_client as prom
 
         model = ["model", "version"]
-        run = [*model, "runtime"]  # runtime: litert or tensorflow (service/core/runtime.py)
+        run = [*model, "runtime"]  # runtime: litert or tensorflow (contract/runtime.py)
         self.inference_seconds = prom.Histogram(
             "diptych_inference_seconds", "Duration of one model call (one batch)", run, buckets=LATENCY_BUCKETS
         )
