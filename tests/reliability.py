@@ -86,9 +86,10 @@ def connect(server: Server) -> socket.socket:
 
 
 def request_head(path: str, length: int | None = None, content_type: str = "application/json",
-                 chunked: bool = False) -> bytes:
+                 chunked: bool = False, headers: dict[str, str] | None = None) -> bytes:
     framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {length}"
-    return f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n{framing}\r\n\r\n".encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    return f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n{extra}{framing}\r\n\r\n".encode()
 
 
 def read_response(sock: socket.socket) -> tuple[int, bytes]:

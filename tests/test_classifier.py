@@ -186,9 +186,34 @@ def test_evaluate_cli_writes_report(transfer_model, tmp_path, capsys):
     code = run_cli(lambda: evaluate_main([str(transfer_model.parent), "--limit", "200",
                                           "--report-dir", str(tmp_path)]))
     assert code == 0
-    assert "accuracy:" in capsys.readouterr().out
-    report = (tmp_path / "report.md").read_text()
-    assert "| Sneaker |" in report and "efficientnet-lite0" in report
+    out = capsys.readouterr().out.splitlines()
+    # What the export predicts for those 200 images, worked out here from its own signature.
+    import tensorflow as tf
+
+    card = json.loads((transfer_model / "model_card.json").read_text())
+    test = load_dataset("fashion-mnist", split="test", image_size=card["image_size"][0])
+    truth = test.labels[:200]
+    classify = tf.saved_model.load(str(transfer_model)).signatures["classify_pixels"]
+    predicted = classify(images=tf.constant(test.images[:200]))["scores"].numpy().argmax(axis=1)
+    accuracy = float(np.mean(predicted == truth))
+    expected = {label: (np.sum((predicted == i) & (truth == i)) / max(np.sum(predicted == i), 1),
+                        np.sum((predicted == i) & (truth == i)) / max(np.sum(truth == i), 1))
+                for i, label in enumerate(FASHION_LABELS)}
+    # stdout: a row per class in the model's label order, then the accuracy
+    assert out[0].split() == ["class", "precision", "recall"]
+    rows = [line.rsplit(maxsplit=2) for line in out[1:11]]
+    assert [label.strip() for label, _, _ in rows] == FASHION_LABELS
+    for label, precision, recall in rows:
+        assert (float(precision), float(recall)) == pytest.approx(expected[label.strip()], abs=5e-4), label
+    assert out[11] == f"accuracy: {accuracy:.2%} on 200 images"
+    # report.md: title, the accuracy, the same table, the confusion matrix beside it
+    report = (tmp_path / "report.md").read_text().splitlines()
+    assert report[0] == f"# {card['name']} v1 on fashion-mnist (test)"
+    assert report[2] == f"Backbone `efficientnet-lite0` at 64 px; accuracy **{accuracy:.2%}** on 200 images."
+    assert report[4:6] == ["| class | precision | recall |", "|---|---|---|"]
+    table = [[cell.strip() for cell in line.strip("|").split("|")] for line in report[6:16]]
+    assert table == [[label.strip(), precision, recall] for label, precision, recall in rows]
+    assert report[16:] == ["", "![confusion matrix](confusion_matrix.png)"]
     assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -15,6 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from contract.layout import new_version_folder
+from tests.conftest import ROOT
 from training import gan
 from training.cli import run_cli
 from training.evaluate_gan import PSI_GRID
@@ -347,19 +348,33 @@ def test_evaluating_a_missing_model_is_a_clear_error(tmp_path, capsys):
 
 
 def test_benchmark_prints_the_recorded_numbers(capsys):
-    from benchmarks.gan_results import print_table
+    """`python -m benchmarks.gan_results` prints docs/gan_results.json as docs/gan.md's
+    results table publishes it: the same columns, and row for row the same cells (the
+    published one adds only the `×`, the backticks and "(default)"); a row not measured
+    yet says so."""
+    from benchmarks.gan_results import RESULTS, ROWS, print_table
 
-    row = {"command": "python -m training.gan --quick", "epochs": 2, "training_minutes": 3.5,
-           "training_cpu_minutes": 2.9, "psi": 0.8, "fid": 8.123, "fid_floor": 0.16, "class_consistency": 0.931,
-           "by_psi": {"1": {"fid": 7.5, "class_consistency": 0.9}, "0.8": {"fid": 8.123, "class_consistency": 0.931}}}
-    print_table({"quick": row, "full": None})
-    lines = capsys.readouterr().out.splitlines()
-    quick, full = lines[2:4]
-    assert " 0.8 |" in quick and "8.12" in quick and "0.16" in quick and "93.1%" in quick
-    assert "python -m training.gan --quick" in quick and "not measured yet" in full
-    one, point_eight = lines[-2:]  # the trade-off: one line per ψ measured
-    assert "| 1 |" in one and "7.50" in one and "90.0%" in one
-    assert "| 0.8 |" in point_eight and "8.12" in point_eight and "93.1%" in point_eight
+    recorded = json.loads(RESULTS.read_text())
+    assert list(recorded) == list(ROWS)
+    print_table({**recorded, "later": None})
+    header, _, *printed = [table_cells(line) for line in capsys.readouterr().out.splitlines()]
+    lines = (ROOT / "docs" / "gan.md").read_text().splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("| row | epochs |")))
+    table = [table_cells(line) for line in lines[start:] if line.startswith("|")]
+    published_header, published = table[0], table[2 : 2 + len(recorded)]
+    assert [cell.replace(" ", "") for cell in header] == [cell.replace(" ", "") for cell in published_header]
+    assert len(lines) > start + 2 + len(recorded) and not lines[start + 2 + len(recorded)].startswith("|")
+    for row in published:
+        row[0] = row[0].removesuffix(" (default)")
+        row[6] = row[6].removesuffix("\u00d7")
+        row[-1] = row[-1].strip("`")
+    assert printed[:-1] == published
+    assert printed[-1][0] == "later" and printed[-1][-1] == "not measured yet"
+
+
+def table_cells(line: str) -> list[str]:
+    """The cells of a markdown table row (the closing `|` optional)."""
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
 def test_the_latent_width_is_declared_in_the_signature(exported):

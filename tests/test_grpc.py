@@ -5,11 +5,9 @@ metrics and a graceful stop. (The Open Inference Protocol: tests/test_v2.py.)"""
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import io
 import os
 import signal
-import time
 
 import grpc
 import httpx
@@ -34,11 +32,11 @@ from proto.diptych.v1 import diptych_pb2 as pb
 from proto.diptych.v1 import diptych_pb2_grpc
 from tests.conftest import GRPC_KEYS, Server, eventually
 from tests.grpc_clients import health, png_bytes
+from tests.reliability import connect, read_response, request_head
 
 pytestmark = pytest.mark.slow
 Code = grpc.StatusCode
 AUTH = (("authorization", f"Bearer {GRPC_KEYS[0]}"),)
-HTTP_AUTH = {"Authorization": f"Bearer {GRPC_KEYS[0]}"}
 SERVICES = ("diptych.v1.Diptych", "tensorflow.serving.PredictionService", "inference.GRPCInferenceService")
 
 
@@ -402,57 +400,84 @@ def test_messages_are_limited_to_the_http_body_size(locked_channel):
     assert error.code() == Code.RESOURCE_EXHAUSTED
 
 
-def holding_the_slot(server: Server, call) -> bool:
-    """True once `call`, still running, holds the server's one request slot."""
-    return eventually(lambda: total(scrape(server), "diptych_requests_in_flight") == 1) and not call.done()
+def holding_the_slot(server: Server, call, slots: int = 1) -> bool:
+    """True once `call`, still running, holds one of the server's request slots (`slots` taken in all)."""
+    return eventually(lambda: total(scrape(server), "diptych_requests_in_flight") == slots) and not call.done()
 
 
-def test_overload_is_resource_exhausted_and_the_slots_are_shared_with_http(locked, locked_channel):
-    """One request slot: while a gRPC call waits out the 1 s batch window HTTP is refused,
-    and while an HTTP request is still sending its body gRPC is refused."""
-    stub = diptych_pb2_grpc.DiptychStub(locked_channel)
-    held = stub.Generate.future(pb.GenerateRequest(seed=1), metadata=AUTH)
-    assert holding_the_slot(locked, held)
-    over_http = locked.client.post("/classify", json={"images": []}, headers=HTTP_AUTH)
-    multi = inference_pb2.MultiInferenceRequest()
-    multi.tasks.add(method_name="tensorflow/serving/classify").model_spec.name = "classifier"
-    multi.input.example_list.examples.add().features.feature["image_bytes"].bytes_list.value.append(PNG)
-    over_multi = failure(prediction_service_pb2_grpc.PredictionServiceStub(locked_channel).MultiInference, multi,
-                         metadata=AUTH)
-    assert held.result().images
+@pytest.fixture(scope="module")
+def paired(server_env, tiny_models, tmp_path_factory):
+    """A server of its own whose generator runs a batch only once it holds two images (one
+    batch worker, batches of 2, a 10-minute window): a Generate of one image holds its
+    request slot, for as long as the test likes, until a second image joins it. Two slots."""
+    tmp = tmp_path_factory.mktemp("paired")
+    server = Server({**server_env, "BENTOML_HOME": str(tmp / "home"), "DIPTYCH_MAX_CONCURRENCY": "2",
+                     "DIPTYCH_MAX_BATCH_SIZE": "2", "DIPTYCH_INTERPRETERS": "1", "DIPTYCH_BATCH_WINDOW_MS": "600000",
+                     "DIPTYCH_TIMEOUT_S": "120", "DIPTYCH_CLASSIFIER": str(tiny_models["classifier"]),
+                     "DIPTYCH_GENERATOR": str(tiny_models["generator"])}, tmp / "paired.log")
+    try:
+        server.wait("/readyz")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def paired_channel(paired):
+    with grpc.insecure_channel(paired.grpc_target) as channel:
+        yield channel
+
+
+def test_overload_is_resource_exhausted_and_the_slots_are_shared_with_http(paired, paired_channel):
+    """Two request slots, one held by a gRPC call (its image waits for a second one) and one
+    by an HTTP request still sending its body: then HTTP is refused, and so is every gRPC
+    inference method. The HTTP body, once whole, brings the second image: both are answered."""
+    stub = diptych_pb2_grpc.DiptychStub(paired_channel)
+    held = stub.Generate.future(pb.GenerateRequest(seed=1), timeout=120)
+    assert holding_the_slot(paired, held)
+    body = b'{"seed": 2}'
+    holder = connect(paired)
+    try:
+        holder.sendall(request_head("/generate", len(body)) + body[:5])
+        assert holding_the_slot(paired, held, slots=2)
+        over_http = paired.client.post("/classify", json={"images": []})
+        multi = inference_pb2.MultiInferenceRequest()
+        multi.tasks.add(method_name="tensorflow/serving/classify").model_spec.name = "classifier"
+        multi.input.example_list.examples.add().features.feature["image_bytes"].bytes_list.value.append(PNG)
+        over_multi = failure(prediction_service_pb2_grpc.PredictionServiceStub(paired_channel).MultiInference, multi,
+                             timeout=60)
+        over_grpc = failure(stub.Classify, pb.ClassifyRequest(images=[PNG]), timeout=60)
+        assert not held.done()
+        holder.sendall(body[5:])
+        code, png = read_response(holder)
+    finally:
+        holder.close()
+    assert len(held.result().images) == 1
+    assert code == 200 and png.startswith(b"\x89PNG")
     assert over_http.status_code == 503 and over_http.json()["detail"][0]["type"] == "overloaded"
     assert over_multi.code() == Code.RESOURCE_EXHAUSTED  # every inference method takes a slot
-
-    def slow_body():
-        yield b'{"images": ['
-        time.sleep(1.5)
-        yield b"]}"
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        holder = pool.submit(httpx.post, f"{locked.url}/classify", content=slow_body(), headers=HTTP_AUTH, timeout=30)
-        assert holding_the_slot(locked, holder)
-        over_grpc = failure(stub.Classify, pb.ClassifyRequest(images=[PNG]), metadata=AUTH)
-        assert holder.result().status_code == 400  # its body was an empty list of images
-    assert (over_grpc.code(), over_grpc.details()) == (Code.RESOURCE_EXHAUSTED, "more than 1 requests in flight; retry shortly")
+    assert (over_grpc.code(), over_grpc.details()) == (Code.RESOURCE_EXHAUSTED, "more than 2 requests in flight; retry shortly")
     assert ("retry-after", "1") in over_grpc.trailing_metadata()
+    assert eventually(lambda: total(scrape(paired), "diptych_requests_in_flight") == 0)
 
 
-def test_the_deadline_is_honoured(locked, locked_channel):
-    """The call gives up at its deadline, and its queued item leaves the batch unrun."""
-    before = scrape(locked)
-    error = failure(diptych_pb2_grpc.DiptychStub(locked_channel).Generate, pb.GenerateRequest(seed=3), metadata=AUTH,
-                    timeout=0.3)
+def test_the_deadline_is_honoured(paired, paired_channel):
+    """The call gives up at its deadline (its image waits for a second one), and its image
+    leaves the batch unrun: the next image fills the batch of two, and is the only one generated."""
+    stub = diptych_pb2_grpc.DiptychStub(paired_channel)
+    before = scrape(paired)
+    error = failure(stub.Generate, pb.GenerateRequest(seed=3), timeout=0.3)
     assert error.code() == Code.DEADLINE_EXCEEDED
     method = "/diptych.v1.Diptych/Generate"
 
     def ended(code):
-        return total(scrape(locked), "diptych_requests_total", method=method, code=code) - \
+        return total(scrape(paired), "diptych_requests_total", method=method, code=code) - \
             total(before, "diptych_requests_total", method=method, code=code)
 
     assert eventually(lambda: ended("DEADLINE_EXCEEDED") + ended("CANCELLED") == 1)
-    time.sleep(1.5)  # past the batch window: the item would have run by now
+    assert len(stub.Generate(pb.GenerateRequest(seed=4), timeout=60).images) == 1
     generated = "diptych_images_generated_total"
-    assert total(scrape(locked), generated) == total(before, generated)
+    assert total(scrape(paired), generated) == total(before, generated) + 1
 
 
 # -- shutdown -------------------------------------------------------------------------------

@@ -242,11 +242,9 @@ def total(counter) -> float:
 @pytest.mark.slow
 def test_sigterm_stops_cleanly_within_the_grace_period(container: Container):
     """Last: `docker stop` sends SIGTERM; BentoML runs the shutdown hooks in every worker
-    (gRPC drains, batchers stop) and exits 0 well before SIGKILL would come."""
-    start = time.monotonic()
+    (gRPC drains, batchers stop) and the container exits 0 by itself: had the grace period
+    run out, docker would have sent SIGKILL, and the exit code would be 137."""
     container.engine.docker("stop", "--time", str(GRACE_S), container.name, timeout=GRACE_S + 30)
-    elapsed = time.monotonic() - start
     state, logs = container.state(), container.logs()
     assert state["ExitCode"] == 0 and not state["OOMKilled"], logs[-3000:]
-    assert elapsed < GRACE_S / 2, f"took {elapsed:.1f} s"
     assert logs.count("Completed async cleanup hook: close") == WORKERS, logs[-3000:]

@@ -124,8 +124,10 @@ def test_keys_and_open_health(locked):
     for protocol in CLIENTS:
         _, triton = client(locked, protocol)
         assert triton.is_server_ready()  # health is open
-        with pytest.raises(InferenceServerException):
+        with pytest.raises(InferenceServerException) as refused:
             triton.get_model_metadata("classifier")
+        assert refused.value.status() == ("401" if protocol == "http" else "StatusCode.UNAUTHENTICATED")
+        assert refused.value.message().startswith("an API key is required"), refused.value.message()
         assert triton.is_model_ready("classifier", headers=auth)
     assert locked.client.get("/v2/models/classifier").status_code == 401
     assert locked.client.get("/v2/health/live").status_code == 200
