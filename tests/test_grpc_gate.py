@@ -9,11 +9,11 @@ import re
 from pathlib import Path
 
 import grpc
-from tensorflow_serving.apis import prediction_service_pb2
+from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
 
 from proto.diptych.v1 import diptych_pb2
 from service.core import Engine, Settings
-from service.grpc.gate import METADATA, OPEN, Gate
+from service.grpc.gate import METADATA, OPEN, PRIVILEGED, Gate
 from service.kinds import KINDS
 from tests.conftest import free_port
 
@@ -24,11 +24,14 @@ V2 = Path(__file__).resolve().parents[1] / "proto" / "inference" / "grpc_predict
 SERVED = sorted(
     [f"/{service.full_name}/{method.name}"
      for service in (diptych_pb2.DESCRIPTOR.services_by_name["Diptych"],
-                     prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"])
+                     prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"],
+                     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"])
      for method in service.methods]
     + [f"/inference.GRPCInferenceService/{name}" for name in re.findall(r"rpc (\w+)\(", V2.read_text())]
 )
-ADMITTED = [method for method in SERVED if method not in METADATA and not method.startswith(OPEN)] + [NEW_METHOD]
+# Metadata and the load/unload API (privileged: an admin key, and a load outlasts requests) take no slot.
+ADMITTED = [method for method in SERVED
+            if method not in METADATA | PRIVILEGED and not method.startswith(OPEN)] + [NEW_METHOD]
 UNADMITTED = [method for method in SERVED if method not in ADMITTED] + ["/grpc.health.v1.Health/Check"]
 
 
@@ -47,7 +50,7 @@ def handlers(methods: list[str]) -> list[grpc.GenericRpcHandler]:
 
 async def codes_while_the_slot_is_held(methods: list[str]) -> dict[str, Code]:
     """Serve `methods` behind the gate with one request slot, hold that slot, call each method."""
-    engine = Engine(Settings(max_concurrency=1), KINDS)
+    engine = Engine(Settings(max_concurrency=1, model_control=True, store=False), KINDS)
     server = grpc.aio.server(interceptors=[Gate(engine)])
     server.add_generic_rpc_handlers(handlers(methods))
     port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
@@ -69,7 +72,7 @@ async def codes_while_the_slot_is_held(methods: list[str]) -> dict[str, Code]:
 
 
 def test_every_method_but_health_and_metadata_needs_a_slot():
-    assert len(ADMITTED) >= 8 and set(METADATA) < set(SERVED)  # every listed name is a served method
+    assert len(ADMITTED) >= 8 and set(METADATA | PRIVILEGED) < set(SERVED)  # every listed name is a served method
     codes = asyncio.run(codes_while_the_slot_is_held(ADMITTED + UNADMITTED))
     assert {method: codes[method] for method in ADMITTED} == dict.fromkeys(ADMITTED, Code.RESOURCE_EXHAUSTED)
     assert {method: codes[method] for method in UNADMITTED} == dict.fromkeys(UNADMITTED, Code.OK)
