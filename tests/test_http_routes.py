@@ -14,7 +14,7 @@ from service.http import ROUTES
 from service.http.openapi import client_schema, document
 from tests.conftest import GRPC_KEYS
 
-EXAMPLE = {"name": "classifier", "version": "1", "file": "swagger-ui.css"}
+EXAMPLE = {"name": "classifier", "version": "1", "label": "stable", "file": "swagger-ui.css"}
 
 
 def concrete(path: str) -> str:
