@@ -46,6 +46,8 @@ def test_the_bento_holds_the_service_its_pins_and_the_models(bento):
     assert all(pin.split(";")[0].strip() in requirements for pin in pins)  # the same exact pins
     sources = {path.relative_to(folder / "src").parts[0] for path in (folder / "src").rglob("*.py")}
     assert sources == {"service", "contract", "proto"}  # training/ stays out, as in the image
+    playground = {path.name for path in (folder / "src" / "service" / "http" / "playground").iterdir()}
+    assert playground == {"index.html", "playground.js", "playground.css"}  # the page at /ui
 
 
 def test_bentoml_serve_serves_the_bento(bento, tmp_path):
@@ -57,6 +59,7 @@ def test_bentoml_serve_serves_the_bento(bento, tmp_path):
         answer = server.client.post("/classify", json={"images": [base64.b64encode(png_bytes()).decode()]})
         assert answer.status_code == 200 and answer.headers["x-model-name"] == "classifier"
         assert len(answer.json()["predictions"][0]) == 5
+        assert server.client.get("/ui").status_code == 200
     finally:
         server.stop()
     assert "Traceback" not in server.log.read_text()

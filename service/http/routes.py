@@ -9,9 +9,10 @@ HTTP route").
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 
 from . import api, openapi, schemas, tfserving_rest, v2rest
 from .endpoints import Endpoint, Operation, Routes
@@ -33,6 +34,18 @@ async def docs(request: Request) -> Response:
 
 async def client_schema(request: Request) -> Response:
     return JSONResponse(_documents()[1])
+
+
+PLAYGROUND = Path(__file__).with_name("playground")
+PLAYGROUND_FILES = {path.name: path for path in PLAYGROUND.iterdir() if path.suffix in (".html", ".js", ".css")}
+
+
+async def playground(request: Request) -> Response:
+    """The playground (`/ui`, `/ui/` and its files): static, local, the API's own client."""
+    path = PLAYGROUND_FILES.get(request.path_params.get("file") or "index.html")
+    if path is None:
+        return JSONResponse({"error": f"no such file: {request.url.path}"}, status_code=404)
+    return FileResponse(path, headers={"Cache-Control": "no-cache"})
 
 
 @functools.cache
@@ -115,6 +128,9 @@ ROUTES = Routes(
     Endpoint("GET", "/metrics", open=True, doc=Operation(
         "Prometheus metrics: BentoML's and diptych_* (docs/serving.md, Metrics)", infrastructure=True)),
     Endpoint("GET", "/", open=True),  # the API explorer
+    # the playground: a page of its own calling the API above (README, "Playground")
+    Endpoint("GET", "/ui", playground, open=True),
+    Endpoint("GET", "/ui/{file:path}", playground, open=True),
     Endpoint("GET", "/static_content/{file:path}", open=True),
     Endpoint("GET", "/assets/{file:path}", open=True),
 )
