@@ -18,24 +18,24 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 import time
 from collections.abc import Mapping
 
 from .config import Settings
 from .control import Control, SharedControl
+from .requests import FAILED, ControlRequests, mtime
 from .epochs import Epochs
-from .errors import NotFound, ValidationError
+from .errors import NotFound
 from .loader import BudgetExceeded, check_budget, footprint, load_version
 from .metrics import metrics
 from .models import ModelInfo, ServedModel
 from .payloads import PayloadLog
-from .repository import Found, ModelConfig, ModelRef, Repository, Version, parse_configs
+from .repository import Found, ModelConfig, ModelRef, Repository, Version
 
 log = logging.getLogger("diptych")
 
-LOADING, AVAILABLE, UNLOADING, FAILED = "loading", "available", "unloading", "failed"
+LOADING, AVAILABLE, UNLOADING = "loading", "available", "unloading"
 STATES = (LOADING, AVAILABLE, UNLOADING, FAILED)
 
 
@@ -52,14 +52,14 @@ class Slot:
     since: float = 0.0  # when it entered its state (Unix time)
 
 
-class Manager:
+class Manager(ControlRequests):
     def __init__(self, settings: Settings, kinds: Mapping[str, type[ServedModel]],
                  shared: SharedControl | None = None, config_file: str | None = None) -> None:
         self.settings = settings
         self.kinds = dict(kinds)
         self.repository = Repository(settings)
         self._config_file = config_file  # DIPTYCH_CONFIG: its [repository] tables are read again when it changes
-        self._config_seen = _mtime(config_file)
+        self._config_seen = mtime(config_file)
         self._shared = shared  # the load/unload API's changes, shared with sibling workers
         self.payload_log = PayloadLog(settings.payload_log, settings.payload_log_queue,
                                       int(settings.payload_log_max_mb * 2**20), settings.payload_log_files) \
@@ -128,88 +128,6 @@ class Manager:
                 for name, versions in slots.items()}
 
     # -- control -------------------------------------------------------------------
-    def load(self, name: str, version: int | None = None) -> None:
-        """Serve `name` again (after an unload), and `version` beside its policy's; then reconcile."""
-        with self._lock:
-            self._control.unloaded.discard(name)
-            if version is not None:
-                self._control.explicit.setdefault(name, set()).add(version)
-        self._share()
-        for slot in [slot for slot in self._slots.get(name, {}).values() if slot.state == FAILED]:
-            self._forget(slot)  # tried again
-        self.reconcile()
-        if name not in self._found.versions:
-            raise NotFound(f"no model named {name!r} in the repository", "name")
-        if version is not None and version not in {found.number for found in self._found.versions[name]}:
-            with self._lock:
-                self._control.explicit.get(name, set()).discard(version)
-            self._share()
-            raise ValidationError("version", f"{name} could not be loaded: version {version} is not in the "
-                                             "repository")
-        failed = [slot for slot in self._slots.get(name, {}).values()
-                  if slot.state == FAILED and (version is None or slot.version.number == version)]
-        if failed or not self.available(name):
-            reason = failed[0].reason if failed else "no version of it is in the repository"
-            raise ValidationError("name", f"{name} could not be loaded: {reason}")
-
-    def unload(self, name: str, version: int | None = None) -> None:
-        """Stop serving `name` (every version, or one loaded on request), after its requests finish."""
-        if name not in self._slots:
-            raise NotFound(f"no model named {name!r} is loaded", "name")
-        if version is None and name in self._found.defaults.values():
-            raise ValidationError("name", f"{name} is a default model: configure another default before "
-                                          "unloading it")
-        with self._lock:
-            if version is None:
-                self._control.unloaded.add(name)
-            else:
-                self._control.explicit.get(name, set()).discard(version)
-        self._share()
-        self.reconcile()
-
-    def configure(self, configs: Mapping[str, ModelConfig]) -> None:
-        """New version policies and labels (a reloaded config), applied now: for the models it
-        names, it replaces what load and unload requests changed too."""
-        self.repository.configs = dict(configs)
-        with self._lock:
-            self._control.configs = {name: config.table() for name, config in configs.items()}
-            for name in configs:
-                self._control.explicit.pop(name, None)
-                self._control.unloaded.discard(name)
-        self._share()
-        self.reconcile()
-
-    def _share(self) -> None:
-        if self._shared is not None:
-            self._shared.save(self._control)
-
-    def _reload_config(self) -> None:
-        """The config file's policies, labels, traffic and logging, when it changed (hot reload;
-        as Settings.load reads it, so a DIPTYCH_REPOSITORY variable still wins)."""
-        seen = _mtime(self._config_file)
-        if seen == self._config_seen:
-            return
-        self._config_seen = seen
-        try:
-            configs = parse_configs(Settings.load({**os.environ, "DIPTYCH_CONFIG": self._config_file}).repository)
-        except (OSError, ValueError) as error:  # a half-saved or mistyped file: keep serving as configured
-            log.error("the config file %s was not applied: %s", self._config_file, error)
-            return
-        self.repository.configs = configs
-        with self._lock:
-            self._control.configs = None  # the file is now newer than any reload request
-        log.info("repository settings reloaded from %s", self._config_file)
-
-    def _apply_shared(self) -> None:
-        """What a sibling worker's API call changed, applied before this pass."""
-        control = self._shared.changed() if self._shared is not None else None
-        if control is not None:
-            with self._lock:
-                self._control = control
-            if control.configs is not None:
-                self.repository.configs = parse_configs(control.configs)
-
-    # -- the lifecycle ----------------------------------------------------------------
     def poll(self) -> None:
         """Reconcile every `poll_s` until stopped (a daemon thread)."""
         while not self._stop.wait(self.settings.poll_s):
@@ -349,9 +267,3 @@ class Manager:
 
 
 
-
-def _mtime(path: str | None) -> int | None:
-    try:
-        return os.stat(path).st_mtime_ns if path else None
-    except OSError:
-        return None
