@@ -16,7 +16,9 @@ request threads: a reload competes with serving for the same cores (TF Serving #
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import gc
 import logging
 import threading
 import time
@@ -37,6 +39,17 @@ log = logging.getLogger("diptych")
 
 LOADING, AVAILABLE, UNLOADING = "loading", "available", "unloading"
 STATES = (LOADING, AVAILABLE, UNLOADING, FAILED)
+
+
+def release_memory() -> None:
+    """Give an unloaded version's memory back to the system: collect its reference cycles, then
+    ask glibc to return the freed heap (measured: without `malloc_trim`, the worker's RSS
+    stayed ~100 MiB above one version's after an unload, docs/serving.md "Hot reload")."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the memory is reused, not returned
+        pass
 
 
 @dataclasses.dataclass
@@ -228,9 +241,10 @@ class Manager(ControlRequests):
         self.epochs.wait_past(retired_in, self.settings.timeout_s + 10)
         slot.model.close()
         info = slot.model.info
-        metrics().model_info.labels(kind=info.kind, model=info.name, version=info.version, runtime=info.runtime).set(0)
         slot.model = None
+        metrics().model_info.labels(kind=info.kind, model=info.name, version=info.version, runtime=info.runtime).set(0)
         self._forget(slot)
+        release_memory()
         log.info("%s %s:%s unloaded", info.kind, info.name, info.version)
 
     def _forget(self, slot: Slot) -> None:
