@@ -35,7 +35,7 @@ DEFAULTS = dict(
     pooling="max", head_steps=3000, epochs=200, learning_rate=1e-3, dropout=0.5, l2=None, batch_size=64,
     fine_tune_epochs=0, fine_tune_fraction=0.3, fine_tune_learning_rate=1e-4, fine_tune_augment=True,
     augment=False, validation_fraction=None, patience=10, seed=0,
-    out="models/classifier", name="classifier", evaluate=True, eval_limit=None,
+    out="models/classifier", name="classifier", evaluate=True, eval_limit=None, extra_data=None,
 )
 COMPILE = dict(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 # The head's weight decay shrinks as the data grows (a prior counts for less against more
@@ -72,6 +72,7 @@ class ClassifierConfig:
     name: str
     evaluate: bool
     eval_limit: int | None
+    extra_data: str | None  # a folder of more training images (e.g. generated); never validated or tested on
 
 
 def log(message: str) -> None:
@@ -85,7 +86,7 @@ def train(config: ClassifierConfig) -> Path:
 
     from training.classifier_model import (build_head, build_scratch_cnn, multi_level_features,
                                            stack_backbone_and_head, unfreeze_top)
-    from training.data import load_dataset, make_pipeline, train_validation_split
+    from training.data import load_dataset, make_pipeline, train_validation_split, with_extra_images
     from contract.layout import new_version_folder
     from training.export import calibration_images, export_classifier
 
@@ -98,6 +99,8 @@ def train(config: ClassifierConfig) -> Path:
     if len(dataset.class_names) < 2:
         raise UserError(f"{config.data} has only one class ({dataset.class_names}); a classifier needs two or more")
     train_set, validation_set = train_validation_split(dataset, config.validation_fraction, seed=config.seed)
+    if config.extra_data:
+        train_set = with_extra_images(train_set, config.extra_data)
     labels = dataset.class_names
     has_validation = len(validation_set.labels) > 0
     log(f"data: {config.data}, {len(train_set.labels)} training + {len(validation_set.labels)} validation "
@@ -270,6 +273,8 @@ def parse_args(argv: list[str] | None = None) -> ClassifierConfig:
     add("--name", help="model name recorded in the card (and used by the service)")
     add("--evaluate", action=argparse.BooleanOptionalAction, help="evaluate the export on the test split")
     add("--eval-limit", type=int, help="evaluate on the first N test images only; default: all")
+    add("--extra-data", help="a folder of more training images, one subfolder per class of --data (e.g. from "
+                             "python -m service.batch generate); added to the training split only")
     add("--quick", action="store_true", help="the minute-long profile used by the demo and the tests")
     for action in parser._actions:
         name = action.dest

@@ -168,6 +168,26 @@ def train_validation_split(
     return ds.subset(np.flatnonzero(~is_validation)), ds.subset(np.flatnonzero(is_validation))
 
 
+def with_extra_images(ds: Dataset, folder: str) -> Dataset:
+    """`ds` plus every image of an image folder (both of its splits: all of it trains), at
+    `ds`'s size and channels. The folder's classes must be classes of `ds`, named by their
+    folders as `contract.imagefolder` writes them (`T-shirt%2Ftop` is `T-shirt/top`): what
+    `python -m service.batch generate` makes."""
+    from contract.imagefolder import class_name
+
+    parts = [load_dataset(folder, split, image_size=ds.images.shape[1]) for split in SPLITS]
+    names = [class_name(name) for name in parts[0].class_names]
+    unknown = sorted(set(names) - set(ds.class_names))
+    if unknown:
+        raise DataError(f"{folder} has classes that {ds.source} lacks: {', '.join(unknown)}")
+    labels = np.array([ds.class_names.index(name) for name in names])[np.concatenate([p.labels for p in parts])]
+    images = np.concatenate([part.images for part in parts])
+    if ds.images.shape[-1] == 1:  # folders load as RGB; a grey image's three channels are equal
+        images = np.round(images @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)[..., None]
+    return Dataset(np.concatenate([ds.images, images]), np.concatenate([ds.labels, labels]).astype(np.int32),
+                   list(ds.class_names), ds.source)
+
+
 def make_pipeline(
     ds: Dataset,
     batch_size: int,
