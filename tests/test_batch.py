@@ -345,8 +345,12 @@ def ray_cluster(tmp_path_factory):
     """Two Ray nodes on loopback (a head and a worker, one CPU each, no dashboard), started
     from this process and shut down by it: a model replica per node, one actor each."""
     ray_cluster_utils = pytest.importorskip("ray.cluster_utils", reason="make install (the ray extra)")
-    # Beside what the driver passes on: the worker processes import this checkout, like an installed image.
-    environ = {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # Inherited by the nodes, their workers and the driver (a subprocess). Ray rewrites a loopback
+    # address to the machine's own IP unless it is told this is a one-machine cluster (its default
+    # on macOS and Windows): every process stays on 127.0.0.1. The workers import this checkout,
+    # as every node of a real cluster has the project installed (its image).
+    environ = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT),
+               "TF_CPP_MIN_LOG_LEVEL": "2"}
     saved = {key: os.environ.get(key) for key in environ}
     os.environ.update(environ)
     node = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "object_store_memory": 100 * 2**20}
