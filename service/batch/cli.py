@@ -98,8 +98,26 @@ def settings_of(args: argparse.Namespace, kind: str) -> Settings:
     return settings
 
 
-def run(args: argparse.Namespace) -> str:
-    """Run the job the arguments describe; return its summary."""
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    command: str
+    images: int  # run now (not by an earlier, killed run)
+    seconds: float
+    errors: int  # rows with an error, in the whole output
+    rows: int
+    output: Path
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        return (f"{self.command}: {self.images:,} images in {self.seconds:.1f} s ({self.images_per_second:,.1f} "
+                f"images/s), {self.errors:,} errors; wrote {self.output} ({self.rows:,} rows)")
+
+
+def run(args: argparse.Namespace) -> Summary:
+    """Run the job the arguments describe."""
     job, ref = job_of(args), parse(args.model)
     settings = settings_of(args, job.kind.kind)
     # On Ray the actors run the model; the driver loads it once to check the request and
@@ -134,9 +152,7 @@ def run(args: argparse.Namespace) -> str:
         log.remove()
     finally:
         engine.close()
-    rate = todo / seconds if seconds > 0 else 0.0
-    return (f"{args.command}: {todo:,} images in {seconds:.1f} s ({rate:,.1f} images/s), {counts['errors']:,} errors"
-            f"; wrote {job.output} ({counts['rows']:,} rows)")
+    return Summary(args.command, todo, seconds, counts["errors"], counts["rows"], job.output)
 
 
 def _start_over_or_refuse(job: Job, log: JobLog, overwrite: bool) -> None:
