@@ -147,8 +147,8 @@ def run(args: argparse.Namespace) -> Summary:
                 from .local import run_local
 
                 run_local(job, model, items, log, parts, bar.update)
-        seconds = time.perf_counter() - started
-        counts = job.write(log.rows(mine))
+        counts = job.write(log, mine)
+        seconds = time.perf_counter() - started  # the output written too: it is part of the job
         log.remove()
     finally:
         engine.close()
@@ -175,10 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         print(run(args))
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as error:  # the command's mistake, in one line: no traceback
+        return _failed(f"error: {error}", 2)
     except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
-        return 130
+        return _failed("interrupted: run the same command again to resume", 130)
     return 0
+
+
+def _failed(message: str, status: int) -> int:
+    print(message, file=sys.stderr)
+    return status

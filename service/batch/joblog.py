@@ -72,6 +72,11 @@ class JobLog:
         for part in parts:
             yield [json.loads(line) for line in self._part_path(part).read_text().splitlines()]
 
+    def lines(self, parts: list[int]) -> Iterator[bytes]:
+        """The logged parts as they are on disk, JSON Lines, for an output in that very format."""
+        for part in parts:
+            yield self._part_path(part).read_bytes()
+
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
