@@ -10,7 +10,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export BENTOML_DO_NOT_TRACK := true
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install system-deps demo test benchmark serving-benchmark load-benchmark proto clean help
+.PHONY: install system-deps demo test benchmark serving-benchmark load-benchmark batch-benchmark proto clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -79,6 +79,12 @@ base-image: install  ## build only the local base image diptych-base:bookworm (D
 
 load-benchmark: install  ## sustained mixed load: diptych HTTP+gRPC vs a naive BentoML peer vs raw (~20 min); docs/load_results.json
 	$(PY) -m benchmarks.load
+
+# The two classifiers of the table: python -m training.classifier --per-class 100 [--image-size 96 --out models/classifier-96]
+C96  ?= models/classifier-96
+C160 ?= models/classifier
+batch-benchmark: install  ## bulk jobs vs the raw runtimes, Ray vs in-process (docs/batch.md; needs models/classifier at 96 and 160 px, models/generator)
+	$(PY) -m benchmarks.batch --classifier $(C96) --classifier $(C160) --generator models/generator
 
 proto:  ## regenerate the committed gRPC code from proto/**/*.proto (tests/test_grpc_proto.py checks it)
 	$(PY) -m proto.build

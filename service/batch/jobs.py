@@ -134,13 +134,19 @@ def _classified(path: str, result: np.ndarray | str, labels: list[str], top_k: i
     return {"path": path, "label": top[0]["label"], "score": top[0]["score"], "top_k": top, "error": None}
 
 
+# Latents are drawn 64 at a time, one seed per block of 64 indices of a class: 64 is the
+# service's default `max_generate`, so one /generate call gives any block back, and one
+# draw per image cost more than rendering the image (numpy seeds a Mersenne Twister each time).
+SEED_BLOCK = 64
+
+
 @dataclasses.dataclass(frozen=True)
 class Generate(Job):
     """`per_class` images of each class → `out/<class>/<index>.png` and a manifest row each.
 
-    Image `index` of class `c` is drawn from its own seed, `image_seed(seed, c, index)`, so
-    it is the same image however the work is split, resumed or sharded, and the service
-    gives it back for that seed (`/generate {"seed": ..., "count": 1, "class": ...}`)."""
+    Image `index` of class `c` is row `index % 64` of the generator's latents for the seed
+    `block_seed(seed, c, index // 64)`: the same image however the work is split, resumed
+    or sharded, and the service gives it back (`/generate {"seed": s, "count": 64, "class": c}`)."""
 
     per_class: int = 1
     seed: int = 0
@@ -166,15 +172,14 @@ class Generate(Job):
                 for class_id in (class_ids or every) for index in range(self.per_class)]
 
     def start(self, model: Generator, items: list[Row]) -> tuple[list[Row], list[int], Latents, Future]:
-        seeds = [image_seed(self.seed, item["class_id"], item["index"]) for item in items]
-        plan = _plan(model, seeds, items)
+        seeds, plan = _plan(model, self.seed, items)
         return items, seeds, plan, asyncio.run_coroutine_threadsafe(model.render_plan(plan), _event_loop())
 
     def finish(self, model: Generator, started: tuple[list[Row], list[int], Latents, Future]) -> list[Row]:
         items, seeds, plan, future = started
         generation = future.result(timeout=model.settings.timeout_s + 1)  # render_plan's own bound comes first
         identity = {"model": model.info.name, "version": model.info.version, "job_seed": self.seed}
-        pngs = _encoders().map(encode_png, generation.images)
+        pngs = _in_parallel(encode_png, list(generation.images))
         return [_generated(item, name, png, latent, seed) | identity for item, name, png, latent, seed in
                 zip(items, generation.class_names, pngs, plan.latents, seeds)]
 
@@ -182,37 +187,50 @@ class Generate(Job):
         """Write the part's PNGs (a rerun writes the same bytes, so a killed part just runs again)."""
         for folder in {Path(row["path"]).parent for row in rows}:
             (self.out / folder).mkdir(parents=True, exist_ok=True)
-        for row in rows:
-            (self.out / row["path"]).write_bytes(row.pop("png"))
+        _in_parallel(lambda row: (self.out / row["path"]).write_bytes(row.pop("png")), rows)
         return rows
 
     def write(self, log: JobLog, parts: list[int]) -> dict[str, int]:
         return write_lines(self.output, log.lines(parts))  # the manifest is the log's own JSON Lines
 
 
-def image_seed(seed: int, class_id: int, index: int) -> int:
-    """The seed of one image: a 32-bit hash of (job seed, class, index) by numpy's SeedSequence."""
-    return int(np.random.SeedSequence([seed, class_id, index]).generate_state(1)[0])
+def block_seed(seed: int, class_id: int, block: int) -> int:
+    """The seed of one block of a class: a 32-bit hash of (job seed, class, block), numpy's SeedSequence."""
+    return int(np.random.SeedSequence([seed, class_id, block]).generate_state(1)[0])
 
 
-def _plan(model: Generator, seeds: list[int], items: list[Row]) -> Latents:
-    """The generator's own checked plan for each image (one seed each), as one plan: the
-    one place that asks the generator for latents."""
-    plans = [model.plan(1, seed, item["class_id"], None) for seed, item in zip(seeds, items)]
-    return Latents(np.concatenate([p.latents for p in plans]), np.concatenate([p.class_ids for p in plans]), None)
+def _plan(model: Generator, seed: int, items: list[Row]) -> tuple[list[int], Latents]:
+    """Each image's block seed, and its latent row from the generator's own `latents_for_seed`:
+    the one place that asks the generator for latents."""
+    blocks = {(item["class_id"], item["index"] // SEED_BLOCK) for item in items}
+    seeds = {block: block_seed(seed, *block) for block in blocks}
+    drawn = {block: model.latents_for_seed(seeds[block], SEED_BLOCK) for block in blocks}
+    keys = [(item["class_id"], item["index"] // SEED_BLOCK) for item in items]
+    latents = np.stack([drawn[key][item["index"] % SEED_BLOCK] for key, item in zip(keys, items)])
+    class_ids = np.array([item["class_id"] for item in items], np.int32)
+    return [seeds[key] for key in keys], Latents(latents, class_ids, None)
 
 
 def _generated(item: Row, name: str | None, png: bytes, latent: np.ndarray, seed: int) -> Row:
     path = f"{class_folder(name or 'generated')}/{item['index']}.png"
     return {"path": path, "class": name, "class_id": item["class_id"], "index": item["index"], "seed": seed,
-            "latent": latent.tolist(), "sha256": hashlib.sha256(png).hexdigest(), "png": png}
+            "seed_row": item["index"] % SEED_BLOCK, "latent": latent.tolist(),
+            "sha256": hashlib.sha256(png).hexdigest(), "png": png}
+
+
+def _in_parallel(function, items: list) -> list:
+    """`function` over `items`, in order, one chunk per core: Pillow's PNG encoder and file
+    writes release the GIL, and alone in this thread they took longer than the generator
+    itself (a 28 px DCGAN); a future per item cost more than a small PNG."""
+    size = -(-len(items) // cores()) or 1
+    chunks = [items[start:start + size] for start in range(0, len(items), size)]
+    return [result for done in _threads().map(lambda chunk: [function(item) for item in chunk], chunks)
+            for result in done]
 
 
 @functools.cache
-def _encoders() -> ThreadPoolExecutor:
-    """PNG encoding in parallel, one thread per core: Pillow's encoder releases the GIL, and
-    measured alone in this thread it took more time than the generator itself (a 28 px DCGAN)."""
-    return ThreadPoolExecutor(cores(), thread_name_prefix="batch-png")
+def _threads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(cores(), thread_name_prefix="batch-io")
 
 
 @functools.cache
