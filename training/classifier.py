@@ -65,13 +65,15 @@ class Splits:
 
 def load_data(config: ClassifierConfig) -> Splits:
     """The training split (a stratified, seeded subset with --per-class), less a validation part."""
-    from training.data import load_dataset, train_validation_split
+    from training.data import load_dataset, train_validation_split, with_extra_images
 
     dataset = load_dataset(config.data, split="train", per_class=config.per_class, seed=config.seed,
                            image_size=config.image_size)
     if len(dataset.class_names) < 2:
         raise UserError(f"{config.data} has only one class ({dataset.class_names}); a classifier needs two or more")
     train_set, validation_set = train_validation_split(dataset, config.validation_fraction, seed=config.seed)
+    if config.extra_data:
+        train_set = with_extra_images(train_set, config.extra_data)
     log(f"data: {config.data}, {len(train_set)} training + {len(validation_set)} validation "
         f"images, {dataset.num_classes} classes, resized to {config.image_size} px")
     return Splits(dataset, train_set, validation_set)

@@ -54,6 +54,8 @@ class ClassifierConfig:
     name: str = name_option("classifier")
     evaluate: bool = option(True, "evaluate the export on the test split")
     eval_limit: int | None = option(None, "evaluate on the first N test images only; default: all")
+    extra_data: str | None = option(None, "a folder of more training images, e.g. a generated one (python -m "
+                                          "service.batch generate): training split only, never validated or tested on")
 
 
 PROFILES = [  # in this order: with both, --quick's values win

@@ -70,8 +70,9 @@ class Settings:
                 raise ValueError(f"setting {name} must be one of {', '.join(RUNTIMES)}, got {getattr(self, name)!r}")
 
     def defaults(self) -> dict[str, str]:
-        """The default model of each shipped kind: what a request that names no model gets."""
-        return {"classifier": self.classifier, "generator": self.generator}
+        """The default model of each shipped kind: what a request that names no model gets.
+        An empty setting loads none of that kind (a bulk job loads only the model it runs)."""
+        return {kind: ref for kind, ref in (("classifier", self.classifier), ("generator", self.generator)) if ref}
 
     def runtime_of(self, kind: str) -> str:
         """The runtime choice for models of `kind` (a kind without a setting: auto)."""

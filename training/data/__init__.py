@@ -26,7 +26,8 @@ from training.data.dataset import DataError, Dataset, DataWarning, train_validat
 from training.data.folders import DEFAULT_FOLDER_IMAGE_SIZE, load_folder
 from training.data.pipeline import make_pipeline
 
-__all__ = ["DataError", "DataWarning", "Dataset", "load_dataset", "make_pipeline", "train_validation_split"]
+__all__ = ["DataError", "DataWarning", "Dataset", "load_dataset", "make_pipeline", "train_validation_split",
+           "with_extra_images"]
 
 SPLITS = ("train", "test")
 
@@ -74,3 +75,25 @@ def load_dataset(
         f"unknown data source {source!r}: no folder of that name exists. Use "
         f"{' or '.join(BUILTIN_SOURCES)}, or the path of a folder with one subfolder of images per class"
     )
+
+
+def with_extra_images(ds: Dataset, folder: str) -> Dataset:
+    """`ds` plus every image of an image folder (both of its splits: all of it trains), at
+    `ds`'s size and channels. The folder's classes must be classes of `ds`, named by their
+    folders as `contract.imagefolder` writes them (`T-shirt%2Ftop` is `T-shirt/top`): what
+    `python -m service.batch generate` makes."""
+    import numpy as np
+
+    from contract.imagefolder import class_name
+
+    parts = [load_dataset(folder, split, image_size=ds.images.shape[1]) for split in SPLITS]
+    names = [class_name(name) for name in parts[0].class_names]
+    unknown = sorted(set(names) - set(ds.class_names))
+    if unknown:
+        raise DataError(f"{folder} has classes that {ds.source} lacks: {', '.join(unknown)}")
+    labels = np.array([ds.class_names.index(name) for name in names])[np.concatenate([p.labels for p in parts])]
+    images = np.concatenate([part.images for part in parts])
+    if ds.images.shape[-1] == 1:  # folders load as RGB; a grey image's three channels are equal
+        images = np.round(images @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)[..., None]
+    return Dataset(np.concatenate([ds.images, images]), np.concatenate([ds.labels, labels]).astype(np.int32),
+                   list(ds.class_names), ds.source)
