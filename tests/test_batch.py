@@ -39,7 +39,7 @@ TIMEOUT_S = 600  # one CLI run: TensorFlow start-up and a model load on a busy 2
 # -- pieces --------------------------------------------------------------------------------------
 
 
-def test_model_references_parse_and_labels_are_refused_clearly():
+def test_model_references_parse_and_name_the_one_model_to_load():
     assert parse(None).text is None
     assert (parse("classifier").name, parse("classifier").version) == ("classifier", None)
     assert (parse("classifier:3").name, parse("classifier:3").version) == ("classifier", "3")
@@ -48,8 +48,8 @@ def test_model_references_parse_and_labels_are_refused_clearly():
     for bad in (":3", "classifier:", "classifier@", "classifier:3@prod"):
         with pytest.raises(ModelRefError):
             parse(bad)
-    with pytest.raises(ModelRefError, match="labels need the model repository"):
-        settings_for("classifier", parse("classifier@prod"), Settings())
+    labelled = settings_for("classifier", parse("classifier@prod"), Settings())
+    assert labelled.defaults() == {"classifier": "classifier:latest"} and labelled.poll_s == 0  # the engine resolves it
     settings = settings_for("classifier", parse("classifier:3"), Settings())
     assert settings.defaults() == {"classifier": "classifier:3"}  # the generator is not loaded
     assert settings_for("generator", parse(None), Settings()).defaults() == {"generator": "generator:latest"}
@@ -215,12 +215,12 @@ def test_classify_refuses_a_version_the_engine_does_not_serve(tiny_models, tmp_p
     engine, _ = served(Classifier, tiny_models["classifier"])
     try:
         assert resolve(engine, Classifier, parse("classifier:1")).info.version == "1"
-        with pytest.raises(ModelRefError, match="serves classifier version 1, not 7"):
+        with pytest.raises(ModelRefError, match="classifier:7: classifier:7: version 7 is not available"):
             resolve(engine, Classifier, parse("classifier:7"))
     finally:
         engine.close()
     assert main(["classify", str(tmp_path), "--out", str(tmp_path / "o.csv"), "--model", "classifier@prod"]) == 2
-    assert "labels need the model repository" in capsys.readouterr().err
+    assert "classifier@prod: model 'classifier' has no label 'prod'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

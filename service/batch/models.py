@@ -1,11 +1,10 @@
 """Which model a bulk job runs: `--model`, parsed once and resolved through the engine.
 
 `--model` takes what the service's settings take (a SavedModel folder, or a model-store
-tag) and the model repository's spelling: `name`, `name:version`, `name@label`. Today the
-engine serves what its settings name, so a name is loaded as the store tag
-`name:version` (`name:latest` without a version) and the served model's version is then
-checked; a label needs the model repository (issue #16). When the engine resolves
-versions and labels itself, `settings_for` and `resolve` are the two functions to change.
+tag) and the model repository's spelling: `name`, `name:version`, `name@label`. The job's
+engine serves the model repository as the service would (the settings' `model_root`, the
+store, the `[repository.<name>]` labels), with that model as the default of its kind and no
+polling; the reference is then resolved by the engine, as a request's would be.
 """
 
 from __future__ import annotations
@@ -50,21 +49,25 @@ def parse(text: str | None) -> ModelRef:
 
 def settings_for(kind: str, ref: ModelRef, settings: Settings) -> Settings:
     """`settings` that load the one model `ref` names as the default `kind`, and no other."""
-    if ref.label:
-        raise ModelRefError(f"--model {ref.text}: labels need the model repository (issue #16); "
-                            f"give a version (name:version) or a model folder")
     source = ref.folder or (f"{ref.name}:{ref.version or LATEST}" if ref.name else getattr(settings, kind))
     others = {other: "" for other in settings.defaults() if other != kind}
-    return dataclasses.replace(settings, **{kind: source}, **others, models=())
+    return dataclasses.replace(settings, **{kind: source}, **others, poll_s=0)
 
 
 def resolve(engine: Engine, kind: type[Kind], ref: ModelRef) -> Kind:
     """The loaded model `ref` names, its version checked against the one asked for."""
-    model = engine.get(kind, ref.name)
-    if ref.version not in (None, LATEST) and model.info.version != ref.version:
-        raise ModelRefError(f"--model {ref.text}: the engine serves {model.info.name} version "
-                            f"{model.info.version}, not {ref.version}")
-    return model
+    from service.core import ServiceError
+    from service.core.repository import ModelRef as Reference
+
+    if not ref.name:
+        return engine.get(kind)
+    version = None if ref.version in (None, LATEST) else ref.version
+    if version is not None and not version.isdigit():
+        raise ModelRefError(f"--model {ref.text}: a version is a number")
+    try:
+        return engine.get(kind, Reference(ref.name, int(version) if version else None, ref.label))
+    except ServiceError as error:
+        raise ModelRefError(f"--model {ref.text}: {error.problem}") from None
 
 
 def load(kind: type[Kind], ref: ModelRef, settings: Settings) -> tuple[Engine, Kind]:
