@@ -158,6 +158,12 @@ def test_runs_as_non_root_on_a_read_only_root(container: Container):
 
 
 @pytest.mark.slow
+def test_the_image_serves_with_the_contract_and_without_training(container: Container):
+    """Training and serving share only the model contract: training/ is not in the image."""
+    assert container.exec("ls", "/opt/diptych").stdout.split() == ["bin", "contract", "proto", "service"]
+
+
+@pytest.mark.slow
 def test_workers_from_env(container: Container):
     """DIPTYCH_WORKERS=2 → two BentoML worker processes, each with the models."""
     workers = "import os; print(sum(open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')[2:3] == " \
