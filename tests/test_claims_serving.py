@@ -74,7 +74,8 @@ def test_two_workers_both_answer_grpc_on_one_port(two_workers):
     server, channels = two_workers
     workers = worker_processes(server)
     assert len(workers) == WORKERS
-    assert server.log.read_text().count(f"gRPC on {server.grpc_target}:") == WORKERS  # one server per worker
+    started = lambda: server.log.read_text().count(f"gRPC on {server.grpc_target}:") == WORKERS  # noqa: E731
+    assert eventually(started, 120)  # one server per worker; /readyz may answer before the second's starts
     for channel in channels:
         answer = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel).ServerMetadata(
             grpc_predict_v2_pb2.ServerMetadataRequest(), timeout=10)

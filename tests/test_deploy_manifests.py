@@ -377,6 +377,12 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_dashboard_and_alerts(s
             return [((), "NaN")] if any(re.fullmatch(pattern, code) for code in codes) else []
 
         errors = [re.search(r'code=~"([^"]*)"', expr).group(1) for title, expr in panel_queries() if title == "Error rate"]
+
+        def failed_share() -> list[tuple[tuple, str]]:  # 0/0 for a version with a failed outcome; else no series
+            served_ok = {"ok", "invalid_input", "limit_exceeded", "not_found", "unauthenticated"}
+            return [(key, "NaN") for key in {tuple(sorted((label, sample.labels[label]) for label in ("model", "version")))
+                                             for sample in samples if sample.name == "diptych_model_requests_total"
+                                             and sample.labels["outcome"] not in served_ok}]
         expected = {
             "Model versions": each("diptych_model_info", ("kind", "model", "version", "runtime"), "1"),
             "Targets up": [((), "1")],
@@ -391,8 +397,23 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_dashboard_and_alerts(s
             "Images generated and classified": each("diptych_images_generated_total", ("model", "version"), "0")
             + each("diptych_images_classified_total", ("model", "version"), "0"),
             "Predicted classes": each("diptych_predictions_total", ("label",), "0"),
+            # per model version (issue #19): a canary beside stable
+            "Requests by model version": each("diptych_model_requests_total", ("model", "version", "outcome"), "0"),
+            "Failed share by model version": failed_share(),
+            "Latency p99 by model version": each("diptych_model_request_seconds_bucket", ("model", "version"), "NaN"),
+            "Predicted label share by model version": each("diptych_predictions_total", ("model", "version", "label"),
+                                                           "NaN"),
+            "Batch queue depth": each("diptych_batch_queue_depth", ("model", "version"), "0"),
+            "Batch queue wait p99": each("diptych_batch_queue_wait_seconds_bucket", ("model", "version"), "NaN"),
+            "Requests in flight per pod": [((("instance", server.url.split("//")[1]),), "0")],
         }
-        assert set(expected) == {title for title, _ in panel_queries()}
+        drift = {tuple(sorted((key, sample.labels[key]) for key in ("model", "version"))): sample.value
+                 for sample in samples if sample.name == "diptych_label_drift_psi"}
+        shown_drift = {tuple(sorted(found["metric"].items())): float(found["value"][1])
+                       for key, result in results.items() if key.startswith("Label drift") for found in result}
+        assert drift and shown_drift.keys() == drift.keys(), (drift, shown_drift)  # the gauge, as exported
+        assert all(abs(shown_drift[key] - value) < 1e-9 for key, value in drift.items())
+        assert set(expected) | {"Label drift (PSI) by model version"} == {title for title, _ in panel_queries()}
         for title, series in expected.items():
             shown = [(tuple(sorted(found["metric"].items())), found["value"][1])
                      for key, result in results.items() if key.startswith(title + ":") for found in result]

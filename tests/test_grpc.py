@@ -120,7 +120,7 @@ def test_reflection_describes_every_service(channel):
     assert {*SERVICES, "grpc.health.v1.Health"} <= set(database.get_services())
     pool = DescriptorPool(database)
     assert [method.name for method in pool.FindServiceByName("diptych.v1.Diptych").methods] == \
-        ["Classify", "Generate", "ListModels"]
+        ["Classify", "Generate", "ListModels", "LoadModel", "UnloadModel"]
     predict = pool.FindServiceByName("tensorflow.serving.PredictionService").methods_by_name["Predict"]
     assert predict.input_type.full_name == "tensorflow.serving.PredictRequest"
     infer = pool.FindServiceByName("inference.GRPCInferenceService").methods_by_name["ModelInfer"]
@@ -169,7 +169,7 @@ def test_generate_grid(diptych):
 def test_list_models(diptych):
     models = {model.kind: model for model in diptych.ListModels(pb.ListModelsRequest()).models}
     assert (models["classifier"].name, models["classifier"].version) == ("classifier", "1")
-    assert models["classifier"].source == "classifier:latest"
+    assert models["classifier"].source == "classifier:1"  # the store tag of the version served
     assert len(models["classifier"].card["labels"]) == 10
     assert models["generator"].card["classes"][7] == "Sneaker"
 
@@ -328,7 +328,8 @@ def test_tf_unknown_signature_is_failed_precondition_as_in_tf_serving(tf_serving
     ("classifier", "", {"image_bytes": np.array([b"junk"], dtype=object)}, "images[0]"),
     ("classifier", "classify_pixels", {"images": np.zeros((1, 8, 8, 2), np.uint8)}, "images"),
     ("generator", "", {"latents": np.zeros((1, 64)), "class_ids": np.zeros(1, np.int32)}, "latents"),
-    ("generator", "", {"latents": np.zeros((1, 3), np.float32), "class_ids": np.zeros(1, np.int32)}, "latents[0]"),
+    # the signature declares the latent width: a row of 3 is refused by its shape
+    ("generator", "", {"latents": np.zeros((1, 3), np.float32), "class_ids": np.zeros(1, np.int32)}, "latents"),
     ("generator", "", {"latents": np.zeros((2, 64), np.float32), "class_ids": np.array([0, 10], np.int32)}, "class_ids[1]"),
     ("generator", "generate_seeded", {"seed": np.int64(1), "count": np.int32(0), "class_id": np.int32(0)}, "count"),
     ("generator", "generate_seeded", {"seed": np.int64(1), "count": np.int32(1), "class_id": np.int32(10)}, "class_id"),

@@ -302,8 +302,10 @@ def test_kserve_predictor_is_the_base_pod_speaking_the_open_inference_protocol()
     # The Open Inference Protocol's REST routes are on the container's http port.
     ports = {port["name"]: port["containerPort"] for port in main["ports"]}
     assert main["ports"][0]["name"] == "http" and ports["http"] == 3000
-    routes = (ROOT / "service" / "http.py").read_text()
-    assert '"/v2/health/ready"' in routes and '"/v2/health/live"' in routes
+    from service.http.routes import ROUTES
+
+    paths = {endpoint.path for endpoint in ROUTES.endpoints}
+    assert {"/v2/health/ready", "/v2/health/live", "/v2/models/{name}/infer"} <= paths
     namespace = one("kserve", "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     assert all(doc["metadata"].get("namespace") == namespace["metadata"]["name"]

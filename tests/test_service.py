@@ -140,7 +140,7 @@ def test_ready_only_after_models_are_warm(server):
 def test_models_lists_both_cards(server, tiny_models):
     models = {model["kind"]: model for model in server.client.get("/models").json()["models"]}
     assert models["classifier"]["name"] == "classifier" and models["classifier"]["version"] == "1"
-    assert models["classifier"]["source"] == "classifier:latest"
+    assert models["classifier"]["source"] == "classifier:1"  # the store tag of the version served
     assert len(models["classifier"]["card"]["labels"]) == 10
     assert models["generator"]["card"]["latent_dim"] > 0
     assert server.client.get("/models/generator").json()["card"]["classes"][7] == "Sneaker"
@@ -154,9 +154,9 @@ def test_openapi_documents_every_field(server):
         for route in ("/classify", "/generate", "/interpolate")
     }
     assert fields == {
-        "/classify": {"images", "top_k"},
-        "/generate": {"count", "seed", "class", "latents", "format"},
-        "/interpolate": {"seeds", "latents", "steps", "class"},
+        "/classify": {"images", "top_k", "model"},
+        "/generate": {"count", "seed", "class", "latents", "psi", "model", "format"},
+        "/interpolate": {"seeds", "latents", "steps", "class", "psi", "model"},
     }
 
 

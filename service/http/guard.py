@@ -56,7 +56,8 @@ class Guard:
         try:
             core = engine()
             core.keys.check(authorization)
-            if endpoint is not None and endpoint.control:  # the load/unload API: an admin key, no request slot
+            if endpoint is not None and endpoint.control and scope["method"] == endpoint.method:
+                # the load/unload API: an admin key, no request slot (another method: the app's 405)
                 core.check_admin(authorization)
                 return await self.app(scope, receive, answer)
             if scope["method"] != "POST":

@@ -17,7 +17,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from . import api, openapi, schemas, tfserving_rest, v2rest
 from .endpoints import Endpoint, Operation, Routes
 
-INFERENCE_ERRORS = (400, 401, 413, 500, 503, 504)
+INFERENCE_ERRORS = (400, 401, 404, 413, 500, 503, 504)  # 404: an unknown model, version or label
 BINARY = {"type": "string", "format": "binary"}
 ANY_OBJECT = {"type": "object", "additionalProperties": True}
 ANY_LIST = {"type": "array", "items": ANY_OBJECT}
