@@ -12,7 +12,7 @@ import pydantic
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..core import Engine, ModelInfo
+from ..core import Engine, ModelInfo, NotFound
 from ..core.images import encode_png, tile
 from ..kinds import Classification, Classifier, Generation, Generator
 from . import schemas
@@ -62,7 +62,11 @@ async def list_models(request: Request) -> Response:
 
 @errors
 async def get_model(request: Request) -> Response:
-    return JSONResponse(card(engine().find(request.path_params["name"]).info))
+    try:
+        model = engine().find(request.path_params["name"])
+    except NotFound as error:  # the path's `name` is the field at fault
+        raise NotFound(error.problem, "name") from None
+    return JSONResponse(card(model.info))
 
 
 # -- responses ----------------------------------------------------------------------------
