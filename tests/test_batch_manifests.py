@@ -16,9 +16,13 @@ import yaml
 
 from service.batch.cli import parser
 from tests.conftest import ROOT
-from tests.test_deploy_manifests import _METADATA, ALLOWED_SKIPS, K8S, KUBERNETES_VALIDATE, checkov, load_yaml, run
+from tests.test_deploy_manifests import ALLOWED_SKIPS, K8S, KUBERNETES_VALIDATE, checkov, load_yaml, run
 
 BATCH = K8S / "batch"
+# An object's metadata as these manifests write it (strict: a misspelt key is refused).
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_METADATA = {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+    "name": {"type": "string"}, "namespace": {"type": "string"}, "labels": _STRING_MAP, "annotations": _STRING_MAP}}
 RAYJOB_SCHEMA = ROOT / "tests" / "schemas" / "kuberay_rayjob_v1.yaml"
 
 
