@@ -21,6 +21,7 @@ from training.data import (
     folders,
     make_pipeline,
     train_validation_split,
+    with_extra_images,
 )
 
 needs_fashion_mnist = pytest.mark.skipif(
@@ -342,7 +343,7 @@ def test_extra_images_join_the_training_set_with_their_labels_size_and_channels(
         (tmp_path / folder).mkdir()
         for i in range(5):
             Image.fromarray(np.full((28, 28), shade + i, np.uint8)).save(tmp_path / folder / f"{i}.png")
-    combined = data.with_extra_images(base, str(tmp_path))
+    combined = with_extra_images(base, str(tmp_path))
     assert combined.images.shape == (14, 28, 28, 1) and combined.class_names == base.class_names
     assert sorted(collections.Counter(combined.labels.tolist()).items()) == [(0, 6), (1, 1), (2, 1), (3, 6)]
     extra = {(int(label), int(image[0, 0, 0])) for image, label in zip(combined.images[4:], combined.labels[4:])}
@@ -351,4 +352,4 @@ def test_extra_images_join_the_training_set_with_their_labels_size_and_channels(
     for i in range(2):
         Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "Sneaker" / f"{i}.png")
     with pytest.raises(DataError, match="classes that fashion-mnist lacks: Sneaker"):
-        data.with_extra_images(base, str(tmp_path))
+        with_extra_images(base, str(tmp_path))

@@ -68,7 +68,10 @@ def served(server_env, tiny_models, folder_classifier, tmp_path_factory):
     add_version(root, "shoes", 1, tiny_models["classifier"])
     add_version(root, "squares", 1, folder_classifier)
     repository = {"shoes": {"versions": "all", "labels": {"stable": 1}}}
-    server = Server({**server_env, "DIPTYCH_MODEL_ROOT": str(root), "DIPTYCH_STORE": "false",
+    # A BENTOML_HOME of its own: `bentoml serve` empties its home's metrics folder as it starts,
+    # which would wipe the metrics of the session's other servers (tests/conftest.py).
+    server = Server({**server_env, "BENTOML_HOME": str(tmp_path_factory.mktemp("repository-home")),
+                     "DIPTYCH_MODEL_ROOT": str(root), "DIPTYCH_STORE": "false",
                      "DIPTYCH_CLASSIFIER": "shoes", "DIPTYCH_GENERATOR": str(tiny_models["generator"]),
                      "DIPTYCH_POLL_S": "0.5", "DIPTYCH_ADMIN_KEYS": ADMIN,
                      "DIPTYCH_CLASSIFIER_RUNTIME": "tensorflow", "DIPTYCH_REPOSITORY": json.dumps(repository)},
