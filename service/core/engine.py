@@ -72,7 +72,7 @@ class Engine:
             if name is None:
                 log.error("the %s could not be loaded from %s: FileNotFoundError: no saved_model.pb there, nor "
                           "numbered version folders holding one", kind, ref)
-            elif name not in self.manager.status():  # nothing was even tried (a failed load logs itself)
+            elif not self.manager.knows(name):  # nothing was even tried (a failed load logs itself)
                 log.error("the %s could not be loaded from %s: NotFound: no such version in the model store or "
                           "repository", kind, ref)
 
@@ -129,7 +129,7 @@ class Engine:
         self._check_ready()
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         default = self.manager.default(ref.name)
-        if default is not None and not self.manager.status().get(ref.name):
+        if default is not None and not self.manager.knows(ref.name):
             ref = ModelRef(default, ref.version, ref.label)
         context = current()
         model = self.manager.resolve(ref, context.caller or context.id)

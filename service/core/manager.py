@@ -128,6 +128,10 @@ class Manager(ControlRequests):
     def default(self, kind: str) -> str | None:
         return self._found.defaults.get(kind)
 
+    def knows(self, name: str) -> bool:
+        """Whether any version of `name` has a state (cheap: on every request's path)."""
+        return name in self._slots
+
     def available(self, name: str) -> bool:
         return bool(self._routes.get(name))
 
