@@ -40,11 +40,14 @@ def parse(text: str | None) -> ModelRef:
         return ModelRef(None)
     if is_folder_ref(text):
         return ModelRef(text, folder=text)
-    rest, at, label = text.partition("@")
-    name, colon, version = rest.partition(":")
-    if not name or (at and not label) or (colon and not version) or (at and colon):
-        raise ModelRefError(f"--model {text!r}: use name, name:version, name@label or a model folder")
-    return ModelRef(text, name=name, version=version or None, label=label or None)
+    from service.core import ValidationError
+    from service.core.repository import ModelRef as Reference
+
+    try:  # the service's own spelling and checks (`name:latest` is the store's, and the newest)
+        ref = Reference.parse(text.removesuffix(f":{LATEST}"))
+    except ValidationError:
+        raise ModelRefError(f"--model {text!r}: use name, name:version, name@label or a model folder") from None
+    return ModelRef(text, name=ref.name, version=None if ref.version is None else str(ref.version), label=ref.label)
 
 
 def settings_for(kind: str, ref: ModelRef, settings: Settings) -> Settings:
