@@ -104,7 +104,9 @@ async def phases(client: httpx.AsyncClient, service: Service, root: Path, export
     marks["rss after"] = rss(service)
     marks["switch end"] = time.time()
     broken = add_version(root, 3, export)
-    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    for part in ("saved_model.pb", "litert/model.tflite"):  # a published export carries its conversion
+        if (broken / part).is_file():
+            (broken / part).write_bytes(b"garbage")
     marks["failed 3"] = await until(client, "3", "failed")
     await asyncio.sleep(seconds)
     marks["end"] = time.time()

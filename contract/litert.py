@@ -13,12 +13,14 @@ training images at the model's size, or seeded latents), and every output must a
 the card's `tolerance`, with the same arg-max in every row of a float matrix (a
 classifier's top-1). Both are timed on that batch too, so `auto` can keep whichever costs
 less. `training.publish` stores the result beside the SavedModel in the model store
-(`litert/`); a model without one is converted when the service loads it. Nothing here
-knows a dataset or a kind of model: the card and the sample say it all.
+(`litert/`); a model without one is converted when the service loads it, in a process of
+its own (`convert_apart`, which runs this module: `python -m contract.litert --help`).
+Nothing here knows a dataset or a kind of model: the card and the sample say it all.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -26,6 +28,9 @@ import json
 import logging
 import math
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -112,6 +117,50 @@ def convert_and_verify(folder: str | os.PathLike, card: ModelCard, interpreters:
     if not report["verified"]:
         return Conversion(None, report)
     return Conversion(flatbuffer, {**report, "sha256": _digest(flatbuffer)})
+
+
+def convert_apart(folder: str | os.PathLike, card: ModelCard, interpreters: int, niceness: int = 19,
+                  timeout_s: float = 900) -> Conversion:
+    """`convert_and_verify` in a child process at `niceness`, for a process that serves while
+    it loads. Measured with benchmarks/rollout.py (docs/serving.md): converting inside the
+    serving process raised the p99 of the requests it served meanwhile 3.9× (the converter
+    holds the GIL for long stretches, and TensorFlow's own thread pools run at full
+    priority), and left ~45 MiB of TensorFlow's heap behind after the version was unloaded.
+    A child's threads all inherit its niceness, and its memory goes when it exits."""
+    failed = {"signature": card.numeric_signature, "verified": False}
+    package_root = str(Path(__file__).resolve().parents[1])  # importable wherever the service runs from
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root,
+                                                                             os.environ.get("PYTHONPATH")]))}
+    with tempfile.TemporaryDirectory(prefix="diptych-litert-") as out:
+        command = [sys.executable, "-m", "contract.litert", str(folder), "--out", out,
+                   "--interpreters", str(interpreters), "--niceness", str(niceness)]
+        try:
+            child = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return Conversion(None, {**failed, "reason": f"the conversion did not finish in {timeout_s:g} s"})
+        conversion = Conversion.load(out)
+        if child.returncode != 0 or conversion is None:
+            last = next(reversed(child.stderr.strip().splitlines()), "no message")
+            return Conversion(None, {**failed, "reason": f"the conversion process exited with {child.returncode}: "
+                                                         f"{last}"})
+        return conversion
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m contract.litert",
+        description="Convert an exported SavedModel to LiteRT, verify it against TensorFlow on the export's "
+                    "calibration sample and time both; write the flatbuffer and its report to OUT/litert/. "
+                    "The service runs this when it loads a model that has no stored conversion.")
+    parser.add_argument("folder", help="a version folder: saved_model.pb, model_card.json, calibration.npz")
+    parser.add_argument("--out", required=True, help="where litert/model.tflite and litert/report.json go")
+    parser.add_argument("--interpreters", type=int, default=2, help="LiteRT interpreters timed as a pool")
+    parser.add_argument("--niceness", type=int, default=0, help="added to this process's niceness first")
+    args = parser.parse_args(argv)
+    niceness = os.nice(args.niceness)  # before TensorFlow starts its thread pools, so that they inherit it
+    conversion = convert_and_verify(args.folder, ModelCard.read(args.folder), args.interpreters)
+    # The wall-clock timings in the report were taken at this priority.
+    Conversion(conversion.flatbuffer, {**conversion.report, "niceness": niceness}).save(args.out)
 
 
 def save_calibration(folder: str | os.PathLike, inputs: Mapping[str, np.ndarray]) -> None:
@@ -234,3 +283,6 @@ def _digest(flatbuffer: bytes) -> str:
 def _version(package: str) -> str:
     return f"{package} {metadata.version(package)}"
 
+
+if __name__ == "__main__":
+    main()

@@ -31,6 +31,7 @@ from contract.runtime import LITERT, TENSORFLOW, LiteRTRuntime, SavedModelRuntim
 from service.core.batching import Batcher
 from service.core.config import Settings
 from service.core.images import decode, resize
+from service.core import models as served_models
 from service.core.models import locate
 from service.kinds import Classifier, Generator
 from tests.conftest import eventually
@@ -176,25 +177,31 @@ def test_a_stored_conversion_is_read_back(classifier_conversion, tmp_path):
 # -- choosing the runtime -------------------------------------------------------------------
 
 
-def test_failed_conversion_is_served_by_tensorflow_with_the_reason(tiny_models, monkeypatch, caplog, fashion):
-    def broken(*args):
-        raise conversion.ConversionError("forced to fail by the test")
-
-    monkeypatch.setattr(conversion, "convert", broken)
+def test_failed_conversion_is_served_by_tensorflow_with_the_reason(tiny_models, tmp_path, caplog, fashion):
+    export = tmp_path / "1"
+    shutil.copytree(tiny_models["classifier"], export)
+    (export / conversion.CALIBRATION).unlink()  # fails in the conversion's own process, as a real one would
     with caplog.at_level(logging.WARNING, logger="diptych"):
-        model = Classifier.load(locate(str(tiny_models["classifier"])), Settings(classifier_runtime="litert", interpreters=2))
+        model = Classifier.load(locate(str(export)), Settings(classifier_runtime="litert", interpreters=2))
     try:
         assert model.info.runtime == TENSORFLOW
-        assert model.info.litert["verified"] is False and "forced to fail" in model.info.litert["reason"]
-        assert any("runs on TensorFlow" in r.message and "forced to fail" in r.message for r in caplog.records)
+        assert model.info.litert["verified"] is False and "no calibration sample" in model.info.litert["reason"]
+        assert any("runs on TensorFlow" in r.message and "no calibration sample" in r.message for r in caplog.records)
         scores = model.batcher.submit([(encode(fashion[0]), "images[0]")])[0].result(30)
         assert scores.shape == (10,) and abs(scores.sum() - 1) < 1e-4
     finally:
         model.close()
 
 
+def test_a_conversion_that_does_not_finish_is_stopped_with_the_reason(tiny_models):
+    info = locate(str(tiny_models["classifier"]))
+    stopped = conversion.convert_apart(info.path, info.card, interpreters=1, timeout_s=0.5)
+    assert not stopped.verified and stopped.report["reason"] == "the conversion did not finish in 0.5 s"
+
+
 def test_tensorflow_runtime_never_converts(tiny_models, monkeypatch):
-    monkeypatch.setattr(conversion, "convert", lambda *args: pytest.fail("converted although tensorflow was chosen"))
+    monkeypatch.setattr(served_models, "convert_apart",
+                        lambda *args: pytest.fail("converted although tensorflow was chosen"))
     model = Generator.load(locate(str(tiny_models["generator"])), Settings(generator_runtime="tensorflow"))
     model.close()
     assert model.info.runtime == TENSORFLOW and model.info.litert is None
@@ -255,6 +262,7 @@ def test_classifier_pool_answers_each_request_with_its_own_scores(classifier_con
     model = Classifier.load(locate(str(tiny_models["classifier"])), Settings(classifier_runtime="litert", interpreters=2,
                                                                     max_batch_size=8))
     assert model.info.runtime == LITERT
+    assert model.info.litert["niceness"] == 19  # converted in a process of its own, at the lowest priority
 
     def request(index: int) -> tuple[int, np.ndarray]:
         chosen = [(index + offset) % len(files) for offset in range(1 + index % 3)]  # 1-3 images a request

@@ -28,7 +28,7 @@ import numpy as np
 
 from contract.card import ModelCard
 from contract.layout import resolve
-from contract.litert import Conversion, convert_and_verify
+from contract.litert import Conversion, convert_apart
 from contract.runtime import LITERT, TENSORFLOW, LiteRTRuntime, Runtime, SavedModelRuntime, cores
 
 from .batching import Batcher
@@ -71,8 +71,9 @@ def load_runtime(info: ModelInfo, choice: str, interpreters: int) -> tuple[Runti
         return tensorflow(), info
     conversion = Conversion.load(info.path)
     if conversion is None:
-        log.info("%s has no stored LiteRT conversion: converting it now (training.publish stores one)", model)
-        conversion = convert_and_verify(info.path, info.card, interpreters)
+        log.info("%s has no stored LiteRT conversion: converting it now, in a process of its own "
+                 "(training.publish stores one)", model)
+        conversion = convert_apart(info.path, info.card, interpreters)
     info = dataclasses.replace(info, litert=conversion.report)
     if not conversion.verified:
         log.warning("%s runs on TensorFlow: its LiteRT conversion is not used: %s", model, conversion.report["reason"])
