@@ -123,10 +123,10 @@ def convert_apart(folder: str | os.PathLike, card: ModelCard, interpreters: int,
                   timeout_s: float = 900) -> Conversion:
     """`convert_and_verify` in a child process at `niceness`, for a process that serves while
     it loads. Measured with benchmarks/rollout.py (docs/serving.md): converting inside the
-    serving process raised the p99 of the requests it served meanwhile 3.9× (the converter
-    holds the GIL for long stretches, and TensorFlow's own thread pools run at full
-    priority), and left ~45 MiB of TensorFlow's heap behind after the version was unloaded.
-    A child's threads all inherit its niceness, and its memory goes when it exits."""
+    serving process raised the p99 of the requests it served meanwhile 3.9× (it shares the
+    GIL with them, and TensorFlow's own thread pools run at full priority), and left 43 MiB
+    behind after the version was unloaded; apart, 1.2× and 6 MiB. A child's threads all
+    inherit its niceness, and its memory goes when it exits."""
     failed = {"signature": card.numeric_signature, "verified": False}
     package_root = str(Path(__file__).resolve().parents[1])  # importable wherever the service runs from
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root,

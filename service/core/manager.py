@@ -12,6 +12,8 @@ reported and never takes traffic, and the old one keeps serving.
 
 Loads run one at a time, each pass on a thread of its own at a lower CPU priority than the
 request threads: a reload competes with serving for the same cores (TF Serving #385, #1866).
+The heaviest part, a LiteRT conversion and its proof, runs in a child process at the lowest
+priority (contract/litert.py `convert_apart`).
 """
 
 from __future__ import annotations
