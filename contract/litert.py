@@ -75,6 +75,17 @@ class Conversion:
         cost = self.report["cpu_ms_per_image"]
         return cost["litert"] < cost["tensorflow"]
 
+    @property
+    def summary(self) -> str:
+        """One line for a person: verified or why not, and what each runtime measured."""
+        speed, cost = self.report.get("images_per_second", {}), self.report.get("cpu_ms_per_image", {})
+        measured = ", ".join(f"{runtime} {value:g} images/s, {cost.get(runtime, float('nan')):.2f} CPU ms per image"
+                             for runtime, value in speed.items())
+        if not self.verified:
+            return f"LiteRT conversion not verified: {self.report['reason']}; the service will use TensorFlow"
+        return f"LiteRT verified: {self.report['reason']}, largest difference " \
+               f"{self.report['max_difference']:.2g}; measured {measured}"
+
     def save(self, model_dir: str | Path) -> None:
         folder = Path(model_dir) / FOLDER
         folder.mkdir(exist_ok=True)
@@ -161,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     conversion = convert_and_verify(args.folder, ModelCard.read(args.folder), args.interpreters)
     # The wall-clock timings in the report were taken at this priority.
     Conversion(conversion.flatbuffer, {**conversion.report, "niceness": niceness}).save(args.out)
+    print(f"{conversion.summary}\nwritten to {Path(args.out) / FOLDER}")
 
 
 def save_calibration(folder: str | os.PathLike, inputs: Mapping[str, np.ndarray]) -> None:

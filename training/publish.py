@@ -26,7 +26,7 @@ from typing import Any
 
 from contract.card import CardError, ModelCard
 from contract.layout import version_dir
-from contract.litert import Conversion, convert_and_verify
+from contract.litert import convert_and_verify
 from contract.runtime import cores
 from training.cli import UserError, run_cli
 
@@ -65,17 +65,7 @@ def publish(path: str | Path, name: str | None = None, force: bool = False) -> s
     with bentoml.models.create(tag, labels={**labels, DIGEST_LABEL: digest}, metadata=_without_none(card.to_dict())) as model:
         shutil.copytree(source, model.path, dirs_exist_ok=True)
         conversion.save(model.path)
-    return f"{tag} ({_summary(conversion)})"
-
-
-def _summary(conversion: Conversion) -> str:
-    speed, cost = conversion.report.get("images_per_second", {}), conversion.report.get("cpu_ms_per_image", {})
-    measured = ", ".join(f"{runtime} {value:g} images/s, {cost.get(runtime, float('nan')):.2f} CPU ms per image"
-                         for runtime, value in speed.items())
-    if not conversion.verified:
-        return f"LiteRT conversion not verified: {conversion.report['reason']}; the service will use TensorFlow"
-    return f"LiteRT verified: {conversion.report['reason']}, largest difference " \
-           f"{conversion.report['max_difference']:.2g}; measured {measured}"
+    return f"{tag} ({conversion.summary})"
 
 
 def _without_none(value: Any) -> Any:
