@@ -14,8 +14,10 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -368,15 +370,19 @@ def ray_cluster(tmp_path_factory):
     # address to the machine's own IP unless it is told this is a one-machine cluster (its default
     # on macOS and Windows): every process stays on 127.0.0.1. The workers import this checkout,
     # as every node of a real cluster has the project installed (its image).
+    # RAY_TMPDIR: every Ray file (sessions, sockets, the "current cluster" address file that
+    # add_node writes under Ray's default folder) goes below a folder of this test's own, so the
+    # test needs no /tmp/ray left by an earlier run (#30). Short: Ray's socket paths must stay
+    # under AF_UNIX's 107 bytes.
+    temp = Path(tempfile.mkdtemp(prefix="ray-"))
     environ = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT),
-               "TF_CPP_MIN_LOG_LEVEL": "2"}
+               "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_TMPDIR": str(temp)}
     saved = {key: os.environ.get(key) for key in environ}
     os.environ.update(environ)
     node = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "object_store_memory": 100 * 2**20}
-    temp = tmp_path_factory.mktemp("ray")
     cluster = ray_cluster_utils.Cluster(shutdown_at_exit=True)
     try:
-        cluster.add_node(**node, include_dashboard=False, temp_dir=str(temp))
+        cluster.add_node(**node, include_dashboard=False)
         cluster.add_node(**node)
         cluster.wait_for_nodes(timeout=120)
         yield cluster
@@ -384,6 +390,7 @@ def ray_cluster(tmp_path_factory):
         cluster.shutdown()
         for key, value in saved.items():
             os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.slow
