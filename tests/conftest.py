@@ -37,11 +37,16 @@ def require_tool(tool: str | Path, install: str) -> str:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """A tiny real classifier and generator, trained on Fashion-MNIST by the training CLIs
-    (both at once, once per session): {"classifier": version folder, "generator": ...}."""
+    (all at once, once per session): {"classifier": version folder, "generator": ...}.
+    "other_classifier" is the same recipe from another seed: a second version of the same
+    model with *different weights*, so that a test of which version answered can see a
+    wrong choice."""
     root = tmp_path_factory.mktemp("tiny-models")
+    classifier = ["training.classifier", "--backbone", "scratch", "--per-class", "20", "--image-size", "32",
+                  "--epochs", "10"]
     commands = {
-        "classifier": ["training.classifier", "--backbone", "scratch", "--per-class", "20", "--image-size", "32",
-                       "--epochs", "10", "--seed", "0"],
+        "classifier": [*classifier, "--seed", "0"],
+        "other_classifier": [*classifier, "--seed", "1"],
         "generator": ["training.gan", "--epochs", "1", "--per-class", "50", "--run-dir", str(root / "gan-run")],
     }
     runs = {
