@@ -87,13 +87,15 @@ class ControlRequests:
         gets the list's path, policy and labels (its traffic, shadow and payload log, which TF
         Serving's config cannot say, stay), and every other model is unloaded, as by an unload
         request. Leaving a default model out is a `Conflict`: a reload never retires one."""
-        current = self.repository.configs
-        self._change({name: {**{key: value for key, value in current.get(name, ModelConfig(name)).table().items()
-                                if key in UNSAID}, **table} for name, table in tables.items()}, replace=True)
+        self._change(tables, replace=True)
 
     def _change(self, tables: Mapping[str, Mapping[str, Any]], replace: bool) -> None:
         with self._reconciling:
-            configs = {**self.repository.configs, **{name: self._admitted(name, table) for name, table in tables.items()}}
+            current = self.repository.configs
+            if replace:
+                tables = {name: {**{key: value for key, value in current.get(name, ModelConfig(name)).table().items()
+                                    if key in UNSAID}, **table} for name, table in tables.items()}
+            configs = {**current, **{name: self._admitted(name, table) for name, table in tables.items()}}
             control = copy.deepcopy(self._control)
             for name in tables:
                 control.explicit.pop(name, None)
