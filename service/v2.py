@@ -115,6 +115,12 @@ def repository_config(text: Any) -> dict[str, Any]:
     return table
 
 
+async def repository_load(engine: Engine, name: str, parameters: dict[str, Any]) -> None:
+    """A load, with its `version` (one more version) and `config` (the model's settings), at once."""
+    config = repository_config(parameters["config"]) if "config" in parameters else None
+    await engine.load_model(name, repository_version(parameters), config)
+
+
 def repository_version(parameters: dict[str, Any]) -> int | None:
     """The `version` parameter of a load or unload: this version only (an int or a digit string)."""
     value = parameters.get("version")

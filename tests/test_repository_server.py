@@ -212,9 +212,13 @@ def test_tf_serving_grpc_versions_labels_status_and_reload(served):
             model_spec=model_pb2.ModelSpec(name="squares")), timeout=30)
         assert [(s.version, s.state) for s in status.model_version_status] == [
             (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
-        reload = model_management_pb2.ReloadConfigRequest()
+        reload = model_management_pb2.ReloadConfigRequest()  # as TF Serving's, it lists every model served
         config = reload.config.model_config_list.config.add(name="squares")
         config.version_labels["stable"] = 1
+        shoes = reload.config.model_config_list.config.add(name="shoes")
+        shoes.model_version_policy.all.SetInParent()
+        shoes.version_labels["stable"] = 1
+        reload.config.model_config_list.config.add(name="generator")
         with pytest.raises(grpc.RpcError) as refused:
             models.HandleReloadConfigRequest(reload, timeout=60)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED

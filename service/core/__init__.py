@@ -5,7 +5,9 @@ from . import context
 from .config import Settings
 from .engine import Engine
 from .errors import (
+    Conflict,
     DeadlineExceeded,
+    Forbidden,
     LimitExceeded,
     NotFound,
     NotReady,
@@ -14,14 +16,17 @@ from .errors import (
     Unauthenticated,
     Unavailable,
     UnknownSignature,
+    UnsupportedMediaType,
     ValidationError,
 )
 from .models import ModelInfo, ServedModel
 
 __all__ = [
     "context",
+    "Conflict",
     "DeadlineExceeded",
     "Engine",
+    "Forbidden",
     "LimitExceeded",
     "ModelInfo",
     "NotFound",
@@ -33,5 +38,6 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "UnknownSignature",
+    "UnsupportedMediaType",
     "ValidationError",
 ]

@@ -25,6 +25,7 @@ class Settings:
     classifier: str = "classifier:latest"  # the default classifier: BentoML model tag, or a SavedModel folder
     generator: str = "generator:latest"  # the default generator
     model_root: str = ""  # a model repository folder, TF Serving's layout: <root>/<name>/<version>/
+    allowed_roots: tuple[str, ...] = ()  # folders besides model_root that a load request's path may name
     store: bool = True  # also serve every model in the BentoML model store (what training.publish fills)
     repository: dict = dataclasses.field(default_factory=dict)  # per model: path, versions (policy), labels
     poll_s: float = 5.0  # how often the repository is scanned for new and removed versions; 0: never

@@ -23,7 +23,7 @@ from .auth import ApiKeys
 from .config import Settings
 from .context import current
 from .control import SharedControl
-from .errors import NotFound, NotReady, Overloaded, Unauthenticated, ValidationError
+from .errors import NotFound, NotReady, Overloaded, Unauthenticated
 from .manager import Manager
 from .metrics import metrics
 from .models import ModelInfo, ServedModel
@@ -156,23 +156,23 @@ class Engine:
             raise Unauthenticated("the model load/unload API is off: set admin_keys (or model_control = true "
                                   "on a trusted network)", "authorization")
 
-    async def load_model(self, name: str, version: int | None = None) -> None:
-        await _in_own_thread(self.manager.load, name, version)
+    async def load_model(self, name: str, version: int | None = None,
+                         config: Mapping[str, object] | None = None) -> None:
+        """Serve `name` (again), `version` beside its policy's, and its settings table `config`
+        (labels, traffic weights, shadow, policy, logging) if given: all of it, or none."""
+        await _in_own_thread(self.manager.load, name, version, config)
 
     async def unload_model(self, name: str, version: int | None = None) -> None:
         await _in_own_thread(self.manager.unload, name, version)
 
     async def configure(self, configs: Mapping[str, ModelConfig]) -> None:
+        """New settings for the models `configs` names, now; the other models keep theirs."""
         await _in_own_thread(self.manager.configure, configs)
 
-    async def configure_model(self, name: str, table: Mapping[str, object]) -> None:
-        """One model's settings (labels, traffic weights, shadow, policy, logging), now; the
-        other models keep theirs."""
-        try:
-            config = ModelConfig.parse(name, table)
-        except ValueError as error:
-            raise ValidationError("config", str(error)) from None
-        await self.configure({**self.manager.repository.configs, name: config})
+    async def reload_config(self, tables: Mapping[str, Mapping[str, object]]) -> None:
+        """TF Serving's ReloadConfig: the list of models (path, versions, labels) replaces the
+        served ones (requests.py `reload`)."""
+        await _in_own_thread(self.manager.reload, tables)
 
     def _check_ready(self) -> None:
         if not self.ready:

@@ -36,6 +36,21 @@ class LimitExceeded(ValidationError):
     reason = "limit_exceeded"
 
 
+class UnsupportedMediaType(ValidationError):
+    """A control route's body is not `application/json`: form and text bodies are what a web
+    page can send cross-origin without a CORS preflight (HTTP only: 415)."""
+
+    reason = "unsupported_media_type"
+
+
+class Conflict(ValidationError):
+    """The change is well-formed but the repository's state refuses it: it would leave a
+    default model without a version to serve, or its policy chooses no version there (409,
+    gRPC FAILED_PRECONDITION). Nothing was changed."""
+
+    reason = "conflict"
+
+
 class UnknownSignature(ValidationError):
     """The model has no signature of that name: TF Serving's FAILED_PRECONDITION, which its
     clients may test for; any other protocol treats it as the malformed request it is."""
@@ -47,6 +62,13 @@ class NotFound(ServiceError):
 
 class Unauthenticated(ServiceError):
     reason = "unauthenticated"
+
+
+class Forbidden(ServiceError):
+    """Allowed to ask, not for that: a path from a request outside the model roots (403, gRPC
+    PERMISSION_DENIED). Nothing was changed."""
+
+    reason = "forbidden"
 
 
 class Unavailable(ServiceError):

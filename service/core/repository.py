@@ -66,17 +66,13 @@ class Policy:
     @classmethod
     def parse(cls, text: str, where: str) -> Policy:
         kind, _, value = str(text).strip().partition(":")
-        try:
-            if kind == "all" and not value:
-                return cls(latest=None)
-            if kind == "latest":
-                count = int(value or 1)
-                if count >= 1:
-                    return cls(latest=count)
-            if kind == "specific" and value:
-                return cls(latest=None, specific=tuple(sorted(int(part) for part in value.split(","))))
-        except ValueError:
-            pass
+        if kind == "all" and not value:
+            return cls(latest=None)
+        if kind == "latest" and (count := version_number(value or "1")):
+            return cls(latest=count)
+        numbers = [version_number(part) for part in value.split(",")]
+        if kind == "specific" and value and None not in numbers:
+            return cls(latest=None, specific=tuple(sorted(set(numbers))))
         raise ValueError(f"{where}: versions = {text!r}: use latest:N, all, or specific:V1,V2")
 
     def choose(self, found: list[int]) -> list[int]:
@@ -91,6 +87,9 @@ class Policy:
 
 
 KEYS = ("path", "versions", "labels", "traffic", "shadow", "log_sample", "log_thumbnails")
+MAX_VERSION = 2**63 - 1  # TF Serving's int64
+MAX_WEIGHT = 1_000_000  # a traffic weight: enough for shares of a millionth, far from float overflow
+LABEL = re.compile(r"[^:@\s]+")  # what a request's `name@label` can name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,27 +110,40 @@ class ModelConfig:
 
     @classmethod
     def parse(cls, name: str, table: Any) -> ModelConfig:
+        """The one check of a model's table, whole: whatever a config file, a load request or a
+        TF Serving reload says goes through here before anything changes."""
         where = f"repository.{name}"
         if not isinstance(table, Mapping):
             raise ValueError(f"{where}: expected a table of {', '.join(KEYS)}")
-        if unknown := sorted(set(table) - set(KEYS)):
+        if unknown := sorted(set(map(str, table)) - set(KEYS)):
             raise ValueError(f"{where}: unknown keys {unknown}: use {', '.join(KEYS)}")
-        labels = _numbers(table.get("labels", {}), f"{where}.labels", "map each label to a version number, "
-                                                                       "e.g. {stable = 3}")
-        traffic = _numbers(table.get("traffic", {}), f"{where}.traffic", "map labels or version numbers to "
-                                                                         "weights, e.g. {stable = 90, canary = 10}")
-        for target in [*traffic, *([table["shadow"]] if table.get("shadow") else [])]:
-            if not (str(target).isdigit() or target in labels):
-                raise ValueError(f"{where}: {target!r} is neither a label of this model nor a version number")
+        labels = _numbers(table.get("labels", {}), f"{where}.labels", MAX_VERSION,
+                          "map each label to a version number, e.g. {stable = 3}")
+        for label in labels:
+            if not LABEL.fullmatch(label) or version_number(label) is not None:
+                raise ValueError(f"{where}.labels: {label!r}: a label is a word without spaces, ':' or '@', and "
+                                 "not a number (it would hide that version number)")
+        traffic = _numbers(table.get("traffic", {}), f"{where}.traffic", MAX_WEIGHT,
+                           "map labels or version numbers to weights, e.g. {stable = 90, canary = 10}")
+        shadow = table.get("shadow")
+        if isinstance(shadow, bool) or not isinstance(shadow, (str, int, type(None))):
+            raise ValueError(f"{where}.shadow: a label or a version number, e.g. \"canary\"")
+        shadow = str(shadow) if shadow not in (None, "") else None
+        for target, key in [*((target, f"traffic.{target}") for target in traffic), (shadow, "shadow")]:
+            if target is not None and target not in labels and version_number(target) is None:
+                raise ValueError(f"{where}.{key}: {target!r} is neither a label of this model "
+                                 f"({', '.join(labels) or 'it has none'}) nor a version number")
         if traffic and not sum(traffic.values()):
             raise ValueError(f"{where}.traffic: the weights add up to 0")
         sample = table.get("log_sample", 0.0)
         if isinstance(sample, bool) or not isinstance(sample, (int, float)) or not 0 <= sample <= 1:
             raise ValueError(f"{where}.log_sample: a share between 0 and 1, e.g. 0.1")
-        path, shadow = table.get("path"), table.get("shadow")
+        if not isinstance(thumbnails := table.get("log_thumbnails", False), bool):
+            raise ValueError(f"{where}.log_thumbnails: true or false")
+        if (path := table.get("path") or None) is not None and not isinstance(path, str):
+            raise ValueError(f"{where}.path: a folder, or a model store tag")
         policy = Policy.parse(table["versions"], where) if "versions" in table else Policy()
-        return cls(name, str(path) if path else None, policy, labels, traffic, str(shadow) if shadow else None,
-                   float(sample), bool(table.get("log_thumbnails", False)))
+        return cls(name, path, policy, labels, traffic, shadow, float(sample), thumbnails)
 
     def table(self) -> dict[str, Any]:
         """The settings table that parses back into this config."""
@@ -155,13 +167,24 @@ class ModelConfig:
 
     def version_of(self, target: str) -> int | None:
         """A label's version, or a version number given as text."""
-        return self.labels.get(target) if target in self.labels else int(target) if target.isdigit() else None
+        return self.labels.get(target) if target in self.labels else version_number(target)
 
 
-def _numbers(value: Any, where: str, hint: str) -> dict[str, int]:
-    if not isinstance(value, Mapping) or not all(
-            isinstance(number, int) and not isinstance(number, bool) and number >= 0 for number in value.values()):
+def version_number(text: str) -> int | None:
+    """A version number written in ASCII digits, within int64 (TF Serving's), else None:
+    `str.isdigit` also takes digits such as "²" that `int()` refuses."""
+    if not (isinstance(text, str) and text.isascii() and text.isdigit() and len(text) <= 19):
+        return None
+    return number if (number := int(text)) <= MAX_VERSION else None
+
+
+def _numbers(value: Any, where: str, most: int, hint: str) -> dict[str, int]:
+    """A table of whole numbers from 0 to `most`, by name; the first that is not is named."""
+    if not isinstance(value, Mapping):
         raise ValueError(f"{where}: {hint}")
+    for key, number in value.items():
+        if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= most:
+            raise ValueError(f"{where}.{key}: {number!r}: {hint} (whole numbers from 0 to {most})")
     return {str(key): number for key, number in value.items()}
 
 

@@ -1,57 +1,74 @@
 """The manager's side of the load/unload API and of a reloaded config: what a request (or an
 edited config file) changes in what is served, applied by the next pass over the repository
-(manager.py), and shared with the service's other workers (control.py)."""
+(manager.py), and shared with the service's other workers (control.py).
+
+A change is checked whole before anything changes, and then applied at once, or not at all:
+each model's table (`ModelConfig.parse`, the one check), the folders a request names (under
+`model_root` or `allowed_roots`: `Forbidden`), and what the repository holds (a `Conflict`:
+the change would leave a default model with no version to serve, or its policy chooses none
+of a named model's versions). A load whose version then fails to load is rolled back.
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Mapping
+from typing import Any
+
+from contract.layout import is_folder_ref
 
 from .config import Settings
-from .errors import NotFound, ValidationError
-from .repository import ModelConfig, parse_configs
+from .control import Control
+from .errors import Conflict, Forbidden, NotFound, ServiceError, ValidationError
+from .repository import Found, ModelConfig, Repository, parse_configs
 
 log = logging.getLogger("diptych")
 
 
 FAILED = "failed"  # a version's state after a load that failed (manager.py has them all)
+UNSAID = ("traffic", "shadow", "log_sample", "log_thumbnails")  # what TF Serving's ModelConfig cannot say
 
 
 class ControlRequests:
     """Mixed into `Manager`, whose state it changes (`_control`, `repository`, `_slots`)."""
 
-    def load(self, name: str, version: int | None = None) -> None:
-        """Serve `name` again (after an unload), and `version` beside its policy's; then reconcile."""
-        with self._lock:
-            self._control.unloaded.discard(name)
+    def load(self, name: str, version: int | None = None, table: Mapping[str, Any] | None = None) -> None:
+        """Serve `name` again (after an unload), `version` beside its policy's, and its settings
+        `table` if given (the whole table: a V2 load's `config`); then reconcile. A version that
+        fails to load undoes the whole change."""
+        with self._reconciling:
+            before = self.repository.configs, copy.deepcopy(self._control)
+            configs, control = dict(self.repository.configs), copy.deepcopy(self._control)
+            if table is not None:
+                configs[name] = self._admitted(name, table)
+                control.explicit.pop(name, None)
+            control.unloaded.discard(name)
             if version is not None:
-                self._control.explicit.setdefault(name, set()).add(version)
-        self._share()
+                control.explicit.setdefault(name, set()).add(version)
+            found = self._checked(configs, control, {name})
+            if version is not None and version not in {held.number for held in found.versions[name]}:
+                raise ValidationError("version", f"{name} could not be loaded: version {version} is not in the "
+                                                 "repository")
+            self._apply(configs if table is not None else None, control)
         for slot in [slot for slot in self._slots.get(name, {}).values() if slot.state == FAILED]:
             self._forget(slot)  # tried again
         self.reconcile()
-        if name not in self._found.versions:
-            raise NotFound(f"no model named {name!r} in the repository", "name")
-        if version is not None and version not in {found.number for found in self._found.versions[name]}:
-            with self._lock:
-                self._control.explicit.get(name, set()).discard(version)
-            self._share()
-            raise ValidationError("version", f"{name} could not be loaded: version {version} is not in the "
-                                             "repository")
         failed = [slot for slot in self._slots.get(name, {}).values()
                   if slot.state == FAILED and (version is None or slot.version.number == version)]
         if failed or not self.available(name):
-            reason = failed[0].reason if failed else "no version of it is in the repository"
-            raise ValidationError("name", f"{name} could not be loaded: {reason}")
+            reason = failed[0].reason if failed else "no version of it is available"
+            self._apply(*before)
+            self.reconcile()
+            raise ValidationError("name", f"{name} could not be loaded: {reason} (nothing was changed)")
 
     def unload(self, name: str, version: int | None = None) -> None:
         """Stop serving `name` (every version, or one loaded on request), after its requests finish."""
         if name not in self._slots:
             raise NotFound(f"no model named {name!r} is loaded", "name")
         if version is None and name in self._found.defaults.values():
-            raise ValidationError("name", f"{name} is a default model: configure another default before "
-                                          "unloading it")
+            raise Conflict("name", f"{name} is a default model: configure another default before unloading it")
         with self._lock:
             if version is None:
                 self._control.unloaded.add(name)
@@ -61,16 +78,81 @@ class ControlRequests:
         self.reconcile()
 
     def configure(self, configs: Mapping[str, ModelConfig]) -> None:
-        """New version policies and labels (a reloaded config), applied now: for the models it
-        names, it replaces what load and unload requests changed too."""
-        self.repository.configs = dict(configs)
-        with self._lock:
-            self._control.configs = {name: config.table() for name, config in configs.items()}
-            for name in configs:
-                self._control.explicit.pop(name, None)
-                self._control.unloaded.discard(name)
-        self._share()
+        """New settings for the models `configs` names, now; the others keep theirs. For those
+        it names, it replaces what load and unload requests changed too."""
+        self._change({name: config.table() for name, config in configs.items()}, replace=False)
+
+    def reload(self, tables: Mapping[str, Mapping[str, Any]]) -> None:
+        """TF Serving's ReloadConfig, whose list replaces the served models: each model it names
+        gets the list's path, policy and labels (its traffic, shadow and payload log, which TF
+        Serving's config cannot say, stay), and every other model is unloaded, as by an unload
+        request. Leaving a default model out is a `Conflict`: a reload never retires one."""
+        self._change(tables, replace=True)
+
+    def _change(self, tables: Mapping[str, Mapping[str, Any]], replace: bool) -> None:
+        with self._reconciling:
+            current = self.repository.configs
+            if replace:
+                tables = {name: {**{key: value for key, value in current.get(name, ModelConfig(name)).table().items()
+                                    if key in UNSAID}, **table} for name, table in tables.items()}
+            configs = {**current, **{name: self._admitted(name, table) for name, table in tables.items()}}
+            control = copy.deepcopy(self._control)
+            for name in tables:
+                control.explicit.pop(name, None)
+                control.unloaded.discard(name)
+            if replace:
+                control.unloaded |= set(Repository(self.settings, configs).scan().versions) - set(tables)
+            self._checked(configs, control, set(tables))
+            self._apply(configs, control)
         self.reconcile()
+
+    def _admitted(self, name: str, table: Mapping[str, Any]) -> ModelConfig:
+        """A request's table for `name`, parsed, with its folder inside the model roots."""
+        try:
+            config = ModelConfig.parse(name, table)
+        except ValueError as error:
+            raise ValidationError("config", str(error)) from None
+        if config.path is not None and is_folder_ref(config.path) and not self._trusted(name, config.path):
+            raise Forbidden(f"{name}: path {config.path!r} is outside the model roots (model_root, allowed_roots); "
+                            "nothing was changed", "config.path")
+        return config
+
+    def _trusted(self, name: str, path: str) -> bool:
+        """Whether `path` resolves (symlinks followed) under `model_root` or `allowed_roots`, or
+        to the folder the model is configured with now (the operator's own config is trusted)."""
+        real = os.path.realpath(path)
+        current = self.repository.configs.get(name)
+        configured = [ref for ref in (current.path if current else None, *self.settings.defaults().values())
+                      if ref and is_folder_ref(ref)]
+        roots = [os.path.realpath(root) for root in (self.settings.model_root, *self.settings.allowed_roots) if root]
+        return any(real == os.path.realpath(ref) for ref in configured) or any(
+            os.path.commonpath([real, root]) == root for root in roots)
+
+    def _checked(self, configs: Mapping[str, ModelConfig], control: Control, named: set[str]) -> Found:
+        """What the repository would serve after the change, refused (nothing changed) when a
+        model it names is not there or its policy chooses none of its versions, or when a default
+        model that has versions to serve now would have none."""
+        found = Repository(self.settings, configs).scan()
+        if missing := sorted(named - set(found.versions)):
+            raise NotFound(f"no model named {missing[0]!r} in the repository", "name")
+        for kind, name in found.defaults.items():
+            if _aspired(self._found, self._control, name) and not _aspired(found, control, name):
+                why = "a reload config must name it" if name in control.unloaded else _none_chosen(found, name)
+                raise Conflict("config", f"{name} is the default {kind}: the change would leave it no version to "
+                                         f"serve ({why}); nothing was changed")
+        for name in sorted(named):
+            if not _aspired(found, control, name):
+                raise Conflict("config", f"{name}: {_none_chosen(found, name)}; nothing was changed")
+        return found
+
+    def _apply(self, configs: Mapping[str, ModelConfig] | None, control: Control) -> None:
+        """The change, at once (`configs` None: the settings tables stay)."""
+        if configs is not None:
+            self.repository.configs = dict(configs)
+            control.configs = {name: config.table() for name, config in configs.items()}
+        with self._lock:
+            self._control = control
+        self._share()
 
     def _share(self) -> None:
         if self._shared is not None:
@@ -78,14 +160,16 @@ class ControlRequests:
 
     def _reload_config(self) -> None:
         """The config file's policies, labels, traffic and logging, when it changed (hot reload;
-        as Settings.load reads it, so a DIPTYCH_REPOSITORY variable still wins)."""
+        as Settings.load reads it, so a DIPTYCH_REPOSITORY variable still wins). Checked as a
+        request's change is: a file that would retire a default model is not applied."""
         seen = mtime(self._config_file)
         if seen == self._config_seen:
             return
         self._config_seen = seen
         try:
             configs = parse_configs(Settings.load({**os.environ, "DIPTYCH_CONFIG": self._config_file}).repository)
-        except (OSError, ValueError) as error:  # a half-saved or mistyped file: keep serving as configured
+            self._checked(configs, self._control, set())
+        except (OSError, ValueError, ServiceError) as error:  # a half-saved or mistyped file: keep serving
             log.error("the config file %s was not applied: %s", self._config_file, error)
             return
         self.repository.configs = configs
@@ -102,7 +186,17 @@ class ControlRequests:
             if control.configs is not None:
                 self.repository.configs = parse_configs(control.configs)
 
-    # -- the lifecycle ----------------------------------------------------------------
+
+def _aspired(found: Found, control: Control, name: str) -> list:
+    """The versions `found` would serve for `name` under `control` (none where it has none)."""
+    if name not in found.versions:
+        return []
+    return found.aspired(name, control.explicit.get(name, set()), name in control.unloaded)
+
+
+def _none_chosen(found: Found, name: str) -> str:
+    held = [version.number for version in found.versions.get(name, [])]
+    return f"versions = {found.configs[name].policy} chooses none of the versions the repository holds ({held})"
 
 
 def mtime(path: str | None) -> int | None:

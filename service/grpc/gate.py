@@ -24,8 +24,10 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from ..core import (
+    Conflict,
     DeadlineExceeded,
     Engine,
+    Forbidden,
     NotFound,
     Overloaded,
     ServiceError,
@@ -59,11 +61,13 @@ PRIVILEGED = frozenset({  # the load/unload API: an admin key, and no request sl
     "/inference.GRPCInferenceService/RepositoryModelUnload",
     "/tensorflow.serving.ModelService/HandleReloadConfigRequest",
 })
-STATUS = {  # most specific first; LimitExceeded and UnknownSignature are ValidationErrors
+STATUS = {  # most specific first; LimitExceeded, UnknownSignature and Conflict are ValidationErrors
     UnknownSignature: grpc.StatusCode.FAILED_PRECONDITION,
+    Conflict: grpc.StatusCode.FAILED_PRECONDITION,
     ValidationError: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    Forbidden: grpc.StatusCode.PERMISSION_DENIED,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,

@@ -62,10 +62,7 @@ class InferenceServicer(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
                                   context: grpc.aio.ServicerContext) -> pb.RepositoryModelLoadResponse:
-        given = parameters(request.parameters)
-        if "config" in given:  # a model config: its settings table (labels, traffic, shadow, ...)
-            await self.engine.configure_model(request.model_name, v2.repository_config(given["config"]))
-        await self.engine.load_model(request.model_name, v2.repository_version(given))
+        await v2.repository_load(self.engine, request.model_name, parameters(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,

@@ -1,10 +1,12 @@
 """TF Serving's ModelService over the model repository: `GetModelStatus` and
 `HandleReloadConfigRequest`, as `tensorflow-serving-api` clients call them.
 
-A reload config is TF Serving's `ModelServerConfig`: each `ModelConfig` gives a model's
-`base_path`, `model_version_policy` and `version_labels`, which become that model's
-repository settings (models it does not name keep theirs). Privileged: the `Gate` asks for
-an admin key.
+A reload config is TF Serving's `ModelServerConfig`, and as in TF Serving its list replaces
+the served models: each `ModelConfig` gives a model's `base_path`, `model_version_policy` and
+`version_labels` (its traffic, shadow and payload log, which the list cannot say, stay), and
+a model the list leaves out is unloaded; leaving out a default model is refused
+(FAILED_PRECONDITION), as is any change the core refuses, with nothing changed
+(requests.py `reload`). Privileged: the `Gate` asks for an admin key.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from .. import tfserving
 from ..core import Engine, ValidationError
-from ..core.repository import ModelConfig, Policy
 
 Status = get_model_status_pb2.ModelVersionStatus
 UNKNOWN_ERROR = 2  # tensorflow.error.Code.UNKNOWN: a version that ended with a failed load
@@ -39,20 +40,27 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     async def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
     ) -> model_management_pb2.ReloadConfigResponse:
-        await self.engine.configure({config.name: model_config(config)
-                                     for config in request.config.model_config_list.config})
+        if request.config.WhichOneof("config") != "model_config_list":
+            raise ValidationError("config", "send a model_config_list (a custom_model_config is not served here)")
+        names = [config.name for config in request.config.model_config_list.config]
+        if duplicate := next((name for name in names if names.count(name) > 1), None):
+            raise ValidationError("config.model_config_list.config.name", f"{duplicate!r} is listed twice")
+        await self.engine.reload_config({config.name: model_table(config)
+                                         for config in request.config.model_config_list.config})
         return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto(error_code=0))
 
 
-def model_config(config: model_server_config_pb2.ModelConfig) -> ModelConfig:
+def model_table(config: model_server_config_pb2.ModelConfig) -> dict[str, object]:
+    """A model's settings table, as the core parses (and checks) every table."""
     if not config.name:
         raise ValidationError("config.model_config_list.config.name", "every model config needs a name")
     policy = config.model_version_policy
     chosen = policy.WhichOneof("policy_choice")
     if chosen == "all":
-        version_policy = Policy(latest=None)
+        versions = "all"
     elif chosen == "specific":
-        version_policy = Policy(latest=None, specific=tuple(sorted(policy.specific.versions)))
+        versions = "specific:" + ",".join(map(str, policy.specific.versions))
     else:
-        version_policy = Policy(latest=policy.latest.num_versions or 1)
-    return ModelConfig(config.name, config.base_path or None, version_policy, dict(config.version_labels))
+        versions = f"latest:{policy.latest.num_versions or 1}"
+    table = {"versions": versions, "labels": dict(config.version_labels)}
+    return {**table, "path": config.base_path} if config.base_path else table

@@ -13,12 +13,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..core import (
+    Conflict,
     DeadlineExceeded,
+    Forbidden,
     LimitExceeded,
     NotFound,
     ServiceError,
     Unauthenticated,
     Unavailable,
+    UnsupportedMediaType,
     ValidationError,
 )
 from ..core.metrics import metrics
@@ -28,9 +31,12 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 STATUS = {  # most specific first
     LimitExceeded: 413,
+    UnsupportedMediaType: 415,
+    Conflict: 409,
     ValidationError: 400,
     NotFound: 404,
     Unauthenticated: 401,
+    Forbidden: 403,
     Unavailable: 503,
     DeadlineExceeded: 504,
 }

@@ -45,8 +45,11 @@ ERROR = {
 ERRORS = {  # the README's error table
     400: "malformed body or field",
     401: "missing or wrong API key (when keys are configured)",
+    403: "a path outside the model roots (model_root, allowed_roots)",
     404: "unknown model",
+    409: "the change would leave a default model without a version, or chooses no version; nothing changed",
     413: "body, image count or image pixels over the configured limits",
+    415: "a control route's body is not application/json",
     500: "a bug: never an answer to bad input",
     503: "too many requests in flight, or the models are still loading (Retry-After)",
     504: "no model result within timeout_s",

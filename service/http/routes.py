@@ -97,15 +97,16 @@ ROUTES = Routes(
     # the Open Inference Protocol's model repository extension (Triton's)
     Endpoint("POST", "/v2/repository/index", v2rest.repository_index, doc=Operation(
         "every model version and its state (READY, LOADING, UNLOADING, UNAVAILABLE)",
-        ok={"application/json": ANY_LIST}, ok_description="the index", errors=(400, 401))),
+        ok={"application/json": ANY_LIST}, ok_description="the index", errors=(400, 401, 415))),
     Endpoint("POST", "/v2/repository/models/{name}/load", v2rest.repository_load, control=True, doc=Operation(
         "load a model (again), or one more version (`parameters.version`), or set its config (`parameters.config`:"
-        " JSON of its settings table: labels, traffic, shadow, ...); needs an admin key",
-        ok={"application/json": ANY_OBJECT}, ok_description="loaded", errors=(400, 401, 404),
+        " JSON of its settings table: labels, traffic, shadow, ...), all or nothing; needs an admin key and an "
+        "application/json body",
+        ok={"application/json": ANY_OBJECT}, ok_description="loaded", errors=(400, 401, 403, 404, 409, 415),
         body={"application/json": ANY_OBJECT})),
     Endpoint("POST", "/v2/repository/models/{name}/unload", v2rest.repository_unload, control=True, doc=Operation(
         "stop serving a model (or `parameters.version`) once its requests have finished; needs an admin key",
-        ok={"application/json": ANY_OBJECT}, ok_description="unloaded", errors=(400, 401, 404),
+        ok={"application/json": ANY_OBJECT}, ok_description="unloaded", errors=(400, 401, 404, 409, 415),
         body={"application/json": ANY_OBJECT})),
     # TF Serving's REST API: the version or label in the path, or the latest
     *(Endpoint("POST", f"/v1/models/{{name}}{where}:{verb}", handler, doc=Operation(

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .. import v2
-from ..core import ValidationError
+from ..core import UnsupportedMediaType, ValidationError
 from ..core.validation import decimal
 from .api import engine
 from .errors import errors
@@ -122,7 +122,7 @@ async def server(request: Request) -> Response:
 
 @errors
 async def repository_index(request: Request) -> Response:
-    body = _object(await request.body())
+    body = await _json_object(request, changes=False)
     ready = body.get("ready", False)
     if not isinstance(ready, bool):
         raise ValidationError("ready", "true or false")
@@ -131,22 +131,31 @@ async def repository_index(request: Request) -> Response:
 
 @errors
 async def repository_load(request: Request) -> Response:
-    name, parameters = request.path_params["name"], _parameters(await request.body())
-    if "config" in parameters:  # a model config: its repository table (labels, traffic, shadow, ...)
-        await engine().configure_model(name, v2.repository_config(parameters["config"]))
-    await engine().load_model(name, v2.repository_version(parameters))
+    await v2.repository_load(engine(), request.path_params["name"], _parameters(await _json_object(request)))
     return JSONResponse({})
 
 
 @errors
 async def repository_unload(request: Request) -> Response:
-    name, parameters = request.path_params["name"], _parameters(await request.body())
-    await engine().unload_model(name, v2.repository_version(parameters))
+    parameters = _parameters(await _json_object(request))
+    await engine().unload_model(request.path_params["name"], v2.repository_version(parameters))
     return JSONResponse({})
 
 
-def _parameters(body: bytes) -> dict[str, Any]:
-    parameters = _object(body).get("parameters", {})
+async def _json_object(request: Request, changes: bool = True) -> dict[str, Any]:
+    """A repository route's body: a JSON object, declared `application/json`. A form or text
+    body, or one of no declared type without an Authorization header on a route that changes
+    what is served, is what a web page of another site can send without a CORS preflight: 415.
+    (tritonclient declares no type, and sends the admin key.)"""
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media != "application/json" and (media or changes and "authorization" not in request.headers):
+        raise UnsupportedMediaType("content-type", f"{media or 'none given'}: send the body as application/json "
+                                                   "(this route takes no form or text bodies)")
+    return _object(await request.body())
+
+
+def _parameters(body: dict[str, Any]) -> dict[str, Any]:
+    parameters = body.get("parameters", {})
     if not isinstance(parameters, dict):
         raise ValidationError("parameters", "an object of load parameters")
     return parameters
