@@ -206,9 +206,10 @@ def control(tiny_models, tmp_path_factory):
         server.stop()
 
 
-TABLES = st.one_of(st.sampled_from([{}, {"versions": "all"}, {"versions": "latest:1"}, {"labels": {"stable": 1}},
-                                    {"labels": {"stable": 1}, "traffic": {"stable": 100}}, {"versions": "specific:\u0661"},
-                                    {"log_sample": 2}, {"unknown": 1}]), JSON)
+TABLES = st.one_of(st.sampled_from([
+    {}, {"versions": "all"}, {"versions": "latest:1"}, {"labels": {"stable": 1}},
+    {"labels": {"stable": 1}, "traffic": {"stable": 100}}, {"versions": "specific:\u0661"}, {"log_sample": 2},
+    {"unknown": 1}]), JSON)
 PARAMETERS = st.fixed_dictionaries({}, optional={
     "version": st.one_of(st.sampled_from(VERSIONS), st.integers(-2**70, 2**70), st.booleans(), st.floats(), JSON),
     "config": st.one_of(TABLES.map(json.dumps), DEEP, JSON),
