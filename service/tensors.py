@@ -18,7 +18,7 @@ import numpy as np
 
 from contract.signatures import Signature, signature_defs, signatures
 
-from .core import Engine, ModelInfo, UnknownSignature, ValidationError
+from .core import ModelInfo, ServedModel, UnknownSignature, ValidationError
 
 if TYPE_CHECKING:
     from tensorflow.core.protobuf import meta_graph_pb2
@@ -53,14 +53,16 @@ def signature(info: ModelInfo, name: str) -> Signature:
 
 
 async def run(
-    engine: Engine, info: ModelInfo, name: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] = ()
+    model: ServedModel, name: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] = ()
 ) -> dict[str, np.ndarray]:
-    """Check `inputs` against signature `name`, run it, return `outputs` (all when empty)."""
-    served = signature(info, name)
+    """Check `inputs` against signature `name` of `model`, run it there, return `outputs`
+    (all when empty). `model` is the version the request was resolved to at the edge: it
+    is never looked up again, so the version that computes is the one the answer names."""
+    served = signature(model.info, name)
     check(served, inputs)
-    runner = engine.find(info.name).tensor_runner(frozenset(served.inputs))
+    runner = model.tensor_runner(frozenset(served.inputs))
     if runner is None:
-        raise ValidationError("signature_name", f"signature {name!r} of the {info.kind} is not served")
+        raise ValidationError("signature_name", f"signature {name!r} of the {model.kind} is not served")
     for output in outputs:
         if output not in served.outputs:
             raise ValidationError("outputs", f"output tensor alias not found in signature: {output}; "

@@ -11,7 +11,6 @@ calls `infer`, and lays the outputs out with `raw()` / `values()`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -22,9 +21,10 @@ from contract.signatures import Spec
 
 from . import __version__, tensors
 
-from .core import Engine, ModelInfo, NotFound, ValidationError
+from .core import Engine, NotFound, ServedModel, ValidationError
 from .core.manager import AVAILABLE
 from .core.repository import ModelRef
+from .core.validation import json_document, version_number
 
 SIGNATURE = "serving_default"
 PLATFORM = "tensorflow_savedmodel"  # what Triton calls a SavedModel
@@ -58,27 +58,28 @@ class Response:
     outputs: dict[str, np.ndarray]
 
 
-def model(engine: Engine, name: str, version: str = "") -> ModelInfo:
-    """The served model `name` (at `version`, when given), or NotFound in Triton's words."""
+def model(engine: Engine, name: str, version: str = "") -> ServedModel:
+    """The served version of model `name` (`version`, when given) that will answer this
+    request, resolved once; or NotFound in Triton's words."""
+    number = version_number(version, "version") if version else None
     try:
-        number = int(version) if version else None
-        return engine.find(ModelRef(name, number)).info
-    except (NotFound, ValueError):
+        return engine.find(ModelRef(name, number))
+    except NotFound:
         missing = f" version {version}" if version else ""
         raise NotFound(f"Request for unknown model: '{name}'{missing} is not found", "version" if version else "name") \
             from None
 
 
 def model_ready(engine: Engine, name: str, version: str = "") -> bool:
-    """False for an unknown model too, as Triton answers."""
+    """False for an unknown model, or a version that is no version number, as Triton answers."""
     try:
         return engine.ready and model(engine, name, version) is not None
-    except NotFound:
+    except (NotFound, ValidationError):
         return False
 
 
 def model_metadata(engine: Engine, name: str, version: str = "") -> dict[str, Any]:
-    info = model(engine, name, version)
+    info = model(engine, name, version).info
     served = tensors.signature(info, SIGNATURE)
 
     def describe(specs: dict[str, Spec]) -> list[dict[str, Any]]:
@@ -105,10 +106,7 @@ def repository_index(engine: Engine, ready_only: bool = False) -> list[dict[str,
 
 def repository_config(text: Any) -> dict[str, Any]:
     """The `config` load parameter: JSON of the model's repository table (as in the settings)."""
-    try:
-        table = json.loads(text) if isinstance(text, (str, bytes)) else None
-    except ValueError:
-        table = None
+    table = json_document(text, "parameters.config") if isinstance(text, (str, bytes)) else None
     if not isinstance(table, dict):
         raise ValidationError("parameters.config", "JSON of the model's settings, e.g. "
                                                    '{"labels": {"stable": 3}, "traffic": {"stable": 100}}')
@@ -124,17 +122,13 @@ async def repository_load(engine: Engine, name: str, parameters: dict[str, Any])
 def repository_version(parameters: dict[str, Any]) -> int | None:
     """The `version` parameter of a load or unload: this version only (an int or a digit string)."""
     value = parameters.get("version")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not (isinstance(value, int) or str(value).isdigit()):
-        raise ValidationError("parameters.version", f"{value!r} is not a version number")
-    return int(value)
+    return None if value is None else version_number(value, "parameters.version")
 
 
 async def infer(engine: Engine, request: Request) -> Response:
-    info = model(engine, request.model, request.version)
-    outputs = await tensors.run(engine, info, SIGNATURE, request.inputs, request.outputs)
-    return Response(request.model, info.version, request.id, outputs)
+    served = model(engine, request.model, request.version)
+    outputs = await tensors.run(served, SIGNATURE, request.inputs, request.outputs)
+    return Response(request.model, served.info.version, request.id, outputs)
 
 
 # -- tensors on the wire: the same checks and layout for REST and gRPC --------------------

@@ -125,7 +125,9 @@ class Engine:
 
     def find(self, ref: str | ModelRef) -> ServedModel:
         """A model version by reference (a kind's name stands for its default model), chosen
-        for this request: by the model's traffic split for its caller; and its shadow noted."""
+        for this request: by the model's traffic split for its caller; and its shadow noted.
+        Called once per request, at the edge: the version returned is the request's handle,
+        which computes the answer and is named in it (never looked up again by name)."""
         self._check_ready()
         ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
         default = self.manager.default(ref.name)

@@ -29,10 +29,12 @@ from contract.layout import SAVED_MODEL, is_folder_ref, versions
 
 from .config import Settings
 from .errors import ValidationError
+from .validation import version_number
 
 log = logging.getLogger("diptych")
 
-REF = re.compile(r"(?P<name>[^:@\s]+)(?::(?P<version>\d+)|@(?P<label>[^:@\s]+))?")
+# A version is ASCII digits: `\d` also takes other scripts' digits, which `int()` reads ("١" is 1).
+REF = re.compile(r"(?P<name>[^:@\s]+)(?::(?P<version>[0-9]+)|@(?P<label>[^:@\s]+))?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +51,7 @@ class ModelRef:
         if match is None:
             raise ValidationError(field, f"{text!r}: name a model as name, name:version or name@label")
         version = match["version"]
-        return cls(match["name"], int(version) if version else None, match["label"])
+        return cls(match["name"], version_number(version, field) if version else None, match["label"])
 
     def __str__(self) -> str:
         return self.name + (f":{self.version}" if self.version is not None else "") + \

@@ -1,4 +1,5 @@
-"""Request checks that every kind of model shares: counts, seeds, digit strings.
+"""Request checks that every kind of model shares: counts, seeds, digit strings, version
+numbers, JSON documents.
 
 Types are the adapters' job (JSON schema, protobuf); what is specific to a kind (label
 sets, latent shapes, image headers) is checked in that kind's module; these are the
@@ -7,12 +8,21 @@ checks they have in common, written once. Each raises `ValidationError(field, pr
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
+from typing import Any
+
+import numpy as np
 
 from .config import Settings
 from .errors import ValidationError
 
 MAX_SEED = 2**32 - 1  # numpy's RandomState streams are frozen across versions: seeds stay reproducible
+MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64 (ModelSpec.version)
+MAX_JSON_DEPTH = 64  # arrays and objects inside each other; numpy's arrays have at most 64 dimensions
+_OPENING, _CLOSING = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes included (unrolled: no backtracking)
 
 
 def decimal(text: str) -> int | None:
@@ -20,6 +30,46 @@ def decimal(text: str) -> int | None:
     alone also takes digits such as "²" that `int()` refuses."""
     text = text.strip()
     return int(text) if text.isascii() and text.isdigit() else None
+
+
+def version_number(value: object, field: str) -> int:
+    """A model version as a request gives it (ASCII digits, or an integer) within int64, else
+    ValidationError naming `field`. `int()` alone takes "١" (an Arabic-Indic one) and raises
+    for thousands of digits: neither is a version."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= len(str(MAX_VERSION)):
+        number = int(value)
+    else:
+        number = -1
+    if not 0 <= number <= MAX_VERSION:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise ValidationError(field, f"{shown} is not a version number: ASCII digits, 0 to {MAX_VERSION}")
+    return number
+
+
+def json_document(body: bytes | str, field: str = "body") -> Any:
+    """A JSON text parsed, or ValidationError naming `field`: not JSON, not UTF-8, or arrays and
+    objects nested more than MAX_JSON_DEPTH deep (Python's parser would raise RecursionError
+    at about a thousand, a 500; nothing served takes more than a few levels). Every JSON body
+    the service reads goes through here (pydantic's parser has its own limit, 200 levels)."""
+    try:
+        text = body.decode(json.detect_encoding(body), "surrogatepass") if isinstance(body, bytes) else body
+    except UnicodeDecodeError as error:
+        raise ValidationError(field, f"not JSON: {error}") from None
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and json_depth(text) > MAX_JSON_DEPTH:
+        raise ValidationError(field, f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise ValidationError(field, f"not JSON: {error}") from None
+
+
+def json_depth(text: str) -> int:
+    """How deep arrays and objects nest in a JSON text (strings skipped), without parsing it."""
+    codes = np.frombuffer(_JSON_STRING.sub("", text).encode("utf-8", "surrogatepass"), np.uint8)
+    steps = np.isin(codes, _OPENING).astype(np.int8) - np.isin(codes, _CLOSING).astype(np.int8)
+    return int(np.cumsum(steps, dtype=np.int64).max(initial=0))
 
 
 def random_seed(value: int | None, field: str = "seed") -> int:

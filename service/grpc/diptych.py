@@ -15,6 +15,7 @@ from proto.diptych.v1 import diptych_pb2_grpc
 
 from ..core import Engine, ModelInfo, ValidationError
 from ..core.images import encode_png, tile
+from ..core.validation import version_number
 from ..kinds import Classification, Classifier, Generation, Generator
 
 FORMATS = frozenset(pb.Format.values())
@@ -42,13 +43,18 @@ class DiptychServicer(diptych_pb2_grpc.DiptychServicer):
             for name, entry in self.engine.status().items() for number, slot in sorted(entry["versions"].items())])
 
     async def LoadModel(self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext) -> pb.LoadModelResponse:
-        await self.engine.load_model(request.name, request.version if request.HasField("version") else None)
+        await self.engine.load_model(request.name, requested_version(request))
         return pb.LoadModelResponse()
 
     async def UnloadModel(self, request: pb.UnloadModelRequest,
                           context: grpc.aio.ServicerContext) -> pb.UnloadModelResponse:
-        await self.engine.unload_model(request.name, request.version if request.HasField("version") else None)
+        await self.engine.unload_model(request.name, requested_version(request))
         return pb.UnloadModelResponse()
+
+
+def requested_version(request: pb.LoadModelRequest | pb.UnloadModelRequest) -> int | None:
+    """The version a load or unload names (int64 on the wire: a negative one is refused), or None."""
+    return version_number(request.version, "version") if request.HasField("version") else None
 
 
 def generation_arguments(request: pb.GenerateRequest) -> tuple:

@@ -37,6 +37,7 @@ from contract.signatures import dtypes
 
 from .. import tensors, tfserving
 from ..core import Engine, ModelInfo, ServedModel, ValidationError
+from ..core.validation import version_number
 from ..kinds import Classifier, Scores
 
 SIGNATURE_DEF = "signature_def"  # the one metadata field TF Serving knows
@@ -52,7 +53,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                       context: grpc.aio.ServicerContext) -> predict_pb2.PredictResponse:
         model, spec = servable(self.engine, request.model_spec)
         inputs = arrays(request.inputs, self.engine.settings.max_body_bytes)
-        outputs = await tensors.run(self.engine, model.info, spec.signature_name, inputs, request.output_filter)
+        outputs = await tensors.run(model, spec.signature_name, inputs, request.output_filter)
         return predicted(spec, outputs)
 
     async def Classify(self, request: classification_pb2.ClassificationRequest,
@@ -87,8 +88,8 @@ def servable(
     if not spec.name:
         raise ValidationError("model_spec", "Missing ModelSpec")
     choice = spec.WhichOneof("version_choice")
-    model = tfserving.servable(engine, spec.name, spec.version.value if choice == "version" else None,
-                               spec.version_label if choice == "version_label" else None)
+    version = version_number(spec.version.value, "model_spec.version") if choice == "version" else None
+    model = tfserving.servable(engine, spec.name, version, spec.version_label if choice == "version_label" else None)
     signature = spec.signature_name or "serving_default"
     if classify and (not isinstance(model, Classifier) or signature != "serving_default"):
         raise ValidationError("model_spec", "Classify serves the classifier's serving_default signature; use Predict")

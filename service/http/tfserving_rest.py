@@ -14,7 +14,6 @@ through the same signatures, checks and batches as TF Serving's gRPC Predict.
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 import numpy as np
@@ -23,17 +22,22 @@ from starlette.responses import JSONResponse, Response
 
 from .. import tensors, tfserving
 from ..core import ServedModel, ValidationError
+from ..core.validation import json_document, version_number
 from ..kinds import Classifier
-from .api import engine
+from .api import engine, model_headers
 from .errors import errors
 
 
 def model_of(request: Request) -> ServedModel:
+    """The version the path names (its version, its label, or the latest): resolved once,
+    it computes the answer, and its headers name it."""
     params = request.path_params
-    version = params.get("version")
-    if version is not None and not version.isdigit():
-        raise ValidationError("version", f"{version!r} is not a version number")
-    return tfserving.servable(engine(), params["name"], int(version) if version else None, params.get("label"))
+    return tfserving.servable(engine(), params["name"], path_version(request), params.get("label"))
+
+
+def path_version(request: Request) -> int | None:
+    version = request.path_params.get("version")
+    return None if version is None else version_number(version, "version")
 
 
 @errors
@@ -44,13 +48,13 @@ async def predict(request: Request) -> Response:
     if row == ("inputs" in body):
         raise ValidationError("body", "send either `instances` (row format) or `inputs` (columnar format)")
     inputs = _row_inputs(body["instances"], signature) if row else _columnar_inputs(body["inputs"], signature)
-    outputs = await tensors.run(engine(), model.info, signature.name, inputs)
+    outputs = await tensors.run(model, signature.name, inputs)
     if row:
         rows = [{name: _json_value(name, np.asarray(value[i], dtype=value.dtype)) for name, value in outputs.items()}
                 for i in range(len(next(iter(outputs.values()))))]
-        return JSONResponse({"predictions": [next(iter(r.values())) if len(r) == 1 else r for r in rows]})
+        return answer({"predictions": [next(iter(r.values())) if len(r) == 1 else r for r in rows]}, model)
     values = {name: _json_value(name, value) for name, value in outputs.items()}
-    return JSONResponse({"outputs": next(iter(values.values())) if len(values) == 1 else values})
+    return answer({"outputs": next(iter(values.values())) if len(values) == 1 else values}, model)
 
 
 @errors
@@ -64,16 +68,20 @@ async def classify(request: Request) -> Response:
     images = [_binary(f"examples[{i}].image_bytes", example.get("image_bytes") if isinstance(example, dict) else None)
               for i, example in enumerate(examples)]
     result = await model.score(images)
-    return JSONResponse({"results": [[[label, score] for label, score in zip(result.labels, row.tolist())]
-                                     for row in result.scores]})
+    return answer({"results": [[[label, score] for label, score in zip(result.labels, row.tolist())]
+                               for row in result.scores]}, model)
+
+
+def answer(body: dict[str, Any], model: ServedModel) -> Response:
+    """TF Serving's body, with the headers of the diptych API naming the version that computed it
+    (TF Serving's REST answers name none)."""
+    return JSONResponse(body, headers=model_headers(model.info))
 
 
 @errors
 async def status(request: Request) -> Response:
     params = request.path_params
-    version = params.get("version")
-    found = tfserving.version_status(engine(), params["name"], int(version) if version and version.isdigit() else
-                                     None, params.get("label"))
+    found = tfserving.version_status(engine(), params["name"], path_version(request), params.get("label"))
     return JSONResponse({"model_version_status": [
         {"version": str(number), "state": state, "status": {"error_code": "UNKNOWN" if reason else "OK",
                                                             "error_message": reason}}
@@ -92,10 +100,7 @@ async def metadata(request: Request) -> Response:
 
 
 def _json(body: bytes) -> dict[str, Any]:
-    try:
-        parsed = json.loads(body)
-    except ValueError as error:
-        raise ValidationError("body", f"not JSON: {error}") from None
+    parsed = json_document(body)
     if not isinstance(parsed, dict):
         raise ValidationError("body", "send a JSON object")
     return parsed

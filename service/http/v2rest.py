@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from .. import v2
 from ..core import UnsupportedMediaType, ValidationError
-from ..core.validation import decimal
+from ..core.validation import decimal, json_document
 from .api import engine
 from .errors import errors
 from .schemas import V2InferRequest
@@ -163,10 +163,7 @@ def _parameters(body: dict[str, Any]) -> dict[str, Any]:
 
 def _object(body: bytes) -> dict[str, Any]:
     """A JSON object body; an empty body is an empty object, as Triton takes it."""
-    try:
-        parsed = json.loads(body or b"{}")
-    except ValueError as error:
-        raise ValidationError("body", f"not JSON: {error}") from None
+    parsed = json_document(body or b"{}")
     if not isinstance(parsed, dict):
         raise ValidationError("body", "send a JSON object")
     return parsed
