@@ -74,6 +74,11 @@ class Metrics:
             "diptych_model_versions", "Each model version's state (value 1 for its state: loading, available, "
             "unloading, failed)", [*model, "state"], multiprocess_mode="livemax"
         )
+        self.model_source_available = prom.Gauge(
+            "diptych_model_source_available", "Whether a model source (the repository folder, a model's folder in "
+            "it, a configured folder, the model store) could be read on the last scan (0: what it served keeps "
+            "serving)", ["source"], multiprocess_mode="livemin"
+        )
         self.model_loads = prom.Counter("diptych_model_loads", "Model version loads, by outcome", ["model", "outcome"])
         self.model_load_seconds = prom.Histogram(
             "diptych_model_load_seconds", "Time to load, convert and warm up a model version", ["model"],

@@ -25,10 +25,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from contract.layout import SAVED_MODEL, is_folder_ref, versions
+from contract.layout import SAVED_MODEL, is_folder_ref, is_version_name
 
 from .config import Settings
 from .errors import ValidationError
+from .sources import Sources, Version
 
 log = logging.getLogger("diptych")
 
@@ -166,22 +167,14 @@ def _numbers(value: Any, where: str, hint: str) -> dict[str, int]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Version:
-    """One version found in a source: where it is (a folder, or a store tag) and its kind."""
-
-    name: str
-    number: int
-    ref: str  # what `locate` reads: a version folder or a store tag
-    kind: str | None  # from its card (None: unreadable, which the load then reports)
-
-
-@dataclasses.dataclass(frozen=True)
 class Found:
     """What one scan found: per model, its versions (lowest first), source and config."""
 
     versions: dict[str, list[Version]]
     configs: dict[str, ModelConfig]
     defaults: dict[str, str]  # kind → the name of its default model
+    unavailable: dict[str, str] = dataclasses.field(default_factory=dict)  # source → why it cannot be read now
+    ignored: dict[str, str] = dataclasses.field(default_factory=dict)  # folder → why it is not a version
 
     def aspired(self, name: str, explicit: set[int] = frozenset(), removed: bool = False) -> list[Version]:
         """The versions to serve: the policy's, plus explicitly loaded ones, minus an unload."""
@@ -196,9 +189,11 @@ class Repository:
     def __init__(self, settings: Settings, configs: Mapping[str, ModelConfig] | None = None) -> None:
         self.settings = settings
         self.configs = dict(configs) if configs is not None else parse_configs(settings.repository)
+        self.sources = Sources()  # each source's last good read: what a vanished one served keeps serving
 
     def scan(self) -> Found:
         """Every model's versions, from the first source that names it."""
+        self.sources.begin()
         versions: dict[str, list[Version]] = {}
         configs = dict(self.configs)
         defaults = {}
@@ -215,14 +210,13 @@ class Repository:
             versions.setdefault(name, found)
         for name in versions:
             configs.setdefault(name, ModelConfig(name))
-        return Found(versions, configs, defaults)
+        return Found(versions, configs, defaults, dict(self.sources.unavailable), dict(self.sources.ignored))
 
     def _add(self, versions: dict[str, list[Version]], ref: str, configs: dict[str, ModelConfig]) -> str | None:
         """A default model's ref: a store tag (`name:latest` serves the policy's versions,
         `name:3` that one) or a folder (of versions, or one version)."""
         if is_folder_ref(ref):
-            folder = Path(ref)
-            found = _folder_versions(folder, None if (folder / SAVED_MODEL).is_file() else folder.name)
+            found = self.sources.read(ref, lambda: self._default_folder(Path(ref)), [])
             if not found:
                 return _name_of_missing(ref)
             name = found[-1].name  # a folder of versions is named as TF Serving names it; one version, by its card
@@ -233,27 +227,46 @@ class Repository:
             configs[name] = ModelConfig(name, policy=Policy(latest=None, specific=(_int(tag),)))
         return name
 
+    def _default_folder(self, folder: Path) -> list[Version]:
+        return self.sources.folder_versions(folder, None if (folder / SAVED_MODEL).is_file() else folder.name)
+
     def _from_ref(self, name: str, ref: str) -> list[Version]:
         if is_folder_ref(ref):
-            return [dataclasses.replace(version, name=name) for version in _folder_versions(Path(ref))]
+            found = self.sources.read(ref, lambda: self.sources.folder_versions(Path(ref)), [])
+            return [dataclasses.replace(version, name=name) for version in found]
         return self._from_store().get(ref.partition(":")[0], [])
 
     def _from_root(self) -> dict[str, list[Version]]:
-        root = Path(self.settings.model_root) if self.settings.model_root else None
-        if root is None or not root.is_dir():
+        """The repository folder's models; each model folder is a source of its own, so one that
+        cannot be read keeps its versions and holds up no other."""
+        if not self.settings.model_root:
             return {}
-        found = {folder.name: _folder_versions(folder, folder.name) for folder in sorted(root.iterdir())
-                 if folder.is_dir() and not folder.name.startswith(".")}
-        return {name: versions for name, versions in found.items() if versions}
+        root = Path(self.settings.model_root)
+        return self.sources.read(str(root), lambda: self._root_models(root), {})
+
+    def _root_models(self, root: Path) -> dict[str, list[Version]]:
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: no such folder (gone, or not mounted)")
+        inside, found = root.resolve(), {}
+        for folder in sorted(root.iterdir()):
+            if folder.name.startswith(".") or not folder.is_dir() or self.sources.leaves(folder, inside):
+                continue
+            versions = self.sources.read(str(folder), lambda: self.sources.folder_versions(folder, folder.name, inside),
+                                         [])
+            if versions:
+                found[folder.name] = versions
+        return found
 
     def _from_store(self) -> dict[str, list[Version]]:
-        if not self.settings.store:
-            return {}
+        return self.sources.read("store", self._store_models, {}) if self.settings.store else {}
+
+    @staticmethod
+    def _store_models() -> dict[str, list[Version]]:
         import bentoml
 
         found: dict[str, list[Version]] = {}
         for model in bentoml.models.list():
-            if not (Path(model.path) / SAVED_MODEL).is_file() or not model.tag.version.isdigit():
+            if not (Path(model.path) / SAVED_MODEL).is_file() or not is_version_name(model.tag.version):
                 continue  # not a diptych export (training.publish tags versions with the card's number)
             found.setdefault(model.tag.name, []).append(
                 Version(model.tag.name, int(model.tag.version), str(model.tag), model.info.labels.get("kind")))
@@ -262,27 +275,6 @@ class Repository:
 
 def parse_configs(tables: Mapping[str, Any]) -> dict[str, ModelConfig]:
     return {name: ModelConfig.parse(name, table) for name, table in tables.items()}
-
-
-def _folder_versions(folder: Path, name: str | None = None) -> list[Version]:
-    """A version folder (one version), or a folder of numbered versions (each with a SavedModel)."""
-    from contract.card import CardError, ModelCard
-
-    if (folder / SAVED_MODEL).is_file():
-        numbered = [(folder, None)]
-    else:
-        numbered = [(folder / str(number), number) for number in versions(folder) if folder.is_dir()]
-    found = []
-    for path, number in numbered:
-        if not (path / SAVED_MODEL).is_file():
-            continue  # still being copied in, or not a model
-        try:
-            card = ModelCard.read(path)
-            found.append(Version(name or card.name, number if number is not None else card.version, str(path),
-                                 card.kind))
-        except CardError:
-            found.append(Version(name or folder.name, number if number is not None else 0, str(path), None))
-    return sorted(found, key=lambda version: version.number)
 
 
 def _name_of_missing(ref: str) -> None:
