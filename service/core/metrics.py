@@ -35,6 +35,10 @@ class Metrics:
         self.in_flight = prom.Gauge(
             "diptych_requests_in_flight", "Requests holding one of the max_concurrency slots", multiprocess_mode="livesum"
         )
+        self.receiving = prom.Gauge(
+            "diptych_requests_receiving", "HTTP requests whose body is still arriving (they hold no slot yet)",
+            multiprocess_mode="livesum"
+        )
         self.request_seconds = prom.Histogram(
             "diptych_request_seconds", "Time to answer a request", call, buckets=LATENCY_BUCKETS
         )
