@@ -219,3 +219,10 @@ def test_an_engine_started_on_a_repository_of_odd_names_loads(repository, tiny_m
         assert engine.alive
     finally:
         engine.close()
+
+
+def test_a_default_store_tag_that_names_no_version_stops_no_scan(repository):
+    """`classifier:²` made every pass raise, so no model at all was served."""
+    found = Repository(Settings(classifier="shoes:²", generator="", model_root=str(repository), store=False)).scan()
+    assert found.defaults == {} and set(found.versions) == {"shoes"}
+    assert "use latest or a version number" in found.ignored["shoes:²"]

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from contract.layout import SAVED_MODEL, is_folder_ref, is_version_name
+from contract.layout import SAVED_MODEL, is_folder_ref, is_version_name, version_number
 
 from .config import Settings
 from .errors import ValidationError
@@ -224,7 +224,11 @@ class Repository:
             return name
         name, _, tag = ref.partition(":")  # its versions come from the repository folder or the store
         if tag and tag != "latest" and name not in self.configs:
-            configs[name] = ModelConfig(name, policy=Policy(latest=None, specific=(_int(tag),)))
+            try:
+                configs[name] = ModelConfig(name, policy=Policy(latest=None, specific=(_int(tag),)))
+            except ValueError as error:  # the other models are still served
+                self.sources.ignore(ref, str(error))
+                return None
         return name
 
     def _default_folder(self, folder: Path) -> list[Version]:
@@ -283,6 +287,7 @@ def _name_of_missing(ref: str) -> None:
 
 
 def _int(text: str) -> int:
-    if not text.isdigit():
-        raise ValueError(f"model store tag version {text!r}: use latest or a version number")
-    return int(text)
+    try:
+        return version_number(text)
+    except ValueError as error:
+        raise ValueError(f"model store tag version {text[:24]!r}: use latest or a version number ({error})") from None

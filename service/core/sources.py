@@ -63,11 +63,12 @@ class Sources:
         self._last[source] = value
         return value
 
-    def ignore(self, folder: Path, reason: str) -> None:
-        self.ignored[str(folder)] = reason
-        if str(folder) not in self._logged:
-            self._logged.add(str(folder))
-            log.warning("ignored %s: %s", folder, reason)
+    def ignore(self, what: Path | str, reason: str) -> None:
+        """A folder (or a default's store tag) that is not what it should be: reported, logged once."""
+        self.ignored[str(what)] = reason
+        if str(what) not in self._logged:
+            self._logged.add(str(what))
+            log.warning("ignored %s: %s", what, reason)
 
     def folder_versions(self, folder: Path, name: str | None = None, inside: Path | None = None) -> list[Version]:
         """A version folder (one version), or a folder of numbered versions (each with a
