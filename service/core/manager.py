@@ -24,7 +24,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from .config import Settings
 from .control import Control, SharedControl
@@ -195,7 +195,7 @@ class Manager(ControlRequests):
         self._retire(name, {version.number for version in aspired})
 
     @staticmethod
-    def _isolated(name: str, step, *args: object) -> None:
+    def _isolated(name: str, step: Callable[..., None], *args: object) -> None:
         """One model's part of a pass: an error in it is logged, and the other models' go on."""
         try:
             step(*args)
@@ -314,6 +314,3 @@ class Manager(ControlRequests):
         for model in self._routes.get(name, {}).values():
             model.payload_log = self.payload_log
             model.log_sample, model.log_thumbnails = config.log_sample, config.log_thumbnails
-
-
-
