@@ -22,6 +22,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -255,7 +256,7 @@ class Repository:
         for folder in sorted(root.iterdir()):
             if folder.name.startswith(".") or not folder.is_dir() or self.sources.leaves(folder, inside):
                 continue
-            versions = self.sources.read(str(folder), lambda: self.sources.folder_versions(folder, folder.name, inside),
+            versions = self.sources.read(str(folder), partial(self.sources.folder_versions, folder, folder.name, inside),
                                          [])
             if versions:
                 found[folder.name] = versions
