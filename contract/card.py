@@ -22,6 +22,22 @@ from typing import Any
 FILE = "model_card.json"
 SCHEMA = 2  # 1: the untyped cards before this class (no `schema`, no `numeric_signature`)
 
+# What a card may declare, checked when it is read, before anything is allocated for it: a
+# card is read before its model is loaded and warmed up, and warm-up allocates batches of its
+# `image_size`, `channels` and `latent_dim` (a card saying 20000×20000 asked for tens of GB and
+# the worker was OOM-killed). Numbers: (lowest, highest); lists: (fewest, most) entries.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "version": (0, 2**63 - 1),  # int64, as TF Serving counts
+    "image_size": (1, 2048),  # each of H and W: 2048² × 3 bytes is 12 MiB an image
+    "channels": (1, 4),
+    "tolerance": (0, 1e6),
+    "labels": (1, 100_000),  # the classifier's score width
+    "classes": (1, 100_000),
+    "latent_dim": (1, 65_536),
+    "max_batch": (1, 4096),
+    "truncation_psi": (0, 10),
+}
+
 
 class CardError(ValueError):
     """A model card that cannot be read: the message names the file and what is wrong."""
@@ -83,6 +99,8 @@ class ModelCard:
         if missing := sorted(name for name, field in known.items() if _required(field) and name not in data):
             raise CardError(f"{where}: model card fields missing: {missing}")
         values = {name: _checked(where, name, value) for name, value in data.items()}
+        for name, value in values.items():
+            _bounded(where, name, value)
         return cls(**values)
 
     def require(self, *names: str) -> None:
@@ -115,6 +133,22 @@ def _checked(where: str, name: str, value: Any) -> Any:
         spelled = str(hint).replace("typing.", "") if typing.get_args(hint) else hint.__name__
         raise CardError(f"{where}: model card field {name!r} must be {spelled}, got {value!r}")
     return tuple(value) if typing.get_origin(hint) is tuple else value
+
+
+def _bounded(where: str, name: str, value: Any) -> None:
+    """Refuse a value outside `BOUNDS`, and a number that is not finite (NaN passes every comparison)."""
+    if name not in BOUNDS or value is None:
+        return
+    low, high = BOUNDS[name]
+    if isinstance(value, list):
+        if not low <= len(value) <= high:
+            raise CardError(f"{where}: model card field {name!r} has {len(value)} entries; {low:g} to {high:g} are "
+                            "allowed")
+        return
+    for number in value if isinstance(value, tuple) else (value,):
+        if not low <= number <= high:  # False for NaN
+            raise CardError(f"{where}: model card field {name!r} is {value!r}; each value must be within "
+                            f"{low:g} to {high:g}")
 
 
 def _fits(hint: Any, value: Any) -> bool:

@@ -18,11 +18,45 @@ from collections.abc import Iterator
 from pathlib import Path
 
 SAVED_MODEL = "saved_model.pb"
+MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64
+
+
+def ascii_number(text: object) -> int | None:
+    """ASCII digits within int64 as an int, else None: the one reading of a version number, from
+    a folder, a config or a request. `str.isdigit` alone also takes "²" (which `int()` refuses)
+    and "١" (which `int()` reads as 1), and `int()` refuses thousands of digits."""
+    if not (isinstance(text, str) and text.isascii() and text.isdigit() and len(text) <= len(str(MAX_VERSION))):
+        return None
+    number = int(text)
+    return number if number <= MAX_VERSION else None
+
+
+def version_number(name: str) -> int:
+    """A version folder's number: its name is the number as written, in ASCII digits (no sign, no
+    leading zero, nothing else), at most `MAX_VERSION`. Else a ValueError saying why: `01` would
+    be merged with `1`."""
+    if not (name.isascii() and name.isdigit()):
+        raise ValueError(f"{name!r} is not a version number (ASCII digits only)")
+    if len(name) > 1 and name.startswith("0"):
+        raise ValueError(f"{name!r} has a leading zero: a version folder is named by its number as written "
+                         f"({int(name)}), so it is never merged with version {int(name)}")
+    number = ascii_number(name)
+    if number is None:
+        raise ValueError(f"{name[:24]!r}: a version number is at most {MAX_VERSION} (int64)")
+    return number
+
+
+def is_version_name(name: str) -> bool:
+    try:
+        version_number(name)
+    except ValueError:
+        return False
+    return True
 
 
 def versions(root: str | os.PathLike) -> list[int]:
-    """The numbered version folders under `root`, lowest first."""
-    return sorted(int(path.name) for path in Path(root).glob("*") if path.is_dir() and path.name.isdigit())
+    """The numbered version folders under `root`, lowest first (other names are not versions)."""
+    return sorted(int(path.name) for path in Path(root).glob("*") if is_version_name(path.name) and path.is_dir())
 
 
 def latest_version_dir(root: str | os.PathLike) -> Path | None:

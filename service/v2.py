@@ -24,7 +24,7 @@ from . import __version__, tensors
 from .core import Engine, NotFound, ServedModel, ValidationError
 from .core.manager import AVAILABLE
 from .core.repository import ModelRef
-from .core.validation import json_document, version_number
+from .core.validation import json_document, requested_version
 
 SIGNATURE = "serving_default"
 PLATFORM = "tensorflow_savedmodel"  # what Triton calls a SavedModel
@@ -61,7 +61,7 @@ class Response:
 def model(engine: Engine, name: str, version: str = "") -> ServedModel:
     """The served version of model `name` (`version`, when given) that will answer this
     request, resolved once; or NotFound in Triton's words."""
-    number = version_number(version, "version") if version else None
+    number = requested_version(version, "version") if version else None
     try:
         return engine.find(ModelRef(name, number))
     except NotFound:
@@ -122,7 +122,7 @@ async def repository_load(engine: Engine, name: str, parameters: dict[str, Any])
 def repository_version(parameters: dict[str, Any]) -> int | None:
     """The `version` parameter of a load or unload: this version only (an int or a digit string)."""
     value = parameters.get("version")
-    return None if value is None else version_number(value, "parameters.version")
+    return None if value is None else requested_version(value, "parameters.version")
 
 
 async def infer(engine: Engine, request: Request) -> Response:

@@ -46,6 +46,15 @@ def test_a_card_round_trips_through_its_json(tmp_path):
     ({"image_size": [32]}, "field 'image_size' must be tuple[int, int]"),
     ({"labels": ["a", 2]}, "field 'labels' must be list[str] | None"),
     ({"tolerance": "small"}, "field 'tolerance' must be float"),
+    # past the documented bounds (contract.card.BOUNDS): refused before anything is allocated
+    ({"image_size": [20000, 20000]}, "field 'image_size' is (20000, 20000); each value must be within 1 to 2048"),
+    ({"image_size": [0, 32]}, "field 'image_size' is (0, 32)"),
+    ({"channels": 1000}, "field 'channels' is 1000"),
+    ({"version": 2**63}, "field 'version' is 9223372036854775808"),
+    ({"tolerance": float("nan")}, "field 'tolerance' is nan"),
+    ({"labels": []}, "field 'labels' has 0 entries; 1 to 100000 are allowed"),
+    ({"latent_dim": 10**9}, "field 'latent_dim' is 1000000000"),
+    ({"max_batch": 0}, "field 'max_batch' is 0"),
 ])
 def test_a_card_it_cannot_read_is_refused_with_the_reason(tmp_path, change, problem):
     data = {key: value for key, value in {**CARD, **change}.items() if value is not None}

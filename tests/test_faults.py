@@ -163,7 +163,7 @@ def test_a_damaged_litert_flatbuffer_is_never_served(faults, server_env):
 
 def test_overload_is_refused_at_once_and_memory_stays_bounded(faults):
     """Bursts far over the 4 request slots, over HTTP (some with ~700 KB bodies) and gRPC at once."""
-    big = {"images": [base64.b64encode(os.urandom(500_000)).decode()]}  # refused before it is read
+    big = {"images": [base64.b64encode(os.urandom(500_000)).decode()]}  # read, then refused (no slot left)
     before, peak, done = worker_rss(faults), [0], threading.Event()
 
     def sample() -> None:
@@ -215,7 +215,7 @@ def test_a_request_cut_off_mid_body_is_never_run(faults):
     body = json.dumps({"seed": 3, "count": 2, "format": "grid"}).encode()
     sock = connect(faults)
     sock.sendall(request_head("/generate", len(body) + 10) + body)  # 10 bytes short: then gone
-    assert eventually(lambda: metric(faults, "diptych_requests_in_flight") == 1)
+    assert eventually(lambda: metric(faults, "diptych_requests_receiving") == 1)  # no slot while it arrives
     sock.close()
 
     def moved(code: str) -> float:
@@ -225,6 +225,7 @@ def test_a_request_cut_off_mid_body_is_never_run(faults):
     assert moved("200") == moved("400") == 0
     assert metric(faults, "diptych_images_generated_total") == generated
     assert metric(faults, "diptych_requests_in_flight") == 0
+    assert eventually(lambda: metric(faults, "diptych_requests_receiving") == 0)
     assert generate(faults).status_code == 200
 
 
@@ -241,9 +242,29 @@ def test_a_client_gone_mid_response_frees_its_slot(faults):
     assert generate(faults, count=8, format="json").status_code == 200
 
 
+def test_as_many_slow_bodies_as_slots_refuse_nobody(faults):
+    """max_concurrency (4) bodies still arriving hold no request slot: a request from anyone
+    else is served, not refused; each slow body, once whole, is served too."""
+    body = json.dumps({"seed": 6, "format": "json"}).encode()
+    slow = [connect(faults) for _ in range(4)]
+    try:
+        for sock in slow:
+            sock.sendall(request_head("/generate", len(body)) + body[:5])
+        assert eventually(lambda: metric(faults, "diptych_requests_receiving") == 4)
+        assert generate(faults).status_code == 200
+        for sock in slow:
+            sock.sendall(body[5:])
+        answers = [read_response(sock)[0] for sock in slow]
+    finally:
+        for sock in slow:
+            sock.close()
+    assert answers == [200] * 4
+    assert eventually(lambda: metric(faults, "diptych_requests_in_flight") == 0)
+
+
 def test_slow_clients_are_bounded_and_the_rest_is_served(faults):
-    """A body sent a byte at a time holds one slot until BentoML's traffic timeout answers
-    504; meanwhile half-sent request heads, a client that reads its answer late, and
+    """A body sent a byte at a time holds no slot, only its connection, until BentoML's
+    traffic timeout answers 504; meanwhile half-sent request heads, a client that reads its answer late, and
     ordinary requests are all served."""
     before_504 = metric(faults, "diptych_requests_total", method="POST /generate", code="504")
     crawler = connect(faults)
@@ -316,8 +337,8 @@ def test_a_killed_worker_is_restarted_and_serves_again(faults):
 
 
 def test_sigterm_under_load_drains_then_exits(faults):
-    """SIGTERM while the server holds requests (two still sending their bodies, and one of a
-    steady load: 3 of the 4 slots): each is answered 200; what arrives after is answered or
+    """SIGTERM while the server holds requests (two still sending their bodies, which hold no
+    slot yet, and one of a steady load, in a slot): each is answered 200; what arrives after is answered or
     refused (a 503, or a closed connection: never a hang past the exit); gRPC keeps serving
     while HTTP drains and stops with the process; the process exits 0, within the grace
     period (the traffic timeout, then `timeout_s` for gRPC; generous margins here)."""
@@ -327,7 +348,7 @@ def test_sigterm_under_load_drains_then_exits(faults):
         sock = connect(faults)
         sock.sendall(request_head("/generate", len(body)) + body[:5])
         held.append((sock, body))
-    assert eventually(lambda: metric(faults, "diptych_requests_in_flight") == 2)
+    assert eventually(lambda: metric(faults, "diptych_requests_receiving") == 2)
     stopping, counting, results, pending = threading.Event(), threading.Lock(), [], set()
 
     def load() -> None:
@@ -356,7 +377,7 @@ def test_sigterm_under_load_drains_then_exits(faults):
                 idle = connect(faults)  # a keep-alive connection, idle: the worker closes it as its drain begins
                 idle.sendall(b"GET /livez HTTP/1.1\r\nHost: test\r\n\r\n")
                 assert read_response(idle)[0] == 200
-                if metric(faults, "diptych_requests_in_flight") != 3:
+                if (metric(faults, "diptych_requests_receiving"), metric(faults, "diptych_requests_in_flight")) != (2, 1):
                     idle.close()
                     return False
                 os.kill(faults.process.pid, signal.SIGTERM)

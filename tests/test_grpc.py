@@ -430,17 +430,20 @@ def paired_channel(paired):
 
 
 def test_overload_is_resource_exhausted_and_the_slots_are_shared_with_http(paired, paired_channel):
-    """Two request slots, one held by a gRPC call (its image waits for a second one) and one
-    by an HTTP request still sending its body: then HTTP is refused, and so is every gRPC
-    inference method. The HTTP body, once whole, brings the second image: both are answered."""
+    """Two request slots, held by two gRPC calls (each image waits for a second one), and an
+    HTTP request still sending its body, which holds none: then HTTP is refused, and so is
+    every gRPC inference method. One call cancelled frees its slot; the HTTP body, once whole,
+    takes it and brings the second image of the other: both are answered."""
     stub = diptych_pb2_grpc.DiptychStub(paired_channel)
     held = stub.Generate.future(pb.GenerateRequest(seed=1), timeout=120)
     assert holding_the_slot(paired, held)
+    waiting = stub.Classify.future(pb.ClassifyRequest(images=[PNG]), timeout=120)
     body = b'{"seed": 2}'
     holder = connect(paired)
     try:
         holder.sendall(request_head("/generate", len(body)) + body[:5])
-        assert holding_the_slot(paired, held, slots=2)
+        assert holding_the_slot(paired, waiting, slots=2)
+        assert eventually(lambda: total(scrape(paired), "diptych_requests_receiving") == 1)
         over_http = paired.client.post("/classify", json={"images": []})
         multi = inference_pb2.MultiInferenceRequest()
         multi.tasks.add(method_name="tensorflow/serving/classify").model_spec.name = "classifier"
@@ -449,6 +452,8 @@ def test_overload_is_resource_exhausted_and_the_slots_are_shared_with_http(paire
                              timeout=60)
         over_grpc = failure(stub.Classify, pb.ClassifyRequest(images=[PNG]), timeout=60)
         assert not held.done()
+        waiting.cancel()
+        assert holding_the_slot(paired, held, slots=1)
         holder.sendall(body[5:])
         code, png = read_response(holder)
     finally:
@@ -456,6 +461,7 @@ def test_overload_is_resource_exhausted_and_the_slots_are_shared_with_http(paire
     assert len(held.result().images) == 1
     assert code == 200 and png.startswith(b"\x89PNG")
     assert over_http.status_code == 503 and over_http.json()["detail"][0]["type"] == "overloaded"
+    assert over_http.headers["Retry-After"] == "1"
     assert over_multi.code() == Code.RESOURCE_EXHAUSTED  # every inference method takes a slot
     assert (over_grpc.code(), over_grpc.details()) == (Code.RESOURCE_EXHAUSTED, "more than 2 requests in flight; retry shortly")
     assert ("retry-after", "1") in over_grpc.trailing_metadata()

@@ -471,18 +471,19 @@ def test_timeout_is_a_504(locked):
     assert body["detail"][0]["type"] == "timeout"
 
 
-def test_excess_concurrency_is_refused_with_retry_after(locked):
-    """One request slot: a request still sending its body holds it, the next is refused."""
+def test_a_body_still_arriving_holds_no_slot(locked):
+    """One request slot: a request still sending its body does not hold it (max_concurrency
+    slow bodies refused everyone else), so the next request is admitted, not refused. The
+    refusal itself, with Retry-After: test_grpc.py::test_overload_is_resource_exhausted_and_the_slots_are_shared_with_http."""
     body = b'{"images": []}'
     holder = connect(locked)
     try:
         holder.sendall(request_head("/classify", len(body), headers=AUTH) + body[:5])
-        assert eventually(lambda: metric(locked, "diptych_requests_in_flight") == 1)  # it holds the slot
-        refused = locked.client.post("/generate", json={"seed": 1}, headers=AUTH)
+        assert eventually(lambda: metric(locked, "diptych_requests_receiving") == 1)  # it is in, with no slot
+        admitted = locked.client.post("/classify", json={"images": []}, headers=AUTH)
         holder.sendall(body[5:])
         held, _ = read_response(holder)
     finally:
         holder.close()
-    assert_error(refused, 503, "")
-    assert refused.headers["Retry-After"] == "1" and refused.json()["detail"][0]["type"] == "overloaded"
+    assert_error(admitted, 400, "images")  # admitted: its own fault, an empty list of images
     assert held == 400  # the holder's body, once whole: an empty list of images

@@ -57,7 +57,10 @@ class Engine:
         threading.Thread(target=self._serve_repository, name="diptych-models", daemon=True).start()
 
     def _serve_repository(self) -> None:
-        self.load()
+        try:
+            self.load()
+        except Exception:  # the first pass failed whole: the polls still try again
+            log.exception("the first pass over the model repository failed")
         if self.settings.poll_s:
             self.manager.poll()
 
@@ -89,8 +92,11 @@ class Engine:
 
     @property
     def alive(self) -> bool:
-        """False when the first load left a default model unavailable (a restart may help); a
-        version that fails later never costs liveness: the old one keeps serving."""
+        """False when the first load left a default model unavailable, or when the repository is
+        no longer polled (a restart may help); a version that fails later never costs liveness:
+        the old one keeps serving."""
+        if self.manager.poll_died:
+            return False
         return self._ever_ready or not self._loaded.is_set() or self.ready
 
     def close(self) -> None:
@@ -147,6 +153,10 @@ class Engine:
     def status(self) -> dict[str, dict]:
         """Every model's versions (state, reason), labels and policy, loaded or not."""
         return self.manager.status()
+
+    def sources(self) -> dict[str, dict[str, str]]:
+        """Model sources that cannot be read now, and folders ignored, with the reasons."""
+        return self.manager.sources()
 
     # -- the load/unload API (privileged) -------------------------------------------------
     def check_admin(self, authorization: str | None) -> None:

@@ -24,7 +24,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from .config import Settings
 from .control import Control, SharedControl
@@ -87,6 +87,7 @@ class Manager(ControlRequests):
         self._control = Control()  # versions loaded and models unloaded on request, a reloaded config
         self.epochs = Epochs()  # requests hold one while admitted: a retired version waits for them
         self._stop = threading.Event()
+        self.poll_died = False  # the poll loop ended by an error no pass could catch: hot reload is over
 
     # -- requests ------------------------------------------------------------------
     def resolve(self, ref: ModelRef, key: str = "") -> ServedModel:
@@ -127,6 +128,10 @@ class Manager(ControlRequests):
         slot = self._slots.get(name, {}).get(number)
         return f"{slot.state}: {slot.reason}" if slot and slot.reason else slot.state if slot else ""
 
+    def sources(self) -> dict[str, dict[str, str]]:
+        """The last scan's unavailable sources (what they served keeps serving) and ignored folders."""
+        return {"unavailable": dict(self._found.unavailable), "ignored": dict(self._found.ignored)}
+
     def default(self, kind: str) -> str | None:
         return self._found.defaults.get(kind)
 
@@ -148,12 +153,18 @@ class Manager(ControlRequests):
 
     # -- control -------------------------------------------------------------------
     def poll(self) -> None:
-        """Reconcile every `poll_s` until stopped (a daemon thread)."""
-        while not self._stop.wait(self.settings.poll_s):
-            try:
-                self.reconcile()
-            except Exception:  # a bug here must not end hot reload for the life of the process
-                log.exception("reloading the model repository failed")
+        """Reconcile every `poll_s` until stopped (a daemon thread). Should anything end the
+        loop but `stop`, `poll_died` says so, and the engine is no longer alive (/livez)."""
+        try:
+            while not self._stop.wait(self.settings.poll_s):
+                try:
+                    self.reconcile()
+                except Exception:  # a bug here must not end hot reload for the life of the process
+                    log.exception("reloading the model repository failed")
+        finally:
+            if not self._stop.is_set():
+                self.poll_died = True
+                log.critical("the model repository is no longer polled: hot reload has stopped")
 
     def stop(self) -> None:
         self._stop.set()
@@ -171,14 +182,25 @@ class Manager(ControlRequests):
             self._apply_shared()
             self._found = found = self.repository.scan()
             for name in found.versions:
-                aspired = found.aspired(name, self._control.explicit.get(name, set()), name in self._control.unloaded)
-                for version in aspired:
-                    self._ensure_loaded(version)
-                self._retire(name, {version.number for version in aspired})
+                self._isolated(name, self._reconcile_model, found, name)
             for name in set(self._slots) - set(found.versions):  # gone from the repository
-                self._retire(name, set())
+                self._isolated(name, self._retire, name, set())
             for name in self._routes:
                 self._configure_logging(name)  # a changed config applies to loaded versions too
+
+    def _reconcile_model(self, found: Found, name: str) -> None:
+        aspired = found.aspired(name, self._control.explicit.get(name, set()), name in self._control.unloaded)
+        for version in aspired:
+            self._ensure_loaded(version)
+        self._retire(name, {version.number for version in aspired})
+
+    @staticmethod
+    def _isolated(name: str, step: Callable[..., None], *args: object) -> None:
+        """One model's part of a pass: an error in it is logged, and the other models' go on."""
+        try:
+            step(*args)
+        except Exception:
+            log.exception("reconciling model %s failed; the other models are reconciled", name)
 
     def _ensure_loaded(self, version: Version) -> None:
         slot = self._slots.get(version.name, {}).get(version.number)
@@ -248,19 +270,27 @@ class Manager(ControlRequests):
         slot.model.close()
         info = slot.model.info
         slot.model = None
-        metrics().model_info.labels(kind=info.kind, model=info.name, version=info.version, runtime=info.runtime).set(0)
-        self._forget(slot)
+        if self._forget(slot):  # else the same version was loaded again meanwhile: its metrics are the new copy's
+            metrics().model_info.labels(kind=info.kind, model=info.name, version=info.version,
+                                        runtime=info.runtime).set(0)
         release_memory()
         log.info("%s %s:%s unloaded", info.kind, info.name, info.version)
 
-    def _forget(self, slot: Slot) -> None:
+    def _forget(self, slot: Slot) -> bool:
+        """Drop this slot, by identity: a version unloaded, then loaded again while the old copy
+        drained, has a new slot under the same number, which the old one's cleanup must not
+        remove. False when `slot` was already replaced."""
+        with self._lock:
+            versions = self._slots.get(slot.version.name, {})
+            if versions.get(slot.version.number) is not slot:
+                return False
+            del versions[slot.version.number]
+            if not versions:
+                self._slots.pop(slot.version.name, None)
         for state in STATES:
             metrics().model_versions.labels(model=slot.version.name, version=str(slot.version.number),
                                             state=state).set(0)
-        with self._lock:
-            self._slots.get(slot.version.name, {}).pop(slot.version.number, None)
-            if not self._slots.get(slot.version.name):
-                self._slots.pop(slot.version.name, None)
+        return True
 
     def _set(self, slot: Slot, state: str = LOADING) -> None:
         slot.state, slot.since = state, time.time()
@@ -284,6 +314,3 @@ class Manager(ControlRequests):
         for model in self._routes.get(name, {}).values():
             model.payload_log = self.payload_log
             model.log_sample, model.log_thumbnails = config.log_sample, config.log_thumbnails
-
-
-

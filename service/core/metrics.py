@@ -35,6 +35,10 @@ class Metrics:
         self.in_flight = prom.Gauge(
             "diptych_requests_in_flight", "Requests holding one of the max_concurrency slots", multiprocess_mode="livesum"
         )
+        self.receiving = prom.Gauge(
+            "diptych_requests_receiving", "HTTP requests whose body is still arriving (they hold no slot yet)",
+            multiprocess_mode="livesum"
+        )
         self.request_seconds = prom.Histogram(
             "diptych_request_seconds", "Time to answer a request", call, buckets=LATENCY_BUCKETS
         )
@@ -73,6 +77,11 @@ class Metrics:
         self.model_versions = prom.Gauge(
             "diptych_model_versions", "Each model version's state (value 1 for its state: loading, available, "
             "unloading, failed)", [*model, "state"], multiprocess_mode="livemax"
+        )
+        self.model_source_available = prom.Gauge(
+            "diptych_model_source_available", "Whether a model source (the repository folder, a model's folder in "
+            "it, a configured folder, the model store) could be read on the last scan (0: what it served keeps "
+            "serving)", ["source"], multiprocess_mode="livemin"
         )
         self.model_loads = prom.Counter("diptych_model_loads", "Model version loads, by outcome", ["model", "outcome"])
         self.model_load_seconds = prom.Histogram(

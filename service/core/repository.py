@@ -22,14 +22,16 @@ import hashlib
 import logging
 import re
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from contract.layout import SAVED_MODEL, is_folder_ref, versions
+from contract.layout import MAX_VERSION, SAVED_MODEL, ascii_number, is_folder_ref, is_version_name
 
 from .config import Settings
 from .errors import ValidationError
-from .validation import version_number
+from .sources import Sources, Version
+from .validation import requested_version
 
 log = logging.getLogger("diptych")
 
@@ -51,7 +53,7 @@ class ModelRef:
         if match is None:
             raise ValidationError(field, f"{text!r}: name a model as name, name:version or name@label")
         version = match["version"]
-        return cls(match["name"], version_number(version, field) if version else None, match["label"])
+        return cls(match["name"], requested_version(version, field) if version else None, match["label"])
 
     def __str__(self) -> str:
         return self.name + (f":{self.version}" if self.version is not None else "") + \
@@ -70,9 +72,9 @@ class Policy:
         kind, _, value = str(text).strip().partition(":")
         if kind == "all" and not value:
             return cls(latest=None)
-        if kind == "latest" and (count := version_number(value or "1")):
+        if kind == "latest" and (count := ascii_number(value or "1")):
             return cls(latest=count)
-        numbers = [version_number(part) for part in value.split(",")]
+        numbers = [ascii_number(part) for part in value.split(",")]
         if kind == "specific" and value and None not in numbers:
             return cls(latest=None, specific=tuple(sorted(set(numbers))))
         raise ValueError(f"{where}: versions = {text!r}: use latest:N, all, or specific:V1,V2")
@@ -89,7 +91,6 @@ class Policy:
 
 
 KEYS = ("path", "versions", "labels", "traffic", "shadow", "log_sample", "log_thumbnails")
-MAX_VERSION = 2**63 - 1  # TF Serving's int64
 MAX_WEIGHT = 1_000_000  # a traffic weight: enough for shares of a millionth, far from float overflow
 LABEL = re.compile(r"[^:@\s]+")  # what a request's `name@label` can name
 
@@ -122,7 +123,7 @@ class ModelConfig:
         labels = _numbers(table.get("labels", {}), f"{where}.labels", MAX_VERSION,
                           "map each label to a version number, e.g. {stable = 3}")
         for label in labels:
-            if not LABEL.fullmatch(label) or version_number(label) is not None:
+            if not LABEL.fullmatch(label) or ascii_number(label) is not None:
                 raise ValueError(f"{where}.labels: {label!r}: a label is a word without spaces, ':' or '@', and "
                                  "not a number (it would hide that version number)")
         traffic = _numbers(table.get("traffic", {}), f"{where}.traffic", MAX_WEIGHT,
@@ -132,7 +133,7 @@ class ModelConfig:
             raise ValueError(f"{where}.shadow: a label or a version number, e.g. \"canary\"")
         shadow = str(shadow) if shadow not in (None, "") else None
         for target, key in [*((target, f"traffic.{target}") for target in traffic), (shadow, "shadow")]:
-            if target is not None and target not in labels and version_number(target) is None:
+            if target is not None and target not in labels and ascii_number(target) is None:
                 raise ValueError(f"{where}.{key}: {target!r} is neither a label of this model "
                                  f"({', '.join(labels) or 'it has none'}) nor a version number")
         if traffic and not sum(traffic.values()):
@@ -169,15 +170,7 @@ class ModelConfig:
 
     def version_of(self, target: str) -> int | None:
         """A label's version, or a version number given as text."""
-        return self.labels.get(target) if target in self.labels else version_number(target)
-
-
-def version_number(text: str) -> int | None:
-    """A version number written in ASCII digits, within int64 (TF Serving's), else None:
-    `str.isdigit` also takes digits such as "²" that `int()` refuses."""
-    if not (isinstance(text, str) and text.isascii() and text.isdigit() and len(text) <= 19):
-        return None
-    return number if (number := int(text)) <= MAX_VERSION else None
+        return self.labels.get(target) if target in self.labels else ascii_number(target)
 
 
 def _numbers(value: Any, where: str, most: int, hint: str) -> dict[str, int]:
@@ -191,22 +184,14 @@ def _numbers(value: Any, where: str, most: int, hint: str) -> dict[str, int]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Version:
-    """One version found in a source: where it is (a folder, or a store tag) and its kind."""
-
-    name: str
-    number: int
-    ref: str  # what `locate` reads: a version folder or a store tag
-    kind: str | None  # from its card (None: unreadable, which the load then reports)
-
-
-@dataclasses.dataclass(frozen=True)
 class Found:
     """What one scan found: per model, its versions (lowest first), source and config."""
 
     versions: dict[str, list[Version]]
     configs: dict[str, ModelConfig]
     defaults: dict[str, str]  # kind → the name of its default model
+    unavailable: dict[str, str] = dataclasses.field(default_factory=dict)  # source → why it cannot be read now
+    ignored: dict[str, str] = dataclasses.field(default_factory=dict)  # folder → why it is not a version
 
     def aspired(self, name: str, explicit: set[int] = frozenset(), removed: bool = False) -> list[Version]:
         """The versions to serve: the policy's, plus explicitly loaded ones, minus an unload."""
@@ -221,9 +206,11 @@ class Repository:
     def __init__(self, settings: Settings, configs: Mapping[str, ModelConfig] | None = None) -> None:
         self.settings = settings
         self.configs = dict(configs) if configs is not None else parse_configs(settings.repository)
+        self.sources = Sources()  # each source's last good read: what a vanished one served keeps serving
 
     def scan(self) -> Found:
         """Every model's versions, from the first source that names it."""
+        self.sources.begin()
         versions: dict[str, list[Version]] = {}
         configs = dict(self.configs)
         defaults = {}
@@ -240,14 +227,13 @@ class Repository:
             versions.setdefault(name, found)
         for name in versions:
             configs.setdefault(name, ModelConfig(name))
-        return Found(versions, configs, defaults)
+        return Found(versions, configs, defaults, dict(self.sources.unavailable), dict(self.sources.ignored))
 
     def _add(self, versions: dict[str, list[Version]], ref: str, configs: dict[str, ModelConfig]) -> str | None:
         """A default model's ref: a store tag (`name:latest` serves the policy's versions,
         `name:3` that one) or a folder (of versions, or one version)."""
         if is_folder_ref(ref):
-            folder = Path(ref)
-            found = _folder_versions(folder, None if (folder / SAVED_MODEL).is_file() else folder.name)
+            found = self.sources.read(ref, lambda: self._default_folder(Path(ref)), [])
             if not found:
                 return _name_of_missing(ref)
             name = found[-1].name  # a folder of versions is named as TF Serving names it; one version, by its card
@@ -255,30 +241,53 @@ class Repository:
             return name
         name, _, tag = ref.partition(":")  # its versions come from the repository folder or the store
         if tag and tag != "latest" and name not in self.configs:
-            configs[name] = ModelConfig(name, policy=Policy(latest=None, specific=(_int(tag),)))
+            try:
+                configs[name] = ModelConfig(name, policy=Policy(latest=None, specific=(_int(tag),)))
+            except ValueError as error:  # the other models are still served
+                self.sources.ignore(ref, str(error))
+                return None
         return name
+
+    def _default_folder(self, folder: Path) -> list[Version]:
+        return self.sources.folder_versions(folder, None if (folder / SAVED_MODEL).is_file() else folder.name)
 
     def _from_ref(self, name: str, ref: str) -> list[Version]:
         if is_folder_ref(ref):
-            return [dataclasses.replace(version, name=name) for version in _folder_versions(Path(ref))]
+            found = self.sources.read(ref, lambda: self.sources.folder_versions(Path(ref)), [])
+            return [dataclasses.replace(version, name=name) for version in found]
         return self._from_store().get(ref.partition(":")[0], [])
 
     def _from_root(self) -> dict[str, list[Version]]:
-        root = Path(self.settings.model_root) if self.settings.model_root else None
-        if root is None or not root.is_dir():
+        """The repository folder's models; each model folder is a source of its own, so one that
+        cannot be read keeps its versions and holds up no other."""
+        if not self.settings.model_root:
             return {}
-        found = {folder.name: _folder_versions(folder, folder.name) for folder in sorted(root.iterdir())
-                 if folder.is_dir() and not folder.name.startswith(".")}
-        return {name: versions for name, versions in found.items() if versions}
+        root = Path(self.settings.model_root)
+        return self.sources.read(str(root), lambda: self._root_models(root), {})
+
+    def _root_models(self, root: Path) -> dict[str, list[Version]]:
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: no such folder (gone, or not mounted)")
+        inside, found = root.resolve(), {}
+        for folder in sorted(root.iterdir()):
+            if folder.name.startswith(".") or not folder.is_dir() or self.sources.leaves(folder, inside):
+                continue
+            versions = self.sources.read(str(folder), partial(self.sources.folder_versions, folder, folder.name, inside),
+                                         [])
+            if versions:
+                found[folder.name] = versions
+        return found
 
     def _from_store(self) -> dict[str, list[Version]]:
-        if not self.settings.store:
-            return {}
+        return self.sources.read("store", self._store_models, {}) if self.settings.store else {}
+
+    @staticmethod
+    def _store_models() -> dict[str, list[Version]]:
         import bentoml
 
         found: dict[str, list[Version]] = {}
         for model in bentoml.models.list():
-            if not (Path(model.path) / SAVED_MODEL).is_file() or not model.tag.version.isdigit():
+            if not (Path(model.path) / SAVED_MODEL).is_file() or not is_version_name(model.tag.version):
                 continue  # not a diptych export (training.publish tags versions with the card's number)
             found.setdefault(model.tag.name, []).append(
                 Version(model.tag.name, int(model.tag.version), str(model.tag), model.info.labels.get("kind")))
@@ -289,33 +298,14 @@ def parse_configs(tables: Mapping[str, Any]) -> dict[str, ModelConfig]:
     return {name: ModelConfig.parse(name, table) for name, table in tables.items()}
 
 
-def _folder_versions(folder: Path, name: str | None = None) -> list[Version]:
-    """A version folder (one version), or a folder of numbered versions (each with a SavedModel)."""
-    from contract.card import CardError, ModelCard
-
-    if (folder / SAVED_MODEL).is_file():
-        numbered = [(folder, None)]
-    else:
-        numbered = [(folder / str(number), number) for number in versions(folder) if folder.is_dir()]
-    found = []
-    for path, number in numbered:
-        if not (path / SAVED_MODEL).is_file():
-            continue  # still being copied in, or not a model
-        try:
-            card = ModelCard.read(path)
-            found.append(Version(name or card.name, number if number is not None else card.version, str(path),
-                                 card.kind))
-        except CardError:
-            found.append(Version(name or folder.name, number if number is not None else 0, str(path), None))
-    return sorted(found, key=lambda version: version.number)
-
-
 def _name_of_missing(ref: str) -> None:
     log.warning("no model at %s: no saved_model.pb there, nor numbered version folders holding one", ref)
     return None
 
 
 def _int(text: str) -> int:
-    if not text.isdigit():
-        raise ValueError(f"model store tag version {text!r}: use latest or a version number")
-    return int(text)
+    number = ascii_number(text)
+    if number is None:
+        raise ValueError(f"model store tag version {text[:24]!r}: use latest or a version number (ASCII digits "
+                         f"within int64)")
+    return number

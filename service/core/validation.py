@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from contract.layout import MAX_VERSION, ascii_number
+
 from .config import Settings
 from .errors import ValidationError
 
 MAX_SEED = 2**32 - 1  # numpy's RandomState streams are frozen across versions: seeds stay reproducible
-MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64 (ModelSpec.version)
 MAX_JSON_DEPTH = 64  # arrays and objects inside each other; numpy's arrays have at most 64 dimensions
 _OPENING, _CLOSING = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes included (unrolled: no backtracking)
@@ -32,16 +33,14 @@ def decimal(text: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() else None
 
 
-def version_number(value: object, field: str) -> int:
+def requested_version(value: object, field: str) -> int:
     """A model version as a request gives it (ASCII digits, or an integer) within int64, else
     ValidationError naming `field`. `int()` alone takes "١" (an Arabic-Indic one) and raises
     for thousands of digits: neither is a version."""
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
-    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= len(str(MAX_VERSION)):
-        number = int(value)
     else:
-        number = -1
+        number = -1 if (read := ascii_number(value)) is None else read
     if not 0 <= number <= MAX_VERSION:
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
         raise ValidationError(field, f"{shown} is not a version number: ASCII digits, 0 to {MAX_VERSION}")

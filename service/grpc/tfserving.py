@@ -37,7 +37,7 @@ from contract.signatures import dtypes
 
 from .. import tensors, tfserving
 from ..core import Engine, ModelInfo, ServedModel, ValidationError
-from ..core.validation import version_number
+from ..core.validation import requested_version
 from ..kinds import Classifier, Scores
 
 SIGNATURE_DEF = "signature_def"  # the one metadata field TF Serving knows
@@ -88,7 +88,7 @@ def servable(
     if not spec.name:
         raise ValidationError("model_spec", "Missing ModelSpec")
     choice = spec.WhichOneof("version_choice")
-    version = version_number(spec.version.value, "model_spec.version") if choice == "version" else None
+    version = requested_version(spec.version.value, "model_spec.version") if choice == "version" else None
     model = tfserving.servable(engine, spec.name, version, spec.version_label if choice == "version_label" else None)
     signature = spec.signature_name or "serving_default"
     if classify and (not isinstance(model, Classifier) or signature != "serving_default"):

@@ -54,10 +54,12 @@ def model_of(request: Request, field: str | None) -> str | None:
 @errors
 async def list_models(request: Request) -> Response:
     """Every model version the service knows, with its state (loading, available, unloading,
-    failed and why), the labels naming it, its model's policy, and its card once read."""
+    failed and why), the labels naming it, its model's policy, and its card once read; and the
+    model sources that cannot be read now, and the folders ignored, with the reasons."""
     return JSONResponse({"models": [version_entry(name, number, slot, entry)
                                     for name, entry in engine().status().items()
-                                    for number, slot in sorted(entry["versions"].items())]})
+                                    for number, slot in sorted(entry["versions"].items())],
+                         "sources": engine().sources()})
 
 
 @errors

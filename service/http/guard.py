@@ -1,7 +1,10 @@
 """The ASGI middleware in front of every HTTP route, BentoML's included: API keys on all but
 the route table's open endpoints, and an admin key on its control endpoints (loading and
-unloading models); for other POSTs, a request slot taken before the body is read, and the
-body size-checked; every guarded request counted by its route's template. Each request gets
+unloading models); for other POSTs, the body read and size-checked, then a request slot
+taken: a body that arrives slowly holds no slot (max_concurrency of them would refuse
+everyone else), only its own connection, until BentoML's traffic timeout. The bodies held in
+memory at once are bounded apart (`BODIES_PER_SLOT` × max_concurrency, each at most
+max_body_bytes). Every guarded request is counted by its route's template. Each request gets
 its id here (the client's `X-Request-Id`, or a new one), returned in `X-Request-Id`, and its
 caller (`X-Caller`, else its API key), which a model's traffic split sticks to."""
 
@@ -13,7 +16,7 @@ from collections.abc import Callable
 
 from opentelemetry import trace
 
-from ..core import LimitExceeded, ServiceError, context
+from ..core import LimitExceeded, Overloaded, ServiceError, context
 from ..core.metrics import metrics
 from ..core.validation import decimal
 from .api import engine
@@ -21,6 +24,7 @@ from .endpoints import Routes
 from .errors import error_response
 
 CLIENT_CLOSED = 499  # the metrics' code for a client that left mid-body (nginx's convention)
+BODIES_PER_SLOT = 4  # bodies arriving at once, per request slot: what bounds their memory, slow clients far past the slots
 
 
 class ClientGone(Exception):
@@ -32,6 +36,7 @@ class Guard:
         self.app = app
         self.routes = routes
         self.max_body_bytes = max_body_bytes
+        self._receiving = 0  # bodies arriving now (one event loop: no lock)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -62,8 +67,8 @@ class Guard:
                 return await self.app(scope, receive, answer)
             if scope["method"] != "POST":
                 return await self.app(scope, receive, answer)
+            body = await self._read_body(scope, receive, BODIES_PER_SLOT * core.settings.max_concurrency)
             with core.admit():
-                body = await self._read_body(scope, receive)
                 await self.app(scope, _replay(body, receive), answer)
         except ServiceError as error:
             await error_response(error)(scope, receive, answer)
@@ -77,11 +82,22 @@ class Guard:
             metrics().requests.labels(protocol="http", method=method, code=str(status)).inc()
             metrics().request_seconds.labels(protocol="http", method=method).observe(time.perf_counter() - start)
 
-    async def _read_body(self, scope: dict, receive: Callable) -> bytes:
+    async def _read_body(self, scope: dict, receive: Callable, most: int) -> bytes:
         too_large = LimitExceeded("body", f"larger than {self.max_body_bytes} bytes")
         declared = decimal(_header(scope, b"content-length") or "")
         if declared is not None and declared > self.max_body_bytes:
             raise too_large
+        if self._receiving >= most:
+            raise Overloaded(f"more than {most} request bodies arriving at once; retry shortly")
+        self._receiving += 1
+        metrics().receiving.inc()
+        try:
+            return await self._receive(receive, too_large)
+        finally:
+            self._receiving -= 1
+            metrics().receiving.dec()
+
+    async def _receive(self, receive: Callable, too_large: LimitExceeded) -> bytes:
         chunks, size, more = [], 0, True
         while more:
             message = await receive()

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from .. import tensors, tfserving
 from ..core import ServedModel, ValidationError
-from ..core.validation import json_document, version_number
+from ..core.validation import json_document, requested_version
 from ..kinds import Classifier
 from .api import engine, model_headers
 from .errors import errors
@@ -37,7 +37,7 @@ def model_of(request: Request) -> ServedModel:
 
 def path_version(request: Request) -> int | None:
     version = request.path_params.get("version")
-    return None if version is None else version_number(version, "version")
+    return None if version is None else requested_version(version, "version")
 
 
 @errors
