@@ -100,8 +100,11 @@ def test_unload_model_without_a_version_stops_the_whole_model_and_load_model_bri
     ("UnloadModel", pb.UnloadModelRequest(name="sandals"), AS_ADMIN, grpc.StatusCode.NOT_FOUND, "'sandals'"),
     ("UnloadModel", pb.UnloadModelRequest(name="shoes"), AS_ADMIN, grpc.StatusCode.INVALID_ARGUMENT,
      "default model"),
+    ("UnloadModel", pb.UnloadModelRequest(name="shoes", version=2), AS_ADMIN, grpc.StatusCode.INVALID_ARGUMENT,
+     "version 2 was not loaded on request"),
 ], ids=["load-without-a-key", "unload-with-a-wrong-key", "load-an-unknown-model", "load-a-missing-version",
-        "unload-an-unknown-model", "unload-the-default-model"])
+        "unload-an-unknown-model", "unload-the-default-model",
+        "unload-a-version-the-policy-serves"])
 def test_a_refused_load_or_unload_has_its_code_and_changes_nothing(served, method, request_, metadata, code, words):
     server, stub = served
     before = {name: listed_over_grpc(stub, name) for name in ("shoes", "boots")}
