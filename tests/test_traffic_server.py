@@ -83,7 +83,8 @@ def served(server_env, tiny_models, receiver, tmp_path_factory):
                      "DIPTYCH_MODEL_ROOT": str(root), "DIPTYCH_STORE": "false", "DIPTYCH_CLASSIFIER": "shoes",
                      "DIPTYCH_GENERATOR": str(tiny_models["generator"]), "DIPTYCH_API_KEYS": ",".join(KEYS),
                      "DIPTYCH_CLASSIFIER_RUNTIME": "tensorflow", "DIPTYCH_REPOSITORY": json.dumps({"shoes": shoes}),
-                     "DIPTYCH_PAYLOAD_LOG": f"http://127.0.0.1:{receiver.server_port}/events"},
+                     "DIPTYCH_PAYLOAD_LOG": f"http://127.0.0.1:{receiver.server_port}/events",
+                     "DIPTYCH_PAYLOAD_LOG_QUEUE": "100000"},  # room for every event: none may be dropped
                     tmp_path_factory.mktemp("traffic-server") / "server.log")
     try:
         server.wait("/readyz")
