@@ -11,9 +11,12 @@ import sys
 import tomllib
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
 
+from proto.diptych.v1 import diptych_pb2 as pb
+from proto.diptych.v1 import diptych_pb2_grpc
 from tests.conftest import ROOT, Server
 from tests.grpc_clients import png_bytes
 
@@ -51,7 +54,7 @@ def test_the_bento_holds_the_service_its_pins_and_the_models(bento):
 
 
 def test_bentoml_serve_serves_the_bento(bento, tmp_path):
-    """From another folder: the Bento carries the code it serves."""
+    """From another folder: the Bento carries the code it serves, its gRPC server included."""
     tag, env = bento
     server = Server(env, tmp_path / "bento.log", target=tag, cwd=tmp_path)
     try:
@@ -60,6 +63,14 @@ def test_bentoml_serve_serves_the_bento(bento, tmp_path):
         assert answer.status_code == 200 and answer.headers["x-model-name"] == "classifier"
         assert len(answer.json()["predictions"][0]) == 5
         assert server.client.get("/ui").status_code == 200
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            stub = diptych_pb2_grpc.DiptychStub(channel)
+            classified = stub.Classify(pb.ClassifyRequest(images=[png_bytes()], top_k=3), timeout=60)
+            listed = stub.ListModels(pb.ListModelsRequest(), timeout=30)
+        assert (classified.model.name, classified.model.version) == ("classifier", "1")
+        assert [len(prediction.labels) for prediction in classified.predictions] == [3]
+        assert {(model.name, model.state) for model in listed.models} == {("classifier", "available"),
+                                                                          ("generator", "available")}
     finally:
         server.stop()
     assert "Traceback" not in server.log.read_text()

@@ -69,11 +69,15 @@ class ControlRequests:
             raise NotFound(f"no model named {name!r} is loaded", "name")
         if version is None and name in self._found.defaults.values():
             raise Conflict("name", f"{name} is a default model: configure another default before unloading it")
+        self._apply_shared()  # a sibling worker may have loaded the version
         with self._lock:
             if version is None:
                 self._control.unloaded.add(name)
-            else:
-                self._control.explicit.get(name, set()).discard(version)
+            elif version in self._control.explicit.get(name, set()):
+                self._control.explicit[name].discard(version)
+            else:  # an answer of OK would change nothing: the policy's versions stay
+                raise ValidationError("version", f"{name} version {version} was not loaded on request: change the "
+                                                 "model's version policy to stop serving a version it chose")
         self._share()
         self.reconcile()
 
