@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from starlette.requests import Request
 
+from contract.layout import ascii_number
 from service.core import Conflict, Engine, Forbidden, NotFound, Settings, UnsupportedMediaType, ValidationError
-from service.core.repository import ModelConfig, Policy, version_number
+from service.core.repository import ModelConfig, Policy
 from service.http.v2rest import _json_object
 from service.kinds import KINDS
 from tests.conftest import eventually
@@ -51,8 +52,8 @@ def test_a_model_table_is_refused_naming_the_key(table, where):
 
 
 def test_version_numbers_are_ascii_digits_within_int64():
-    assert version_number("3") == 3 and version_number(str(2**63 - 1)) == 2**63 - 1
-    assert [version_number(text) for text in ("²", "٣", "-1", "+1", " 1", "", str(2**63), "9" * 5000)] == [None] * 8
+    assert ascii_number("3") == 3 and ascii_number(str(2**63 - 1)) == 2**63 - 1
+    assert [ascii_number(text) for text in ("²", "٣", "-1", "+1", " 1", "", str(2**63), "9" * 5000)] == [None] * 8
     assert ModelConfig.parse("shoes", {"shadow": 2, "traffic": {"2": 5}}).shadow == "2"  # TOML's shadow = 2
 
 

@@ -29,7 +29,7 @@ from tritonclient.grpc import service_pb2 as v2_pb
 from proto.diptych.v1 import diptych_pb2 as pb
 from service.core import ValidationError
 from service.core.repository import ModelRef
-from service.core.validation import MAX_JSON_DEPTH, MAX_VERSION, json_document, version_number
+from service.core.validation import MAX_JSON_DEPTH, MAX_VERSION, json_document, requested_version
 from tests.conftest import Server
 from tests.grpc_clients import png_bytes
 from tests.test_fuzz import FUZZ, JSON, bodies
@@ -64,7 +64,7 @@ DEEP = st.sampled_from([nested(MAX_JSON_DEPTH + 1), nested(5000), '{"a":' * 3000
 @given(st.one_of(st.sampled_from(VERSIONS), st.text(max_size=25), st.integers(-2**70, 2**70), JSON))
 def test_a_version_is_ascii_digits_within_int64_or_refused(value):
     try:
-        number = version_number(value, "version")
+        number = requested_version(value, "version")
     except ValidationError as error:
         assert error.field == "version" and "not a version number" in error.problem
         return
