@@ -11,6 +11,7 @@ the parts before it logged, until the test kills it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -29,9 +30,9 @@ from service.batch import jobs
 from service.batch.cli import main
 from service.batch.joblog import JobLog, JobLogError
 from service.batch.models import ModelRefError, parse, settings_for
-from service.batch.sources import SourceError, list_files
+from service.batch.sources import Listing, SourceError, list_files, read_bytes
 from service.batch.writers import write_rows
-from service.core import Settings
+from service.core import LimitExceeded, Settings
 from tests.conftest import ROOT, eventually
 
 BATCH = [sys.executable, "-m", "service.batch"]
@@ -58,20 +59,65 @@ def test_model_references_parse_and_name_the_one_model_to_load():
 
 
 def test_sources_folder_glob_and_lists(tmp_path):
-    for name in ("b.png", "a.jpg", "sub/c.png", ".hidden.png", ".cache/d.png", "sub/notes.txt"):
+    for name in ("b.png", "a.jpg", "sub/c.png", ".hidden.png", ".cache/d.png", "sub/notes.txt", "manifest.jsonl",
+                 "sub/E.WEBP"):
         (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "in" / name).write_bytes(b"x")
-    folder = [str(tmp_path / "in" / name) for name in ("a.jpg", "b.png", "sub/c.png", "sub/notes.txt")]
-    assert list_files(str(tmp_path / "in")) == folder
-    assert list_files(str(tmp_path / "in" / "**" / "*.png")) == [folder[1], folder[2]]
-    (tmp_path / "list.txt").write_text("# archive\nin/b.png\n\n" + folder[0] + "\n")
-    assert list_files(str(tmp_path / "list.txt")) == [str(tmp_path / "in/b.png"), folder[0]]
+    os.mkfifo(tmp_path / "in" / "pipe.png")  # reading it would wait for a writer: not a file to classify
+    folder = [str(tmp_path / "in" / name) for name in ("a.jpg", "b.png", "sub/E.WEBP", "sub/c.png")]
+    listed = list_files(str(tmp_path / "in"))
+    assert (listed.files, listed.errors, listed.skipped) == (folder, {}, 3)  # by extension, as the trainer
+    assert list_files(str(tmp_path / "in" / "**" / "*.png")).files == [folder[1], folder[3]]
+    assert list_files(str(tmp_path / "in" / "*")) == Listing(folder[:2], {}, 2)  # the manifest, the pipe; no sub/
+    (tmp_path / "list.txt").write_text("# archive\nin/b.png\n\nin/sub/notes.txt\n" + folder[0] + "\n")
+    assert list_files(str(tmp_path / "list.txt")).files == [  # a list is taken as written
+        str(tmp_path / "in/b.png"), str(tmp_path / "in/sub/notes.txt"), folder[0]]
     (tmp_path / "list.csv").write_text("id,path\n1,in/sub/c.png\n2,in/a.jpg\n")
-    assert list_files(str(tmp_path / "list.csv")) == [str(tmp_path / "in/sub/c.png"), str(tmp_path / "in/a.jpg")]
+    assert list_files(str(tmp_path / "list.csv")).files == [str(tmp_path / "in/sub/c.png"),
+                                                            str(tmp_path / "in/a.jpg")]
     with pytest.raises(SourceError):
         list_files(str(tmp_path / "nothing*.png"))
+    with pytest.raises(SourceError, match="1 other files"):
+        list_files(str(tmp_path / "in" / "sub" / "*.txt"))
     with pytest.raises(SourceError):
         list_files(str(tmp_path / "missing"))
+
+
+def test_symlink_loops_are_a_row_each_never_a_walk_without_end(tmp_path):
+    """Two links back up in one folder: `glob.glob` would walk 2^40 paths (measured: it never
+    ends); the walk lists each real folder once and each loop is a row with its error."""
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    (tmp_path / "in" / "sub" / "a.png").write_bytes(b"x")
+    (tmp_path / "in" / "sub" / "up").symlink_to("..")
+    (tmp_path / "in" / "sub" / "top").symlink_to(tmp_path / "in")
+    (tmp_path / "in" / "sub" / "same").symlink_to(".")
+    (tmp_path / "in" / "self.png").symlink_to("self.png")
+    (tmp_path / "in" / "gone.png").symlink_to("nowhere.png")  # broken: a row, whose read says why
+    loops = {str(tmp_path / "in" / name): error for name, error in [
+        ("sub/up", f"a symlink loop: a link to {tmp_path / 'in'}, a folder already listed"),
+        ("sub/top", f"a symlink loop: a link to {tmp_path / 'in'}, a folder already listed"),
+        ("sub/same", f"a symlink loop: a link to {tmp_path / 'in' / 'sub'}, a folder already listed"),
+        ("self.png", "a symlink loop: it never reaches a file")]}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a hang fails the test instead of stopping the run
+        folder = pool.submit(list_files, str(tmp_path / "in")).result(timeout=120)
+        globbed = pool.submit(list_files, str(tmp_path / "in" / "**" / "*.png")).result(timeout=120)
+    for listing in (folder, globbed):
+        assert listing.errors == loops
+        assert listing.files == sorted([*loops, str(tmp_path / "in/gone.png"), str(tmp_path / "in/sub/a.png")])
+    assert list_files(str(tmp_path / "in" / "sub" / "*.png")).errors == {}  # a glob that does not go there
+
+
+def test_a_file_larger_than_a_request_is_refused_before_it_is_read(tmp_path):
+    huge = tmp_path / "huge.png"
+    with huge.open("wb") as file:
+        file.truncate(20 * 2**30)  # sparse: 20 GiB that cost no disk
+    limit = Settings().max_body_bytes
+    with pytest.raises(LimitExceeded, match=f"the file is 21,474,836,480 bytes, more than the limit of {limit:,}"):
+        read_bytes(str(huge), limit)
+    (tmp_path / "small.png").write_bytes(b"x" * 1001)
+    with pytest.raises(LimitExceeded, match="1,000 bytes"):
+        read_bytes(str(tmp_path / "small.png"), 1000)
+    assert read_bytes(str(tmp_path / "small.png"), 1001) == b"x" * 1001
 
 
 def test_writers_give_the_same_rows_in_every_format(tmp_path):
@@ -136,8 +182,8 @@ def test_latents_are_the_same_however_the_items_are_split():
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
-    """Real images in a folder tree: Fashion-MNIST test images (PNG), photos (JPEG, RGB,
-    larger than the model), a grey JPEG, a truncated PNG, a text file, a hidden file."""
+    """Real images in a folder tree: Fashion-MNIST test images (PNG), photos (JPEG and WebP,
+    RGB, larger than the model), a grey JPEG, a truncated PNG, a text file, a hidden file."""
     from skimage import data
 
     from training.data import load_dataset
@@ -149,6 +195,7 @@ def archive(tmp_path_factory) -> Path:
         Image.fromarray(pixels).save(root / ("shirts/more" if i % 3 else "shirts") / f"{i:03d}.png")
     Image.fromarray(data.coffee()).save(root / "coffee.jpg", quality=90)
     Image.fromarray(data.camera()).save(root / "camera.jpg")
+    Image.fromarray(data.astronaut()).save(root / "astronaut.webp")
     (root / "broken.png").write_bytes((root / "shirts" / "000.png").read_bytes()[:120])
     (root / "notes.txt").write_text("not an image")
     (root / ".DS_Store").write_bytes(b"\0")
@@ -185,12 +232,12 @@ def test_classify_gives_a_row_per_file_as_the_service_classifies_it(tiny_models,
     batch("classify", archive, "--out", tmp_path / "out.parquet", "--model", model_dir, "--runtime", "litert",
           "--part-size", "16")
     summary = capsys.readouterr().out
-    assert "64 images in" in summary and "2 errors" in summary and "(64 rows)" in summary
+    assert "64 images in" in summary and "1 errors" in summary and "(64 rows)" in summary
+    assert "1 files skipped (not images by their extension)" in summary  # notes.txt
     rows = rows_of(tmp_path / "out.parquet")
-    assert [row["path"] for row in rows] == list_files(str(archive))  # every file, in order, hidden ones left out
+    assert [row["path"] for row in rows] == list_files(str(archive)).files  # each image, in order, no hidden one
     errors = {Path(row["path"]).name: row["error"] for row in rows if row["error"]}
-    assert errors == {"broken.png": "the image cannot be decoded (truncated or corrupt file)",
-                      "notes.txt": "not an image (unrecognised format)"}
+    assert errors == {"broken.png": "the image cannot be decoded (truncated or corrupt file)"}
     engine, model = served(Classifier, model_dir, max_images=100)
     try:
         good = [row for row in rows if not row["error"]]
@@ -207,6 +254,29 @@ def test_classify_gives_a_row_per_file_as_the_service_classifies_it(tiny_models,
     assert "exists" in capsys.readouterr().err
     batch("classify", archive, "--out", tmp_path / "out.csv", "--model", model_dir, "--runtime", "litert", "--top-k", "2")
     assert (tmp_path / "out.csv").read_text().count("\n") == 65
+
+
+@pytest.mark.slow
+def test_classify_a_generated_folder_with_a_symlink_loop_and_a_huge_file(tiny_models, tmp_path, capsys):
+    """The job's own manifest is skipped, not an error row; a loop and a file of 20 GiB (sparse)
+    are a row each, with the service's body limit; the images are classified."""
+    batch("generate", "--per-class", "1", "--class", "Sneaker", "Bag", "--out", tmp_path / "made", "--model",
+          tiny_models["generator"], "--runtime", "tensorflow", "--no-progress")
+    made = tmp_path / "made"
+    (made / "Bag" / "loop").symlink_to("..")
+    with (made / "Bag" / "huge.png").open("wb") as file:
+        file.truncate(20 * 2**30)
+    capsys.readouterr()
+    batch("classify", made, "--out", tmp_path / "labels.jsonl", "--model", tiny_models["classifier"],
+          "--runtime", "tensorflow", "--no-progress")
+    summary = capsys.readouterr().out
+    assert "4 images in" in summary and "2 errors, 1 files skipped" in summary  # skipped: manifest.jsonl
+    rows = {str(Path(row["path"]).relative_to(made)): row for row in rows_of(tmp_path / "labels.jsonl")}
+    assert sorted(rows) == ["Bag/0.png", "Bag/huge.png", "Bag/loop", "Sneaker/0.png"]
+    assert rows["Bag/loop"]["error"] == f"a symlink loop: a link to {made}, a folder already listed"
+    assert rows["Bag/huge.png"]["error"] == (f"the file is 21,474,836,480 bytes, more than the limit of "
+                                            f"{Settings().max_body_bytes:,} bytes (max_body_bytes)")
+    assert rows["Bag/0.png"]["label"] and rows["Sneaker/0.png"]["label"]
 
 
 @pytest.mark.slow
@@ -318,7 +388,7 @@ def kill_when_logged(process: subprocess.Popen, parts: Path, count: int) -> None
 
 @pytest.mark.slow
 def test_classify_killed_mid_job_resumes_with_no_row_lost_or_twice(tiny_models, archive, tmp_path):
-    files = list_files(str(archive))
+    files = list_files(str(archive)).files
     blocker = tmp_path / "late.png"
     os.mkfifo(blocker)
     (tmp_path / "list.txt").write_text("\n".join([*files[:22], str(blocker), *files[22:]]) + "\n")

@@ -266,60 +266,13 @@ def test_a_shadow_gets_a_copy_whose_answers_are_counted_not_returned(repository,
         events = _events(log)
         request, response = (event for event in events if event["component"] == "predictor")
         shadow = [event for event in events if event["component"] == "shadow"]
-        assert len({event["id"] for event in events}) == 1  # one request id throughout
+        assert len({event["requestid"] for event in events}) == 1  # one request id throughout
+        assert len({event["id"] for event in events}) == 4  # and an id of its own for each event
         assert (request["endpoint"], response["endpoint"]) == ("1", "1") and {e["endpoint"] for e in shadow} == {"2"}
         assert shadow[1]["type"] == "org.kubeflow.serving.inference.response" and shadow[1]["data"]["top1"]
         assert response["data"]["top1"][0]["label"] in tiny_models_labels(engine)
     finally:
         engine.close()
-
-
-def test_the_payload_log_holds_cloudevents_that_reproduce_each_generation(tmp_path, tiny_models):
-    from service.kinds import Generator
-
-    log = tmp_path / "payloads.jsonl"
-    engine = Engine(Settings(classifier=str(tiny_models["classifier"]), generator=str(tiny_models["generator"]),
-                             payload_log=str(log), repository={"generator": {"log_sample": 1.0}}, **FAST), KINDS)
-    engine.load()
-    try:
-        generated = asyncio.run(engine.get(Generator).generate(2, 7, None, None))
-        assert eventually(lambda: len(_events(log)) == 2)
-        request, response = _events(log)
-        assert request["type"] == "org.kubeflow.serving.inference.request" and request["specversion"] == "1.0"
-        assert response["type"] == "org.kubeflow.serving.inference.response"
-        assert (request["inferenceservicename"], request["endpoint"]) == ("generator", generated.model.version)
-        assert request["data"]["seed"] == 7
-        again = asyncio.run(engine.get(Generator).render(np.array(request["data"]["latents"], np.float32),
-                                                          np.array(request["data"]["class_ids"], np.int32)))
-        np.testing.assert_array_equal(again.images, generated.images)  # the log makes the images again
-        import hashlib
-        assert [image["sha256"] for image in response["data"]["images"]] == [
-            hashlib.sha256(image.tobytes()).hexdigest() for image in generated.images]
-    finally:
-        engine.close()
-
-
-def test_the_payload_log_drops_rather_than_waits_and_rotates(tmp_path):
-    import socket
-
-    from service.core.payloads import PayloadLog
-
-    with socket.socket() as stuck:  # a collector that accepts connections and never answers
-        stuck.bind(("127.0.0.1", 0))
-        stuck.listen(8)
-        sink = PayloadLog(f"http://127.0.0.1:{stuck.getsockname()[1]}/events", queue_size=2)
-        dropped = _sample("diptych_payload_events_total", {"outcome": "dropped"})
-        for index in range(20):
-            sink.log(f"id-{index}", "shoes", "1", {"n": index}, {"n": index})  # returns at once
-        assert _sample("diptych_payload_events_total", {"outcome": "dropped"}) >= dropped + 30
-    rotating = PayloadLog(str(tmp_path / "payloads.jsonl"), max_bytes=2000, files=3)
-    for index in range(60):
-        rotating.log(f"id-{index}", "shoes", "1", {"n": index}, {"n": index})
-    rotating.close()
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["payloads.jsonl", "payloads.jsonl.1",
-                                                                "payloads.jsonl.2"]
-    newest = _events(tmp_path / "payloads.jsonl")
-    assert newest[-1]["id"] == "id-59" and all(path.stat().st_size < 2600 for path in tmp_path.iterdir())
 
 
 def _events(path: Path) -> list[dict]:

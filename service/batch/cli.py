@@ -106,14 +106,16 @@ class Summary:
     errors: int  # rows with an error, in the whole output
     rows: int
     output: Path
+    skipped: int = 0  # SOURCE's files that are not images by their extension: no row
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
     def __str__(self) -> str:
+        skipped = f", {self.skipped:,} files skipped (not images by their extension)" if self.skipped else ""
         return (f"{self.command}: {self.images:,} images in {self.seconds:.1f} s ({self.images_per_second:,.1f} "
-                f"images/s), {self.errors:,} errors; wrote {self.output} ({self.rows:,} rows)")
+                f"images/s), {self.errors:,} errors{skipped}; wrote {self.output} ({self.rows:,} rows)")
 
 
 def run(args: argparse.Namespace) -> Summary:
@@ -125,7 +127,7 @@ def run(args: argparse.Namespace) -> Summary:
     check_only = dataclasses.replace(settings, **{f"{job.kind.kind}_runtime": "tensorflow"}, warmup_rounds=0)
     engine, model = load(job.kind, ref, check_only if args.engine == "ray" else settings)
     try:
-        items = job.items(model)
+        items, skipped = job.items(model)
         log = JobLog(job.log_folder, job.spec(model), items, args.part_size)
         _start_over_or_refuse(job, log, args.overwrite)
         log.open()
@@ -152,7 +154,7 @@ def run(args: argparse.Namespace) -> Summary:
         log.remove()
     finally:
         engine.close()
-    return Summary(args.command, todo, seconds, counts["errors"], counts["rows"], job.output)
+    return Summary(args.command, todo, seconds, counts["errors"], counts["rows"], job.output, skipped)
 
 
 def _start_over_or_refuse(job: Job, log: JobLog, overwrite: bool) -> None:

@@ -3,7 +3,8 @@
 A job is plain data (its arguments; picklable, so each Ray actor gets the same object)
 with the steps both runners (`local.py`, `ray_runner.py`) call:
 
-- `items(model)`: the work, in output order (JSON-able; the job log keeps its digest);
+- `items(model)`: the work, in output order (JSON-able; the job log keeps its digest), and
+  how many of the source's files are not part of it (skipped: not images);
 - `start(model, items)`: submit one part to the model's batcher and return at once, so the
   in-process runner queues the next part while this one runs;
 - `finish(model, started)`: wait for the results (bounded) and make the part's rows;
@@ -81,13 +82,15 @@ class Classify(Job):
     def spec(self, model: Classifier) -> dict[str, Any]:
         return {"job": "classify", "source": self.source, "top_k": self.top_k, **self.model_spec(model)}
 
-    def items(self, model: Classifier) -> list[Row]:
+    def items(self, model: Classifier) -> tuple[list[Row], int]:
         model.check_top_k(self.top_k)
-        return [{"path": path} for path in list_files(self.source)]
+        listing = list_files(self.source)
+        return [{"path": path} | ({"error": listing.errors[path]} if path in listing.errors else {})
+                for path in listing.files], listing.skipped
 
     def start(self, model: Classifier, items: list[Row]) -> list[tuple[str, Future | str]]:
         """Each file read and checked as a request's image is; the good ones join the batcher's queue."""
-        checked = [_checked(model, item["path"]) for item in items]
+        checked = [item.get("error") or _checked(model, item["path"]) for item in items]
         futures = iter(model.batcher.submit([image for image in checked if not isinstance(image, str)]))
         return [(item["path"], image if isinstance(image, str) else next(futures))
                 for item, image in zip(items, checked)]
@@ -105,9 +108,9 @@ class Classify(Job):
 
 
 def _checked(model: Classifier, path: str) -> tuple | str:
-    """The classifier's own item for this file, or why there is none."""
+    """The classifier's own item for this file, or why there is none (the service's limits apply)."""
     try:
-        (item,) = model.checked([read_bytes(path)])
+        (item,) = model.checked([read_bytes(path, model.settings.max_body_bytes)])
     except OSError as error:
         return f"unreadable: {error.strerror or error}"
     except ValidationError as error:
@@ -165,11 +168,11 @@ class Generate(Job):
         return {"job": "generate", "per_class": self.per_class, "seed": self.seed, "classes": list(self.classes),
                 **self.model_spec(model)}
 
-    def items(self, model: Generator) -> list[Row]:
+    def items(self, model: Generator) -> tuple[list[Row], int]:
         class_ids = [model.class_id(value, "--class") for value in self.classes]
         every = range(len(model.classes)) if model.conditional else range(1)
         return [{"class_id": class_id, "index": index}
-                for class_id in (class_ids or every) for index in range(self.per_class)]
+                for class_id in (class_ids or every) for index in range(self.per_class)], 0
 
     def start(self, model: Generator, items: list[Row]) -> tuple[list[Row], list[int], Latents, Future]:
         seeds, plan = _plan(model, self.seed, items)

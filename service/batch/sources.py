@@ -1,45 +1,139 @@
-"""What a classify job reads: the list of files a SOURCE names, in a fixed order.
+"""What a classify job reads: the files a SOURCE names, in a fixed order.
 
-SOURCE is a folder (every file under it, recursively, hidden ones left out), a glob
-(`photos/**/*.jpg`), or a list: a text file with one path a line (blank lines and `#`
-comments skipped) or a CSV file (its `path` column, else its first). Every file becomes a
-row of the output, an unreadable one with its error: nothing is filtered by extension,
-so a stray README says "not an image" instead of vanishing. The order is fixed (sorted
-for folders and globs, as written for lists) because a resumed job finds its place by
-position in this list.
+SOURCE is a folder (the files under it, recursively), a glob (`photos/**/*.jpg`), or a
+list: a text file with one path a line (blank lines and `#` comments skipped) or a CSV
+file (its `path` column, else its first). In a folder or a glob, files are chosen as the
+trainer chooses them: by image extension (`contract.imagefolder.IMAGE_EXTENSIONS`), hidden
+ones left out; the others are counted as skipped (a generated folder's `manifest.jsonl` is
+not an image to classify). A list is taken as written: each path it names is a row. Every
+chosen file becomes a row of the output, an unreadable one with its error. The walk
+follows symlinked folders but lists each real folder once: a symlink loop (or a second
+link to a folder already listed) is a row with that error, never a walk without end. The
+order is fixed (sorted for folders and globs, as written for lists) because a resumed job
+finds its place by position in this list.
 """
 
 from __future__ import annotations
 
 import csv
-import glob
+import dataclasses
+import errno
+import fnmatch
+import os
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from contract.imagefolder import IMAGE_EXTENSIONS
+from service.core import LimitExceeded, Settings
 
 LIST_SUFFIXES = (".txt", ".lst", ".csv")
 GLOB_CHARACTERS = "*?["
+# A named pipe, socket or device in a folder: skipped, as reading one could wait for ever.
+NOT_REGULAR = "not a regular file"
 
 
 class SourceError(ValueError):
     """SOURCE names nothing that can be read; the message says what to give instead."""
 
 
-def list_files(source: str) -> list[str]:
-    """The paths SOURCE names, in the job's order."""
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    files: list[str]  # the job's files, in its order
+    errors: dict[str, str] = dataclasses.field(default_factory=dict)  # a listed path that cannot be read: why
+    skipped: int = 0  # files in a folder or a glob that are not images by their extension
+
+
+def list_files(source: str) -> Listing:
+    """The files SOURCE names, in the job's order."""
     path = Path(source)
     if path.is_dir():
-        return sorted(str(file) for file in path.rglob("*") if file.is_file() and not _hidden(file, path))
+        return _walked(path, lambda parts: True, lambda parts: True)
     if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
-        return _read_list(path)
+        return Listing(_read_list(path))
     if any(character in source for character in GLOB_CHARACTERS):
-        found = sorted(name for name in glob.glob(source, recursive=True) if Path(name).is_file())
-        if not found:
-            raise SourceError(f"the glob {source!r} matches no file")
-        return found
+        return _globbed(source)
     raise SourceError(f"{source}: not a folder, a glob, or a list of paths ({', '.join(LIST_SUFFIXES)})")
 
 
-def _hidden(file: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in file.relative_to(root).parts)
+def _globbed(source: str) -> Listing:
+    """A glob, matched as `glob.glob(recursive=True)` matches (`**` is any number of folders,
+    wildcards never match a leading dot) but by one bounded walk from its fixed part."""
+    parts = Path(source).parts
+    fixed = next(index for index, part in enumerate(parts) if any(c in part for c in GLOB_CHARACTERS))
+    pattern = parts[fixed:]
+    base = Path(*parts[:fixed]) if fixed else Path(".")
+    found = _walked(base, lambda rel: _matches(pattern, rel, prefix=True), lambda rel: _matches(pattern, rel)) \
+        if base.is_dir() else Listing([])
+    if not found.files:
+        others = f" ({found.skipped} other files: not images by their extension)" if found.skipped else ""
+        raise SourceError(f"the glob {source!r} matches no image file{others}")
+    return found
+
+
+def _matches(pattern: tuple[str, ...], parts: tuple[str, ...], prefix: bool = False) -> bool:
+    """Whether a path (its parts) matches the pattern's parts; with `prefix`, whether a
+    path below this folder still could."""
+    if not parts:
+        return bool(pattern) if prefix else all(part == "**" for part in pattern)
+    if not pattern:
+        return False
+    if pattern[0] == "**":
+        return _matches(pattern[1:], parts, prefix) or _matches(pattern, parts[1:], prefix)
+    return fnmatch.fnmatchcase(parts[0], pattern[0]) and _matches(pattern[1:], parts[1:], prefix)
+
+
+def _walked(root: Path, descend: Callable[[tuple[str, ...]], bool], chosen: Callable[[tuple[str, ...]], bool]) \
+        -> Listing:
+    files, errors, skipped = [], {}, 0
+    for path, error in _walk(root, descend, chosen):
+        if error is None and Path(path).suffix.lower() in IMAGE_EXTENSIONS:
+            files.append(path)
+        elif error is None or error is NOT_REGULAR:
+            skipped += 1
+        else:
+            files.append(path)
+            errors[path] = error
+    return Listing(sorted(files), errors, skipped)
+
+
+def _walk(root: Path, descend: Callable[[tuple[str, ...]], bool], chosen: Callable[[tuple[str, ...]], bool]) \
+        -> Iterator[tuple[str, str | None]]:
+    """(path, None for a file, else why it is not one) for each chosen entry under root but
+    folders, hidden ones left out, walking the folders `descend` accepts, each real folder
+    (device and inode) once: a second way into one is a symlink loop's row."""
+    listed = {_identity(os.stat(root)): str(root)}
+    folders: list[tuple[Path, tuple[str, ...]]] = [(root, ())]
+    while folders:
+        folder, above = folders.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as error:
+            yield str(folder), f"unreadable folder: {error.strerror or error}"
+            continue
+        for entry in entries:
+            parts, path = (*above, entry.name), str(folder / entry.name)
+            if entry.name.startswith("."):
+                continue
+            try:
+                info = entry.stat()
+            except OSError as error:  # a symlink loop, or a broken link (a row if it is an image's, saying why)
+                if chosen(parts):
+                    yield path, "a symlink loop: it never reaches a file" if error.errno == errno.ELOOP else None
+                continue
+            if not stat.S_ISDIR(info.st_mode):
+                if chosen(parts):
+                    yield path, None if stat.S_ISREG(info.st_mode) else NOT_REGULAR
+            elif descend(parts):
+                first = listed.setdefault(_identity(info), path)
+                if first != path:
+                    yield path, f"a symlink loop: a link to {first}, a folder already listed"
+                else:
+                    folders.append((folder / entry.name, parts))
+
+
+def _identity(info: os.stat_result) -> tuple[int, int]:
+    return info.st_dev, info.st_ino
 
 
 def _read_list(path: Path) -> list[str]:
@@ -56,7 +150,14 @@ def _read_list(path: Path) -> list[str]:
     return [name if Path(name).is_absolute() else str(path.parent / name) for name in names]
 
 
-def read_bytes(path: str) -> bytes:
-    """A file's bytes; OSError (missing, unreadable, a folder) is the caller's row error."""
+def read_bytes(path: str, limit: int = Settings.max_body_bytes) -> bytes:
+    """A file's bytes, if no more than `limit` (the service's request body limit: a file is
+    classified only if a request could carry it); else LimitExceeded, having read at most
+    that. OSError (missing, unreadable, a folder, a symlink loop) is the caller's row error."""
     with open(path, "rb") as file:
-        return file.read()
+        size = os.fstat(file.fileno()).st_size
+        data = b"" if size > limit else file.read(limit + 1)  # + 1: a file that grows, or a pipe, is caught too
+    if size > limit or len(data) > limit:
+        shown = f"{size:,} bytes" if size > limit else f"more than {limit:,} bytes"
+        raise LimitExceeded("file", f"the file is {shown}, more than the limit of {limit:,} bytes (max_body_bytes)")
+    return data

@@ -179,21 +179,24 @@ class ServedModel:
             failed = any(future.cancelled() or future.exception() for future in futures)
             metrics().shadow_requests.labels(**labels, outcome="error" if failed else "ok").inc()
             if not failed:
-                self.log_exchange({"items": len(items)}, self.describe([future.result() for future in futures]),
-                                  context, component="shadow")
+                results = [future.result() for future in futures]
+                self.log_exchange(lambda: {"items": len(items)}, lambda: self.describe(results), context, "shadow")
 
         for future in futures:
             future.add_done_callback(done)
 
-    def log_exchange(self, request: dict[str, Any], response: dict[str, Any], context: RequestContext | None = None,
-                     component: str = "predictor") -> None:
+    def log_exchange(self, request: Callable[[], dict[str, Any]], response: Callable[[], dict[str, Any]],
+                     context: RequestContext | None = None, component: str = "predictor") -> None:
         """Write the request and its response to the payload log, when this request is sampled:
-        by its id, so a request is logged whole (its shadow's answer too) or not at all."""
+        by the server's id for it, so a request is logged whole (its shadow's answer too) or not
+        at all, and no client chooses. `request` and `response` describe the exchange; they run
+        on the log's own thread, and only for a sampled request."""
         if self.payload_log is None or not self.log_sample:
             return
         context = context or current()
         if int(hashlib.sha256(context.id.encode()).hexdigest()[:8], 16) < self.log_sample * 2**32:
-            self.payload_log.log(context.id, self.info.name, self.info.version, request, response, component)
+            self.payload_log.log(context.id, self.info.name, self.info.version, request, response, component,
+                                 context.client_id)
 
     def describe(self, results: list[Any]) -> dict[str, Any]:
         """What the payload log keeps of a batch's results (the kind says)."""

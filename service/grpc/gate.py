@@ -102,7 +102,7 @@ class Gate(grpc.aio.ServerInterceptor):
             start, code = time.perf_counter(), grpc.StatusCode.OK
             metadata = dict(context.invocation_metadata() or ())
             authorization = metadata.get("authorization")
-            request_id = request_context.begin(metadata.get("x-request-id"), metadata.get("x-caller") or authorization).id
+            request_id = request_context.begin(metadata.get("x-request-id"), metadata.get("x-caller") or authorization).returned_id
             context.set_trailing_metadata((("x-request-id", request_id),))
             try:
                 self.engine.keys.check(authorization)

@@ -54,7 +54,7 @@ class Guard:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request.id.encode()),
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request.returned_id.encode()),
                                       *_request_id()]
             await send(message)
 

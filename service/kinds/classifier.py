@@ -65,8 +65,8 @@ class Classifier(ServedModel):
     async def score(self, images: Sequence[Image]) -> Scores:
         """Every class's score for each image: the model's whole output, for the tensor protocols."""
         rows = await self.infer(self.checked(images))
-        if self.payload_log is not None:
-            self.log_exchange({"images": [self._described(image) for image in images]}, self.describe(rows))
+        self.log_exchange(lambda: {"images": [self._described(image) for image in images]},
+                          lambda: self.describe(rows))
         return Scores(self.info, self.labels, np.stack(rows))
 
     def describe(self, results: list[np.ndarray]) -> dict[str, list]:
@@ -74,7 +74,8 @@ class Classifier(ServedModel):
         return {"top1": [{"label": self.labels[int(row.argmax())], "score": float(row.max())} for row in results]}
 
     def _described(self, image: Image) -> dict[str, object]:
-        """An image in the payload log: its sha256 and size, and a small thumbnail if asked for."""
+        """An image in the payload log: its sha256 and size, and a small thumbnail if asked for
+        (decoded again: this runs on the log's thread, for sampled requests only)."""
         data = image if isinstance(image, bytes) else np.ascontiguousarray(image).tobytes()
         entry: dict[str, object] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
         if self.log_thumbnails:

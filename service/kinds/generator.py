@@ -81,9 +81,9 @@ class Generator(ServedModel):
     async def render_plan(self, plan: Latents) -> Generation:
         images = await self.infer(zip(plan.latents, plan.class_ids.tolist()))
         names = [self.classes[i] if self.conditional else None for i in plan.class_ids]
-        if self.payload_log is not None:  # the latents and classes make every logged image again
-            self.log_exchange({"seed": plan.seed, "psi": plan.psi, "latents": plan.latents.tolist(),
-                               "class_ids": plan.class_ids.tolist()}, self.describe(images))
+        # The latents and classes make every logged image again.
+        self.log_exchange(lambda: {"seed": plan.seed, "psi": plan.psi, "latents": plan.latents.tolist(),
+                                   "class_ids": plan.class_ids.tolist()}, lambda: self.describe(images))
         return Generation(self.info, np.stack(images), plan.latents, plan.class_ids, names, plan.seed, plan.psi)
 
     def describe(self, results: list[np.ndarray]) -> dict[str, list]:

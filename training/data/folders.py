@@ -10,9 +10,9 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from contract.imagefolder import IMAGE_EXTENSIONS
 from training.data.dataset import DataError, Dataset, DataWarning, check_fits_in_memory, warn_short_class
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # Folder images need one common size to be stacked; 224 is the input size the ImageNet
 # backbones were trained at, and `make_pipeline` can resize further for a smaller model.
 DEFAULT_FOLDER_IMAGE_SIZE = 224
