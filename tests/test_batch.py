@@ -30,7 +30,7 @@ from service.batch.models import ModelRefError, parse, settings_for
 from service.batch.sources import SourceError, list_files
 from service.batch.writers import write_rows
 from service.core import Settings
-from tests.conftest import ROOT, eventually
+from tests.conftest import ROOT, eventually, unavailable
 
 BATCH = [sys.executable, "-m", "service.batch"]
 TIMEOUT_S = 600  # one CLI run: TensorFlow start-up and a model load on a busy 2-core machine
@@ -363,7 +363,10 @@ def test_generate_killed_mid_job_resumes_with_the_same_images(tiny_models, tmp_p
 def ray_cluster(tmp_path_factory):
     """Two Ray nodes on loopback (a head and a worker, one CPU each, no dashboard), started
     from this process and shut down by it: a model replica per node, one actor each."""
-    ray_cluster_utils = pytest.importorskip("ray.cluster_utils", reason="make install (the ray extra)")
+    try:
+        from ray import cluster_utils
+    except ImportError:
+        unavailable("ray is not installed: make install (the ray extra)")
     # Inherited by the nodes, their workers and the driver (a subprocess). Ray rewrites a loopback
     # address to the machine's own IP unless it is told this is a one-machine cluster (its default
     # on macOS and Windows): every process stays on 127.0.0.1. The workers import this checkout,
@@ -374,7 +377,7 @@ def ray_cluster(tmp_path_factory):
     os.environ.update(environ)
     node = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "object_store_memory": 100 * 2**20}
     temp = tmp_path_factory.mktemp("ray")
-    cluster = ray_cluster_utils.Cluster(shutdown_at_exit=True)
+    cluster = cluster_utils.Cluster(shutdown_at_exit=True)
     try:
         cluster.add_node(**node, include_dashboard=False, temp_dir=str(temp))
         cluster.add_node(**node)
