@@ -503,7 +503,7 @@ def test_sigterm_lets_calls_in_flight_finish(server_env, tiny_models, tmp_path):
             assert holding_the_slot(draining, held)
             os.kill(draining.process.pid, signal.SIGTERM)
             assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING  # draining has begun
-            assert not held.done(), "the call ended before the drain began: nothing was shown"
+            assert not held.done(), f"the call ended before the drain was announced: {held.exception()}"
             watch.cancel()  # a Watch is a call in flight too: the drain would wait for it
             assert len(held.result(timeout=120).images) == 1
         assert draining.process.wait(timeout=60) == 0
