@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -371,12 +372,18 @@ def ray_cluster(tmp_path_factory):
     # address to the machine's own IP unless it is told this is a one-machine cluster (its default
     # on macOS and Windows): every process stays on 127.0.0.1. The workers import this checkout,
     # as every node of a real cluster has the project installed (its image).
+    # Ray Data waits for the whole actor pool before it hands out batches: otherwise the first
+    # actor up may compute them all, and nothing would show that two nodes did the work.
     environ = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT),
-               "TF_CPP_MIN_LOG_LEVEL": "2"}
+               "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "600"}
+    temp = tmp_path_factory.mktemp("ray")
+    # Ray writes the cluster's address to $RAY_TMPDIR/ray/ray_current_cluster: here, not in the
+    # /tmp/ray every other cluster on the machine shares (and may remove).
+    environ["RAY_TMPDIR"] = str(temp)
+    (temp / "ray").mkdir()
     saved = {key: os.environ.get(key) for key in environ}
     os.environ.update(environ)
     node = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "object_store_memory": 100 * 2**20}
-    temp = tmp_path_factory.mktemp("ray")
     cluster = cluster_utils.Cluster(shutdown_at_exit=True)
     try:
         cluster.add_node(**node, include_dashboard=False, temp_dir=str(temp))
@@ -400,9 +407,16 @@ def test_ray_cluster_output_equals_in_process_output(ray_cluster, tiny_models, a
     assert rows_of(tmp_path / "ray.parquet") == rows_of(tmp_path / "local.parquet")
 
     generate = ["generate", "--per-class", "5", "--seed", "3", "--model", tiny_models["generator"]]
-    finish(*generate, "--out", tmp_path / "ray", *on_ray)
+    generated = finish(*generate, "--out", tmp_path / "ray", *on_ray)
     batch(*generate, "--out", tmp_path / "local", "--runtime", "litert")
     manifest = rows_of(tmp_path / "ray" / "manifest.jsonl")
     assert manifest == rows_of(tmp_path / "local" / "manifest.jsonl") and len(manifest) == 50
     for row in manifest:
         assert (tmp_path / "ray" / row["path"]).read_bytes() == (tmp_path / "local" / row["path"]).read_bytes()
+
+    # Two actors, one on each of the cluster's nodes, computed those 50 images between them.
+    work = {(actor, node): int(count.replace(",", "")) for count, actor, node in
+            re.findall(r"^ray: ([\d,]+) images by actor (\w+) on node (\w+)$", generated, re.MULTILINE)}
+    assert sum(work.values()) == 50, generated[-3000:]
+    assert len(work) == 2 and all(work.values()), work
+    assert {node for _, node in work} == {node.node_id for node in ray_cluster.list_all_nodes()}, work
