@@ -56,7 +56,8 @@ def drive(driver, url: str, photo: Path) -> bytes:
         f"return images.length === {COUNT} && images.every((image) => image.complete && image.naturalWidth > 0);"))
     find("id", "go-interpolate").click()
     slider = wait_for(driver, "interpolate", lambda _: find("id", "slider").is_enabled() and find("id", "slider"))
-    ActionChains(driver).click_and_hold(slider).move_by_offset(slider.size["width"] // 4, 0).release().perform()  # from the middle
+    # a click lands in the slider's middle: drag a quarter further
+    ActionChains(driver).click_and_hold(slider).move_by_offset(slider.size["width"] // 4, 0).release().perform()
     height = driver.execute_script(  # the content's bottom and its margin (the page itself is the window's height)
         "return Math.ceil(Math.max(...[...document.body.children].map((e) => e.getBoundingClientRect().bottom))) + 16;")
     page = Image.open(io.BytesIO(driver.get_screenshot_as_png()))
@@ -67,7 +68,8 @@ def drive(driver, url: str, photo: Path) -> bytes:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.screenshot", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--classifier", default="models/classifier", help="the demo's classifier (training.classifier --quick)")
+    parser.add_argument("--classifier", default="models/classifier",
+                        help="the demo's classifier (training.classifier --quick)")
     parser.add_argument("--generator", default="models/generator", help="the demo's generator (training.gan --quick)")
     parser.add_argument("--out", default="docs/playground.png")
     args = parser.parse_args(argv)
