@@ -17,7 +17,7 @@ SHELL := /bin/bash
 # demo hides exactly these, by their source file, and shows everything else.
 TF_NOISE := { grep --line-buffered -v -E '^WARNING: All log messages before absl::InitializeLog|^[IWE][0-9]{4} [0-9:.]+ +[0-9]+ (port|cudart_stub|cuda_platform|cuda_executor|cpu_feature_guard|reader|loader|tf_tfl_flatbuffer_helpers|flatbuffer_export)\.cc:[0-9]+\]|^To enable the following instructions:|^INFO: Created TensorFlow Lite XNNPACK delegate' || true; }
 
-.PHONY: install system-deps demo test benchmark serving-benchmark load-benchmark batch-benchmark proto clean help
+.PHONY: install system-deps demo screenshot test benchmark serving-benchmark load-benchmark batch-benchmark proto clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -58,6 +58,11 @@ demo: install  ## train the default models if absent (quick profiles), publish t
 	$(PY) -m training.publish models/classifier models/generator 2>&1 | $(TF_NOISE)
 	@echo ">> serving HTTP on http://127.0.0.1:3000 (API explorer at /) and gRPC on 127.0.0.1:50051; Ctrl-C stops"
 	DIPTYCH_GRPC_HOST=127.0.0.1 $(VENV)/bin/bentoml serve service.service:Diptych --host 127.0.0.1 --port 3000 2>&1 | $(TF_NOISE)
+
+screenshot: install  ## docs/playground.png from the demo's own models (trains the quick ones if absent; Debian chromium, chromium-driver)
+	@test -n "$$(ls models/classifier 2>/dev/null)" || $(PY) -m training.classifier --quick 2>&1 | $(TF_NOISE)
+	@test -n "$$(ls models/generator 2>/dev/null)" || $(PY) -m training.gan --quick 2>&1 | $(TF_NOISE)
+	$(PY) -m tests.screenshot --classifier models/classifier --generator models/generator --out docs/playground.png 2>&1 | $(TF_NOISE)
 
 test: install  ## run the whole test suite
 	$(PY) -m pytest -q

@@ -15,6 +15,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from service.batch.models import ModelRefError, parse, settings_for
 from service.batch.sources import Listing, SourceError, list_files, read_bytes
 from service.batch.writers import write_rows
 from service.core import LimitExceeded, Settings
-from tests.conftest import ROOT, eventually
+from tests.conftest import ROOT, eventually, unavailable
 
 BATCH = [sys.executable, "-m", "service.batch"]
 TIMEOUT_S = 600  # one CLI run: TensorFlow start-up and a model load on a busy 2-core machine
@@ -432,25 +433,30 @@ def test_generate_killed_mid_job_resumes_with_the_same_images(tiny_models, tmp_p
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
+def ray_cluster():
     """Two Ray nodes on loopback (a head and a worker, one CPU each, no dashboard), started
     from this process and shut down by it: a model replica per node, one actor each."""
-    ray_cluster_utils = pytest.importorskip("ray.cluster_utils", reason="make install (the ray extra)")
+    try:
+        from ray import cluster_utils
+    except ImportError:
+        unavailable("ray is not installed: make install (the ray extra)")
     # Inherited by the nodes, their workers and the driver (a subprocess). Ray rewrites a loopback
     # address to the machine's own IP unless it is told this is a one-machine cluster (its default
     # on macOS and Windows): every process stays on 127.0.0.1. The workers import this checkout,
     # as every node of a real cluster has the project installed (its image).
     # RAY_TMPDIR: every Ray file (sessions, sockets, the "current cluster" address file that
     # add_node writes under Ray's default folder) goes below a folder of this test's own, so the
-    # test needs no /tmp/ray left by an earlier run (#30). Short: Ray's socket paths must stay
-    # under AF_UNIX's 107 bytes.
+    # test needs no /tmp/ray left by an earlier run, nor shares one another cluster may remove
+    # (#30). Short: Ray's socket paths must stay under AF_UNIX's 107 bytes.
+    # Ray Data waits for the whole actor pool before it hands out batches: otherwise the first
+    # actor up may compute them all, and nothing would show that two nodes did the work.
     temp = Path(tempfile.mkdtemp(prefix="ray-"))
     environ = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT),
-               "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_TMPDIR": str(temp)}
+               "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_TMPDIR": str(temp), "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "600"}
     saved = {key: os.environ.get(key) for key in environ}
     os.environ.update(environ)
     node = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "object_store_memory": 100 * 2**20}
-    cluster = ray_cluster_utils.Cluster(shutdown_at_exit=True)
+    cluster = cluster_utils.Cluster(shutdown_at_exit=True)
     try:
         cluster.add_node(**node, include_dashboard=False)
         cluster.add_node(**node)
@@ -474,9 +480,16 @@ def test_ray_cluster_output_equals_in_process_output(ray_cluster, tiny_models, a
     assert rows_of(tmp_path / "ray.parquet") == rows_of(tmp_path / "local.parquet")
 
     generate = ["generate", "--per-class", "5", "--seed", "3", "--model", tiny_models["generator"]]
-    finish(*generate, "--out", tmp_path / "ray", *on_ray)
+    generated = finish(*generate, "--out", tmp_path / "ray", *on_ray)
     batch(*generate, "--out", tmp_path / "local", "--runtime", "litert")
     manifest = rows_of(tmp_path / "ray" / "manifest.jsonl")
     assert manifest == rows_of(tmp_path / "local" / "manifest.jsonl") and len(manifest) == 50
     for row in manifest:
         assert (tmp_path / "ray" / row["path"]).read_bytes() == (tmp_path / "local" / row["path"]).read_bytes()
+
+    # Two actors, one on each of the cluster's nodes, computed those 50 images between them.
+    work = {(actor, node): int(count.replace(",", "")) for count, actor, node in
+            re.findall(r"^ray: ([\d,]+) images by actor (\w+) on node (\w+)$", generated, re.MULTILINE)}
+    assert sum(work.values()) == 50, generated[-3000:]
+    assert len(work) == 2 and all(work.values()), work
+    assert {node for _, node in work} == {node.node_id for node in ray_cluster.list_all_nodes()}, work

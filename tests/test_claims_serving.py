@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 import tomllib
 
 import grpc
@@ -89,15 +88,14 @@ def test_two_workers_both_answer_grpc_on_one_port(two_workers):
 
 def test_the_servers_own_timeout_ends_a_grpc_call_with_deadline_exceeded(two_workers):
     """The client sets no deadline; the server's `timeout_s` (0.5 s) ends the call while the
-    batch window (3 s) still holds it: DEADLINE_EXCEEDED over gRPC, 504 over HTTP."""
+    batch window (3 s) still holds it: DEADLINE_EXCEEDED over gRPC, 504 over HTTP. Without the
+    server's timeout the call would be answered once the window closed; a client deadline
+    would end it with gRPC's own details, not the server's "no result within"."""
     server, channels = two_workers
-    start = time.monotonic()
     with pytest.raises(grpc.RpcError) as error:
         diptych_pb2_grpc.DiptychStub(channels[0]).Generate(diptych_pb2.GenerateRequest(seed=1))
-    elapsed = time.monotonic() - start
     assert (error.value.code(), error.value.details()) == (grpc.StatusCode.DEADLINE_EXCEEDED,
                                                            f"no result within {TIMEOUT_S:g} s")
-    assert TIMEOUT_S <= elapsed < WINDOW_MS / 1000, elapsed
     answer = server.client.post("/generate", json={"seed": 1})
     assert answer.status_code == 504
     assert answer.json()["detail"] == [{"loc": [], "msg": f"no result within {TIMEOUT_S:g} s", "type": "timeout"}]

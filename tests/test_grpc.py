@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf.descriptor_pool import DescriptorPool
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
@@ -491,17 +491,27 @@ def test_the_deadline_is_honoured(paired, paired_channel):
 
 
 def test_sigterm_lets_calls_in_flight_finish(server_env, tiny_models, tmp_path):
-    """A server of its own: SIGTERM arrives while a call waits out a 2 s batch window."""
-    draining = Server({**server_env, "BENTOML_HOME": str(tmp_path / "home"), "DIPTYCH_BATCH_WINDOW_MS": "2000",
+    """A server of its own whose Generate waits for a second image (batches of two, a long
+    window). SIGTERM arrives while one call is held; the server then announces its drain (its
+    health Watch turns NOT_SERVING) with the call still in flight, and the call still finishes.
+    What proves it is that order, observed: not a guess that the window outlasts the signal."""
+    draining = Server({**server_env, "BENTOML_HOME": str(tmp_path / "home"), "DIPTYCH_MAX_BATCH_SIZE": "2",
+                       "DIPTYCH_INTERPRETERS": "1", "DIPTYCH_BATCH_WINDOW_MS": "15000", "DIPTYCH_TIMEOUT_S": "60",
                        "DIPTYCH_CLASSIFIER": str(tiny_models["classifier"]),
                        "DIPTYCH_GENERATOR": str(tiny_models["generator"])}, tmp_path / "draining.log")
     try:
         draining.wait("/readyz")
         with grpc.insecure_channel(draining.grpc_target) as channel:
-            held = diptych_pb2_grpc.DiptychStub(channel).Generate.future(pb.GenerateRequest(seed=1, count=2))
+            assert eventually(lambda: health(channel) == health_pb2.HealthCheckResponse.SERVING, 120)
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=120)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            held = diptych_pb2_grpc.DiptychStub(channel).Generate.future(pb.GenerateRequest(seed=1, count=1))
             assert holding_the_slot(draining, held)
             os.kill(draining.process.pid, signal.SIGTERM)
-            assert len(held.result(timeout=60).images) == 2
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING  # draining has begun
+            assert not held.done(), f"the call ended before the drain was announced: {held.exception()}"
+            watch.cancel()  # a Watch is a call in flight too: the drain would wait for it
+            assert len(held.result(timeout=120).images) == 1
         assert draining.process.wait(timeout=60) == 0
         with pytest.raises(httpx.TransportError):
             draining.client.get("/livez")

@@ -1,13 +1,13 @@
 """The playground (/ui, service/http/playground/) end to end in a real headless browser:
 Debian's Chromium driven by Selenium through Debian's chromedriver, against the session's
 open server. It uploads a photo, generates, walks between two seeds, and keeps each step's
-screenshot under reports/playground/ (and the test's tmp_path), each checked not blank."""
+screenshot under reports/playground/ (and the test's tmp_path), each checked not blank.
+What the page shows is compared with the API's own answers for the same input."""
 
 from __future__ import annotations
 
 import base64
 import io
-import os
 import re
 import shutil
 from pathlib import Path
@@ -17,11 +17,10 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from tests.browser import INSTALL, chromium, wait_for
 from tests.conftest import ROOT, require_tool
 
 ARTEFACTS = ROOT / "reports" / "playground"
-INSTALL = "apt-get install chromium chromium-driver (Debian's)"
-TIMEOUT = 60  # seconds a step may take: the tiny models on two CPU cores
 
 
 @pytest.fixture(scope="module")
@@ -31,17 +30,7 @@ def server(grpc_servers):
 
 @pytest.fixture(scope="module")
 def browser():
-    chromium, chromedriver = require_tool("chromium", INSTALL), require_tool("chromedriver", INSTALL)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--window-size=1280,900", "--disable-dev-shm-usage", "--disable-gpu",
-                     *(["--no-sandbox"] if os.geteuid() == 0 else [])):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
-    driver.set_page_load_timeout(TIMEOUT)
+    driver = chromium(require_tool("chromium", INSTALL), require_tool("chromedriver", INSTALL))
     yield driver
     driver.quit()
 
@@ -65,16 +54,10 @@ def screenshot(driver, name: str, tmp_path: Path) -> None:
     assert varied(Image.open(io.BytesIO(png)), colours=50, spread=10), f"the screenshot {name} is blank"
 
 
-def wait_for(driver, section: str, condition):
-    """`condition(driver)` once it is truthy; fails at once if the section shows an error."""
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    def check(driver):
-        error = driver.find_element("css selector", f"#{section} .error").text
-        assert not error, f"the playground's {section} section shows: {error}"
-        return condition(driver)
-
-    return WebDriverWait(driver, TIMEOUT).until(check)
+def chosen(driver, select: str) -> dict[str, str]:
+    """The model the page's `select` names, as the page sends it (nothing when none is chosen)."""
+    value = driver.find_element("id", select).get_attribute("value")
+    return {"model": value} if value else {}
 
 
 def test_the_page_and_its_assets_are_served_locally(server):
@@ -115,6 +98,16 @@ def test_classify_generate_and_interpolate_in_a_browser(server, browser, tmp_pat
     bars = wait_for(browser, "classify", lambda driver: driver.find_elements("css selector", "#bars li"))
     shown = [bar.find_element("class name", "label").text for bar in bars]
     assert len(bars) == 5 and set(shown) <= labels, shown
+    # the API's answer for the same file and model: the same labels in order, the same scores as displayed
+    answer = server.client.post("/classify", json={"images": [base64.b64encode(photo.read_bytes()).decode()],
+                                                   "top_k": 5, **chosen(browser, "classifier")})
+    assert answer.status_code == 200, answer.text
+    expected = answer.json()["predictions"][0]
+    assert shown == [prediction["label"] for prediction in expected]
+    for bar, prediction in zip(bars, expected):
+        percent = bar.find_element("class name", "score").text
+        assert percent.endswith("%") and abs(float(percent[:-1]) - prediction["score"] * 100) <= 0.05 + 1e-9, \
+            (percent, prediction)
     assert all(bar.find_element("class name", "bar").size["width"] > 0 for bar in bars[:1])
     screenshot(browser, "1-classify.png", tmp_path)
 
@@ -136,6 +129,15 @@ def test_classify_generate_and_interpolate_in_a_browser(server, browser, tmp_pat
     assert [image.get_attribute("alt") for image in images] == [classes[2]] * 4
     for image in images:
         assert varied(decoded(image.get_attribute("src")), colours=2, spread=1), "a generated image is uniform"
+    # the API's images for the same class, seed, count, ψ and model, pixel for pixel
+    answer = server.client.post("/generate", json={"class": classes[2], "seed": 7, "count": 4, "format": "json",
+                                                   "psi": float(psi.get_attribute("value")),
+                                                   **chosen(browser, "generator")})
+    assert answer.status_code == 200, answer.text
+    expected = [decoded(f"data:image/png;base64,{image['png']}") for image in answer.json()["images"]]
+    assert len(expected) == 4
+    for image, api_image in zip(images, expected):
+        assert np.array_equal(np.asarray(decoded(image.get_attribute("src"))), np.asarray(api_image))
     screenshot(browser, "2-generate.png", tmp_path)
 
     # a strip between two seeds, and the frame under the slider as it is dragged

@@ -7,6 +7,7 @@ except publishing, which is the CLI's job.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import prometheus_client
+import psutil
 import pytest
 import skimage.data
 import tensorflow as tf
@@ -27,6 +29,7 @@ from PIL import Image
 
 from contract import litert as conversion
 from contract import runtime
+from contract.card import FILE as CARD_FILE
 from contract.runtime import LITERT, TENSORFLOW, LiteRTRuntime, SavedModelRuntime
 from service.core.batching import Batcher
 from service.core.config import Settings
@@ -193,10 +196,25 @@ def test_failed_conversion_is_served_by_tensorflow_with_the_reason(tiny_models, 
         model.close()
 
 
-def test_a_conversion_that_does_not_finish_is_stopped_with_the_reason(tiny_models):
+def test_a_conversion_that_does_not_finish_is_stopped_with_the_reason(tiny_models, tmp_path):
+    """The child provably never finishes: the version's card is a named pipe that nobody
+    writes to, so reading it blocks for ever. Only the timeout can end `convert_apart`, and
+    the child is gone after it."""
     info = locate(str(tiny_models["classifier"]))
-    stopped = conversion.convert_apart(info.path, info.card, interpreters=1, timeout_s=0.5)
-    assert not stopped.verified and stopped.report["reason"] == "the conversion did not finish in 0.5 s"
+    stuck = tmp_path / "1"
+    shutil.copytree(info.path, stuck)
+    (stuck / CARD_FILE).unlink()
+    os.mkfifo(stuck / CARD_FILE)
+    pool = ThreadPoolExecutor(1)
+    try:
+        stopped = pool.submit(conversion.convert_apart, stuck, info.card, interpreters=1, timeout_s=3).result(300)
+        assert not stopped.verified and stopped.report["reason"] == "the conversion did not finish in 3 s"
+        assert not [child.cmdline() for child in psutil.Process().children(recursive=True)
+                    if "contract.litert" in child.cmdline()]
+    finally:
+        with contextlib.suppress(OSError):  # a child still blocked reads end-of-file, fails and exits
+            os.close(os.open(stuck / CARD_FILE, os.O_WRONLY | os.O_NONBLOCK))
+        pool.shutdown()
 
 
 def test_tensorflow_runtime_never_converts(tiny_models, monkeypatch):

@@ -406,8 +406,18 @@ def test_a_body_that_fails_to_parse_is_not_logged_as_a_server_error(server):
     assert "Traceback" not in log and "ValidationError" not in log, log[-3000:]
 
 
+MODELS_ACCESS_LINE = re.compile(r"\(scheme=http,method=GET,path=/models,")
+
+
 def test_keys_are_never_logged(locked):
-    locked.client.get("/models", headers={"Authorization": f"Bearer {KEYS[0]}"})
+    """The locked server writes an access line per request (after the response): the key must
+    be absent once this request's line is there, not merely before it is written."""
+    lines_before = len(MODELS_ACCESS_LINE.findall(locked.log.read_text()))
+    for key in KEYS:
+        answer = locked.client.get("/models", headers={"Authorization": f"Bearer {key}"})
+        assert answer.status_code == 200 and answer.json()["models"], answer.text
+    assert eventually(lambda: len(MODELS_ACCESS_LINE.findall(locked.log.read_text())) >= lines_before + len(KEYS)), \
+        locked.log.read_text()[-2000:]
     assert not any(key in locked.log.read_text() for key in KEYS)
 
 

@@ -16,10 +16,12 @@ so a folder must be on a volume every node mounts, or use a model-store tag.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
 import pickle
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -38,15 +40,20 @@ class Replica:
     """One model replica per actor."""
 
     def __init__(self, job: Job, ref: ModelRef, settings: Settings) -> None:
+        import ray
+
         self.job = job
         self.engine, self.model = load(job.kind, ref, settings)
+        context = ray.get_runtime_context()
+        self.worker = f"actor {context.get_actor_id()} on node {context.get_node_id()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [json.loads(text) for text in batch["item"]]
         rows = self.job.finish(self.model, self.job.start(self.model, items))
         # Pickled: rows hold nested lists and (generate) PNG bytes; Ray pickles between its processes anyway.
         return {"part": batch["part"], "position": batch["position"],
-                "row": np.array([pickle.dumps(row) for row in rows], dtype=object)}
+                "row": np.array([pickle.dumps(row) for row in rows], dtype=object),
+                "worker": np.array([self.worker] * len(rows), dtype=object)}
 
 
 def run_on_ray(job: Job, ref: ModelRef, settings: Settings, items: list[Row], log: JobLog, parts: list[int],
@@ -65,7 +72,8 @@ def run_on_ray(job: Job, ref: ModelRef, settings: Settings, items: list[Row], lo
             batch_size=log.part_size, batch_format="numpy", num_cpus=cpus_per_actor,
             compute=ray.data.ActorPoolStrategy(size=actors),
         )
-        _collect(job, dataset, log, done)
+        for worker, count in sorted(_collect(job, dataset, log, done).items()):
+            print(f"ray: {count:,} images by {worker}", file=sys.stderr)  # who did the work, for the operator
     finally:
         if started_here:
             ray.shutdown()
@@ -90,13 +98,17 @@ def _replica_settings(settings: Settings, cpus: int) -> Settings:
     return dataclasses.replace(settings, interpreters=cpus)
 
 
-def _collect(job: Job, dataset: Any, log: JobLog, done: Callable[[int], None]) -> None:
-    """Gather rows by part, in any order; store and log each complete part at once."""
+def _collect(job: Job, dataset: Any, log: JobLog, done: Callable[[int], None]) -> collections.Counter:
+    """Gather rows by part, in any order; store and log each complete part at once. Returns
+    how many rows each actor (and node) computed."""
     waiting: dict[int, dict[int, Row]] = {}
+    workers: collections.Counter = collections.Counter()
     for batch in dataset.iter_batches(batch_format="numpy", batch_size=None):
+        workers.update(batch["worker"].tolist())
         for part, position, row in zip(batch["part"].tolist(), batch["position"].tolist(), batch["row"]):
             waiting.setdefault(part, {})[position] = pickle.loads(row)  # noqa: S301 - our actors' rows
             if len(waiting[part]) == log.size(part):
                 rows = [row for _, row in sorted(waiting.pop(part).items())]
                 log.write(part, job.store(rows))
                 done(len(rows))
+    return workers
