@@ -139,7 +139,8 @@ def test_user_mistakes_get_a_clear_error(argv, message, tmp_path, capsys):
     assert "Traceback" not in err
 
 
-def test_help_states_every_flag_and_default(capsys):
+def test_help_states_every_flag_and_default(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps at hyphens: "--per-class" must stay whole
     with pytest.raises(SystemExit):
         parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
