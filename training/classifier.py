@@ -34,6 +34,9 @@ from training.cli import UserError, run_cli
 if TYPE_CHECKING:
     from training.data import Dataset
 
+# When nothing is held out, the collapse check classifies at most this many training images:
+# on all 60k of Fashion-MNIST at 160 px the backbone would take 15 minutes more.
+COLLAPSE_CHECK_IMAGES = 1000
 COMPILE = dict(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 
@@ -54,9 +57,9 @@ def train(config: ClassifierConfig) -> Path:
         model, head_l2, best_validation_accuracy = transfer_learn(config, data)
     training_seconds = time.monotonic() - started
     log(f"trained in {training_seconds:.0f} s")
-    # The collapse check looks at the validation images, or the training images when none are held out.
-    checked = predictions_on(model, config, data.validation if len(data.validation) else data.train,
-                             data.labelled.class_names)
+    # The collapse check looks at the validation images, or (a sample of) the training images when none are held out.
+    checked = predictions_on(model, config, data.validation if len(data.validation) else data.train.sample(
+        COLLAPSE_CHECK_IMAGES, config.seed), data.labelled.class_names)
     metrics = validation_metrics(checked) if len(data.validation) else {}
     metrics.update(collapse_check(config, checked, best_validation_accuracy))
     training = {"config": asdict(config), "head_l2": head_l2, "class_weights": data.class_weights_by_name(),
@@ -297,7 +300,7 @@ def export_and_evaluate(model, config: ClassifierConfig, data: Splits, metrics: 
                        "test_recall": {label: round(float(recall), 4)
                                        for label, recall in zip(evaluation.labels, evaluation.recall)},
                        "test_examples": int(evaluation.confusion.sum())}
-            if not metrics["collapsed"]:  # a collapse may only show on the test split
+            if not metrics["collapsed"]:  # a collapse may show on the test split only
                 metrics.update(collapse_check(config, evaluation, None))
         replace(card, metrics=metrics).write(folder)
     model_dir = Path(config.out) / str(version)

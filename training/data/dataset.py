@@ -54,6 +54,12 @@ class Dataset:
     def subset(self, indices: np.ndarray) -> Dataset:
         return Dataset(self.images[indices], self.labels[indices], list(self.class_names), self.source)
 
+    def sample(self, count: int, seed: int) -> Dataset:
+        """At most `count` images chosen at random with `seed` (all of them, in order, when there are fewer)."""
+        if len(self) <= count:
+            return self
+        return self.subset(np.sort(np.random.default_rng(seed).choice(len(self), count, replace=False)))
+
 
 def train_validation_split(
     ds: Dataset, validation_fraction: float = 0.1, seed: int = 0, min_per_class: int = 1
