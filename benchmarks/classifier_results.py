@@ -62,6 +62,7 @@ def run_row(name: str, seed: int, lfw_folder: Path) -> dict:
         card = json.loads(next(Path(out).glob("*/model_card.json")).read_text())
     metrics = card["metrics"]
     return {
+        "seed": card["training"]["config"]["seed"],  # as the trainer read it
         "test_accuracy": metrics["test_accuracy"],
         "test_balanced_accuracy": metrics["test_balanced_accuracy"],
         "collapsed": metrics["collapsed"],
@@ -79,8 +80,9 @@ def command(name: str) -> str:
 
 
 def mean_std(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{statistics.mean(values):.2%} ± {spread:.2%}"
+    if len(values) < 2:
+        return f"{values[0]:.2%} (one seed)"
+    return f"{statistics.mean(values):.2%} ± {statistics.stdev(values):.2%}"
 
 
 def print_seeds_table(results: dict) -> None:

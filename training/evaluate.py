@@ -156,8 +156,9 @@ def evaluate_and_report(model_dir: Path, data: str, split: str, report_dir: Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = model_parser("python -m training.evaluate", "Evaluate an exported classifier: accuracy, per-class "
-                          "precision/recall, confusion-matrix PNG and a markdown report.", "models/classifier/3")
+    parser = model_parser("python -m training.evaluate", "Evaluate an exported classifier: balanced accuracy, "
+                          "per-class precision/recall, accuracy, confusion-matrix PNG and a markdown report.",
+                          "models/classifier/3")
     parser.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist, or an image folder")
     parser.add_argument("--split", default="test", help="which split of the data set to evaluate on")
     parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N images only")
