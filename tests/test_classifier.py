@@ -47,9 +47,14 @@ def test_export_has_card_and_labels(transfer_model):
     # 300 images of 10 classes: far above chance (10%) already, or the features are broken.
     assert card["metrics"]["test_accuracy"] > 0.5
     assert (transfer_model / "assets" / "labels.txt").read_text().split("\n")[:10] == FASHION_LABELS
-    # The head's weight decay follows the data: 10 / 270 training images (30 per class less
-    # the 10% held out for validation).
-    assert card["training"]["head_l2"] == pytest.approx(10 / 270)
+    # The head's weight decay follows the data: 10 / 250 training images (30 per class less
+    # the 5 of each class held out for validation: 10% would be 3, under the minimum of 5).
+    assert card["training"]["head_l2"] == pytest.approx(10 / 250)
+    # Balanced data: no class weights; every report leads with balanced accuracy.
+    assert card["training"]["class_weights"] is None
+    assert card["metrics"]["collapsed"] is False
+    assert card["metrics"]["test_balanced_accuracy"] > 0.5
+    assert set(card["metrics"]["test_recall"]) == set(FASHION_LABELS)
 
 
 def test_reload_without_project_code(transfer_model, tmp_path):
@@ -134,13 +139,15 @@ def test_user_mistakes_get_a_clear_error(argv, message, tmp_path, capsys):
     assert "Traceback" not in err
 
 
-def test_help_states_every_flag_and_default(capsys):
+def test_help_states_every_flag_and_default(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps at hyphens: "--per-class" must stay whole
     with pytest.raises(SystemExit):
         parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     for name, value in asdict(ClassifierConfig()).items():
         assert flag(name) in text and (value is None or f"(default: {value})" in text), name
-    assert "--backbone scratch sets --image-size=28" in text and "--quick sets --per-class=100" in text
+    assert "--backbone scratch sets --epochs=30" in text and "--quick sets --per-class=100" in text
+    assert "for scratch the data's own size" in text
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -199,21 +206,24 @@ def test_evaluate_cli_writes_report(transfer_model, tmp_path, capsys):
     expected = {label: (np.sum((predicted == i) & (truth == i)) / max(np.sum(predicted == i), 1),
                         np.sum((predicted == i) & (truth == i)) / max(np.sum(truth == i), 1))
                 for i, label in enumerate(FASHION_LABELS)}
-    # stdout: a row per class in the model's label order, then the accuracy
-    assert out[0].split() == ["class", "precision", "recall"]
-    rows = [line.rsplit(maxsplit=2) for line in out[1:11]]
+    balanced = np.mean([recall for _, recall in expected.values()])
+    # stdout: balanced accuracy first, a row per class in the model's label order, then the accuracy
+    assert out[0] == f"balanced accuracy: {balanced:.2%} (the mean of the per-class recalls)"
+    assert out[1].split() == ["class", "precision", "recall"]
+    rows = [line.rsplit(maxsplit=2) for line in out[2:12]]
     assert [label.strip() for label, _, _ in rows] == FASHION_LABELS
     for label, precision, recall in rows:
         assert (float(precision), float(recall)) == pytest.approx(expected[label.strip()], abs=5e-4), label
-    assert out[11] == f"accuracy: {accuracy:.2%} on 200 images"
-    # report.md: title, the accuracy, the same table, the confusion matrix beside it
+    assert out[12] == f"accuracy: {accuracy:.2%} on 200 images"
+    # report.md: title, balanced accuracy, the accuracy, the same table, the confusion matrix beside it
     report = (tmp_path / "report.md").read_text().splitlines()
     assert report[0] == f"# {card['name']} v1 on fashion-mnist (test)"
-    assert report[2] == f"Backbone `efficientnet-lite0` at 64 px; accuracy **{accuracy:.2%}** on 200 images."
-    assert report[4:6] == ["| class | precision | recall |", "|---|---|---|"]
-    table = [[cell.strip() for cell in line.strip("|").split("|")] for line in report[6:16]]
+    assert report[2] == f"Balanced accuracy **{balanced:.2%}** (the mean of the per-class recalls)."
+    assert report[4] == f"Backbone `efficientnet-lite0` at 64 px; accuracy **{accuracy:.2%}** on 200 images."
+    assert report[6:8] == ["| class | precision | recall |", "|---|---|---|"]
+    table = [[cell.strip() for cell in line.strip("|").split("|")] for line in report[8:18]]
     assert table == [[label.strip(), precision, recall] for label, precision, recall in rows]
-    assert report[16:] == ["", "![confusion matrix](confusion_matrix.png)"]
+    assert report[18:] == ["", "![confusion matrix](confusion_matrix.png)"]
     assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -163,6 +163,28 @@ def test_train_validation_split_is_stratified_disjoint_and_seeded():
         train_validation_split(ds, 1.0)
 
 
+def test_train_validation_split_keeps_a_minimum_per_class():
+    """A few images of each class are validated even when the fraction gives fewer; a class
+    under twice the minimum gives half; one image stays for training."""
+    ds = _toy([100, 20, 6, 2, 1])
+    train, validation = train_validation_split(ds, 0.1, seed=0, min_per_class=5)
+    assert validation.per_class_counts() == {"c0": 10, "c1": 5, "c2": 3, "c3": 1, "c4": 0}
+    assert train.per_class_counts() == {"c0": 90, "c1": 15, "c2": 3, "c3": 1, "c4": 1}
+    _, nothing = train_validation_split(ds, 0.0, seed=0, min_per_class=5)
+    assert len(nothing) == 0
+
+
+def test_native_side_of_builtin_sets_and_folders(tmp_path):
+    from training.data import native_side
+
+    assert native_side("fashion-mnist") == native_side("mnist") == 28
+    for index, size in enumerate([(40, 30), (50, 60), (90, 80)]):  # shorter sides 30, 50, 80
+        (tmp_path / f"c{index % 2}").mkdir(exist_ok=True)
+        _photo(size, seed=index).save(tmp_path / f"c{index % 2}" / f"{index}.png")
+    assert native_side(str(tmp_path)) == 50  # the median
+    assert native_side(str(tmp_path / "missing")) is None
+
+
 # --- image folders -------------------------------------------------------------------
 
 

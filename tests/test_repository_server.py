@@ -57,7 +57,7 @@ def folder_classifier(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("squares-model")
     trained = subprocess.run(
         [sys.executable, "-m", "training.classifier", "--data", str(data), "--backbone", "scratch", "--image-size", "24",
-         "--epochs", "15", "--quick", "--no-evaluate", "--name", "squares", "--out", str(out)],
+         "--epochs", "30", "--quick", "--no-evaluate", "--name", "squares", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert trained.returncode == 0, trained.stderr[-3000:]
     return out / "1"

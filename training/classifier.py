@@ -10,11 +10,14 @@
    low learning rate, BatchNorm kept in inference mode, stopping early when validation
    accuracy stops improving. On Fashion-MNIST it costs accuracy, so it is off by default
    (docs/classifier.md).
-4. Export a SavedModel (raw image bytes in, labels and scores out), evaluate the export
-   on the test split, then write its model card with the measurements.
+4. Check that the model has not collapsed onto one class (it warns, or with `--strict`
+   stops), export a SavedModel (raw image bytes in, labels and scores out), evaluate the
+   export on the test split, then write its model card with the measurements.
 
 `--backbone scratch` trains a small CNN from nothing on the same data instead: the
-baseline that shows what the pretrained features are worth when data is scarce.
+baseline that shows what the pretrained features are worth when data is scarce. When the
+training classes are unbalanced, every phase weighs them (`--class-weight`), and every
+report leads with balanced accuracy.
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from training.classifier_config import L2_PER_IMAGE, ClassifierConfig, parse_args
+from training.classifier_config import L2_PER_IMAGE, MIN_VALIDATION_PER_CLASS, ClassifierConfig, parse_args
 from training.cli import UserError, run_cli
 
 if TYPE_CHECKING:
     from training.data import Dataset
 
+# When nothing is held out, the collapse check classifies at most this many training images:
+# on all 60k of Fashion-MNIST at 160 px the backbone would take 15 minutes more.
+COLLAPSE_CHECK_IMAGES = 1000
 COMPILE = dict(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 
@@ -46,13 +52,18 @@ def train(config: ClassifierConfig) -> Path:
     keras.utils.set_random_seed(config.seed)
     data = load_data(config)
     if config.backbone == "scratch":
-        model, head_l2 = train_scratch_cnn(config, data), None
+        (model, best_validation_accuracy), head_l2 = train_scratch_cnn(config, data), None
     else:
-        model, head_l2 = transfer_learn(config, data)
+        model, head_l2, best_validation_accuracy = transfer_learn(config, data)
     training_seconds = time.monotonic() - started
-    metrics = validation_metrics(model, config, data)
     log(f"trained in {training_seconds:.0f} s")
-    training = {"config": asdict(config), "head_l2": head_l2, "wall_seconds": round(training_seconds, 1)}
+    # The collapse check looks at the validation images, or (a sample of) the training images when none are held out.
+    checked = predictions_on(model, config, data.validation if len(data.validation) else data.train.sample(
+        COLLAPSE_CHECK_IMAGES, config.seed), data.labelled.class_names)
+    metrics = validation_metrics(checked) if len(data.validation) else {}
+    metrics.update(collapse_check(config, checked, best_validation_accuracy))
+    training = {"config": asdict(config), "head_l2": head_l2, "class_weights": data.class_weights_by_name(),
+                "wall_seconds": round(training_seconds, 1)}
     return export_and_evaluate(model, config, data, metrics, training)
 
 
@@ -61,22 +72,34 @@ class Splits:
     labelled: Dataset  # every labelled training image: the card counts them
     train: Dataset
     validation: Dataset  # held out for early stopping; empty when nothing stops early
+    class_weights: dict[int, float] | None  # Keras' class_weight for every fit; None: unweighted
+
+    def class_weights_by_name(self) -> dict[str, float] | None:
+        if not self.class_weights:
+            return None
+        return {self.labelled.class_names[label]: round(weight, 4) for label, weight in self.class_weights.items()}
 
 
 def load_data(config: ClassifierConfig) -> Splits:
     """The training split (a stratified, seeded subset with --per-class), less a validation part."""
+    from training.class_balance import class_weights
     from training.data import load_dataset, train_validation_split, with_extra_images
 
     dataset = load_dataset(config.data, split="train", per_class=config.per_class, seed=config.seed,
                            image_size=config.image_size)
     if len(dataset.class_names) < 2:
         raise UserError(f"{config.data} has only one class ({dataset.class_names}); a classifier needs two or more")
-    train_set, validation_set = train_validation_split(dataset, config.validation_fraction, seed=config.seed)
+    train_set, validation_set = train_validation_split(dataset, config.validation_fraction, seed=config.seed,
+                                                       min_per_class=MIN_VALIDATION_PER_CLASS)
     if config.extra_data:
         train_set = with_extra_images(train_set, config.extra_data)
     log(f"data: {config.data}, {len(train_set)} training + {len(validation_set)} validation "
         f"images, {dataset.num_classes} classes, resized to {config.image_size} px")
-    return Splits(dataset, train_set, validation_set)
+    splits = Splits(dataset, train_set, validation_set,
+                    class_weights(train_set.labels, dataset.num_classes, config.class_weight))
+    if splits.class_weights:
+        log(f"classes weighed in the loss (--class-weight balanced): {splits.class_weights_by_name()}")
+    return splits
 
 
 def pipeline(config: ClassifierConfig, subset, shuffle: bool = False, augment: bool = False):
@@ -88,7 +111,8 @@ def pipeline(config: ClassifierConfig, subset, shuffle: bool = False, augment: b
 
 
 def train_scratch_cnn(config: ClassifierConfig, data: Splits):
-    """The baseline: a small CNN trained from nothing on the same images."""
+    """The baseline: a small CNN trained from nothing on the same images. Returns it and its
+    best validation accuracy."""
     import keras
 
     from training.classifier_model import build_scratch_cnn
@@ -96,13 +120,13 @@ def train_scratch_cnn(config: ClassifierConfig, data: Splits):
     log("backbone: none — a small CNN trained from scratch (the baseline)")
     model = build_scratch_cnn(config.image_size, data.labelled.num_classes, config.seed)
     model.compile(keras.optimizers.Adam(config.learning_rate), **COMPILE)
-    fit_until_validation_loss_stalls(model, config, data, augment=config.augment)
-    return model
+    return model, fit_until_validation_loss_stalls(model, config, data, augment=config.augment)
 
 
 def transfer_learn(config: ClassifierConfig, data: Splits):
     """The Keras guide's recipe: freeze a pretrained base, train a new head on its features,
-    optionally fine-tune the top of the base. Returns the model and the head's weight decay."""
+    optionally fine-tune the top of the base. Returns the model, the head's weight decay, and
+    phase 1's best validation accuracy when it stopped early (--augment)."""
     import keras
 
     from training.classifier_model import build_head, stack_backbone_and_head
@@ -115,14 +139,15 @@ def transfer_learn(config: ClassifierConfig, data: Splits):
                       config.dropout, l2)
     model = stack_backbone_and_head(extractor, head, config.image_size)
     model.compile(keras.optimizers.Adam(config.learning_rate), **COMPILE)
+    best_validation_accuracy = None
     if config.augment:
         log("phase 1: training the head on augmented images through the frozen backbone")
-        fit_until_validation_loss_stalls(model, config, data, augment=True)
+        best_validation_accuracy = fit_until_validation_loss_stalls(model, config, data, augment=True)
     else:
-        train_head_on_features(head, train_features, data.train.labels, config)
+        train_head_on_features(head, train_features, data, config)
     if config.fine_tune_epochs > 0:
         fine_tune(model, extractor, config, data)
-    return model, l2
+    return model, l2, best_validation_accuracy
 
 
 def frozen_feature_extractor(config: ClassifierConfig):
@@ -156,7 +181,7 @@ def extract_features(backbone, dataset, description: str):
     return np.concatenate(batches)
 
 
-def train_head_on_features(head, features, labels, config: ClassifierConfig) -> None:
+def train_head_on_features(head, features, data: Splits, config: ClassifierConfig) -> None:
     """Phase 1 without augmentation: the frozen backbone gives the same features every
     epoch, so they were computed once and the head alone trains on them."""
     import keras
@@ -170,22 +195,27 @@ def train_head_on_features(head, features, labels, config: ClassifierConfig) -> 
     steps_per_epoch = -(-len(features) // config.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.head_steps)
     head.compile(keras.optimizers.Adam(schedule), **COMPILE)
-    head.fit(features, labels, batch_size=config.batch_size, epochs=-(-config.head_steps // steps_per_epoch),
-             shuffle=True, verbose=0)
+    head.fit(features, data.train.labels, batch_size=config.batch_size, class_weight=data.class_weights,
+             epochs=-(-config.head_steps // steps_per_epoch), shuffle=True, verbose=0)
     log(f"phase 1: head trained for {config.head_steps} steps, training accuracy "
         f"{head.history.history['accuracy'][-1]:.2%}")
 
 
-def fit_until_validation_loss_stalls(model, config: ClassifierConfig, data: Splits, augment: bool) -> None:
-    """At most --epochs on the training images, keeping the weights of the best validation loss."""
+def fit_until_validation_loss_stalls(model, config: ClassifierConfig, data: Splits, augment: bool) -> float:
+    """At most --epochs on the training images, keeping the weights of the best validation
+    loss after the warm-up; returns the best validation accuracy of any epoch."""
     import keras
 
     # Validation loss, not accuracy: with ~100 validation images accuracy moves in 1% steps
-    # and plateaus at once, stopping the head long before it has converged.
+    # and plateaus at once, stopping the head long before it has converged. Not watched in
+    # the first --warmup-epochs: a network trained from nothing often sits at the majority
+    # class for a few epochs, and stopping (or keeping weights) there is a collapse.
     early_stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
-                                               restore_best_weights=True)
-    model.fit(pipeline(config, data.train, shuffle=True, augment=augment), epochs=config.epochs,
-              validation_data=pipeline(config, data.validation), callbacks=[early_stop], verbose=2)
+                                               start_from_epoch=config.warmup_epochs, restore_best_weights=True)
+    history = model.fit(pipeline(config, data.train, shuffle=True, augment=augment), epochs=config.epochs,
+                        validation_data=pipeline(config, data.validation), class_weight=data.class_weights,
+                        callbacks=[early_stop], verbose=2)
+    return max(history.history["val_accuracy"])
 
 
 def fine_tune(model, extractor, config: ClassifierConfig, data: Splits) -> None:
@@ -204,7 +234,7 @@ def fine_tune(model, extractor, config: ClassifierConfig, data: Splits) -> None:
     fine_tune_stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=2, restore_best_weights=True)
     history = model.fit(pipeline(config, data.train, shuffle=True, augment=config.fine_tune_augment),
                         epochs=config.fine_tune_epochs, validation_data=pipeline(config, data.validation),
-                        callbacks=[fine_tune_stop], verbose=2)
+                        class_weight=data.class_weights, callbacks=[fine_tune_stop], verbose=2)
     best = max(history.history["val_accuracy"])
     if best > baseline:
         log(f"phase 2: validation accuracy {baseline:.2%} → {best:.2%}")
@@ -213,12 +243,38 @@ def fine_tune(model, extractor, config: ClassifierConfig, data: Splits) -> None:
         log(f"phase 2: validation accuracy {baseline:.2%} → {best:.2%}, no gain: keeping phase 1's weights")
 
 
-def validation_metrics(model, config: ClassifierConfig, data: Splits) -> dict:
-    if len(data.validation) == 0:
-        return {}
-    accuracy = model.evaluate(pipeline(config, data.validation), verbose=0, return_dict=True)["accuracy"]
-    log(f"validation accuracy {accuracy:.2%}")
-    return {"validation_accuracy": round(float(accuracy), 4)}
+def predictions_on(model, config: ClassifierConfig, subset: Dataset, class_names: list[str]):
+    """How the Keras model in memory scores on `subset`: an `Evaluation`, as for the export."""
+    from training.evaluate import Evaluation, confusion_matrix
+
+    predicted = model.predict(pipeline(config, subset), verbose=0).argmax(axis=1)
+    return Evaluation(class_names, confusion_matrix(subset.labels, predicted, len(class_names)))
+
+
+def validation_metrics(evaluation) -> dict:
+    """Balanced accuracy first, per-class recall and plain accuracy beside it."""
+    recalls = ", ".join(f"{label} {recall:.2f}" for label, recall in zip(evaluation.labels, evaluation.recall))
+    log(f"validation: balanced accuracy {evaluation.balanced_accuracy:.2%} (recall per class: {recalls}), "
+        f"accuracy {evaluation.accuracy:.2%}")
+    return {"validation_balanced_accuracy": round(evaluation.balanced_accuracy, 4),
+            "validation_accuracy": round(evaluation.accuracy, 4)}
+
+
+def collapse_check(config: ClassifierConfig, evaluation, best_validation_accuracy: float | None) -> dict:
+    """{"collapsed": ..., and why}, from how the model scored (`evaluation`) and, when it
+    stopped early, its best validation accuracy. A collapse is a warning in the log and the
+    card; with --strict, an error, and nothing is exported."""
+    from training.class_balance import collapse_reason
+
+    reason = collapse_reason(evaluation, best_validation_accuracy)
+    if reason is None:
+        return {"collapsed": False}
+    if config.strict:
+        raise UserError(f"the model collapsed: {reason}; nothing exported (--strict). Try another --seed, "
+                        "more --epochs or --warmup-epochs, or --class-weight balanced")
+    log(f"WARNING: the model collapsed: {reason}. It is exported anyway, marked collapsed in its card "
+        "(--strict makes this an error)")
+    return {"collapsed": True, "collapse": reason}
 
 
 def export_and_evaluate(model, config: ClassifierConfig, data: Splits, metrics: dict, training: dict) -> Path:
@@ -239,8 +295,13 @@ def export_and_evaluate(model, config: ClassifierConfig, data: Splits, metrics: 
 
             log("evaluating the exported model on the test split")
             evaluation = evaluate_and_report(folder, config.data, "test", limit=config.eval_limit, card=card)
-            metrics = {**metrics, "test_accuracy": round(evaluation.accuracy, 4),
+            metrics = {**metrics, "test_balanced_accuracy": round(evaluation.balanced_accuracy, 4),
+                       "test_accuracy": round(evaluation.accuracy, 4),
+                       "test_recall": {label: round(float(recall), 4)
+                                       for label, recall in zip(evaluation.labels, evaluation.recall)},
                        "test_examples": int(evaluation.confusion.sum())}
+            if not metrics["collapsed"]:  # a collapse may show on the test split only
+                metrics.update(collapse_check(config, evaluation, None))
         replace(card, metrics=metrics).write(folder)
     model_dir = Path(config.out) / str(version)
     log(f"exported {model_dir} (SavedModel + model_card.json)")

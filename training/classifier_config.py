@@ -15,6 +15,15 @@ from training.cli import (Profile, UserError, config_parser, data_option, name_o
 # evidence): 10 / N is the best of those screened at both ~1,000 and ~5,000 training images.
 L2_PER_IMAGE = 10.0
 VALIDATION_FRACTION = 0.1  # held out when something stops early
+# ...but at least this many images of each class (half a class that has fewer than twice
+# as many): a validation accuracy over three images moves in 33% steps.
+MIN_VALIDATION_PER_CLASS = 5
+TRANSFER_IMAGE_SIZE = 160
+# The scratch CNN follows the data's own size up to this: two poolings leave 16x16x64
+# values at 64 px (a 2M-weight dense layer); larger inputs only add weights to fit on
+# little data (docs/classifier.md).
+SCRATCH_MAX_IMAGE_SIZE = 64
+MIN_IMAGE_SIZE = 16
 
 
 @dataclass
@@ -23,7 +32,9 @@ class ClassifierConfig:
     per_class: int | None = per_class_option()
     backbone: str = option("efficientnet-lite0", "efficientnet-lite0, mobilenetv2, keras:<Application> "
                            "(e.g. keras:ResNet50), or scratch for the from-scratch CNN baseline")
-    image_size: int = option(160, "the backbone's input size in pixels (images are resized)")
+    image_size: int | None = option(None, f"the model's input size in pixels (images are resized); default: "
+                                    f"{TRANSFER_IMAGE_SIZE} for a backbone, for scratch the data's own size (28 for "
+                                    f"the built-in sets, a folder's median side) up to {SCRATCH_MAX_IMAGE_SIZE}")
     features: str = option("multi", "multi: pool several depths of the backbone; last: its last layer only",
                            choices=["multi", "last"])
     pooling: str = option("max", "how --features multi reduces each depth's feature map to a vector",
@@ -49,6 +60,13 @@ class ClassifierConfig:
         "something stops early - the scratch CNN, --augment, phase 2 - else 0: the head trains a fixed number "
         "of steps on every labelled image)")
     patience: int = option(10, "early-stopping patience in epochs (scratch CNN, or phase 1 with --augment)")
+    warmup_epochs: int = option(5, "epochs before early stopping starts watching (the first epochs of a "
+                                "network trained from nothing often sit at the majority class)")
+    class_weight: str | None = option(None, "balanced: weigh each class's loss by N / (classes x its images); "
+                                      "none: no weights; default: balanced when the training classes differ "
+                                      "by more than 1.5x", choices=["balanced", "none"])
+    strict: bool = option(False, "exit with an error, exporting nothing, when the model collapses (answers "
+                          "nearly one class, or never beats answering the largest one); else it is a warning")
     seed: int = option(0, "random seed for the subset, the split, and the weights")
     out: str = out_option("models/classifier")
     name: str = name_option("classifier")
@@ -59,7 +77,7 @@ class ClassifierConfig:
 
 
 PROFILES = [  # in this order: with both, --quick's values win
-    Profile(when=("backbone", "scratch"), values=dict(image_size=28, epochs=30, learning_rate=1e-3, augment=False)),
+    Profile(when=("backbone", "scratch"), values=dict(epochs=30, learning_rate=1e-3, augment=False)),
     Profile(switch="quick", values=dict(per_class=100, image_size=96, eval_limit=2000),
             help="the minute-long profile used by the demo and the tests"),
 ]
@@ -73,10 +91,22 @@ def parse_args(argv: list[str] | None = None) -> ClassifierConfig:
         recipe="Defaults are the published recipe (docs/classifier.md).",
     )
     config = with_profiles(ClassifierConfig, PROFILES, parser.parse_args(argv))
+    if config.image_size is None:
+        config = replace(config, image_size=default_image_size(config))
     if config.validation_fraction is None:
         config = replace(config, validation_fraction=VALIDATION_FRACTION if early_stops(config) else 0.0)
     validate(config)
     return config
+
+
+def default_image_size(config: ClassifierConfig) -> int:
+    """A backbone's input size; or, from scratch, the data's own size: a CNN trained from
+    nothing gains no detail from upscaled 28-px images, and should not lose a photo's."""
+    from training.data import native_side
+
+    if config.backbone != "scratch":
+        return TRANSFER_IMAGE_SIZE
+    return min(max(native_side(config.data) or SCRATCH_MAX_IMAGE_SIZE, MIN_IMAGE_SIZE), SCRATCH_MAX_IMAGE_SIZE)
 
 
 def early_stops(config: ClassifierConfig) -> bool:
@@ -94,6 +124,8 @@ def validate(config: ClassifierConfig) -> None:
                         "--augment and --fine-tune-epochs need a validation set")
     if not 0.0 <= config.fine_tune_fraction <= 1.0:
         raise UserError("--fine-tune-fraction must be between 0 and 1")
-    if config.image_size < 16:
-        raise UserError("--image-size must be at least 16 pixels")
+    if config.image_size < MIN_IMAGE_SIZE:
+        raise UserError(f"--image-size must be at least {MIN_IMAGE_SIZE} pixels")
+    if config.warmup_epochs < 0:
+        raise UserError("--warmup-epochs must be at least 0")
     require_at_least_one(config, ("epochs", "head_steps", "batch_size"))

@@ -4,7 +4,9 @@
 
 Loads the SavedModel with `tf.saved_model.load` alone (as any client would), so what it
 measures is the exported artefact, not the Keras model it came from. Prints accuracy and
-per-class precision/recall, and writes a confusion-matrix PNG and a markdown report.
+per-class precision/recall, and writes a confusion-matrix PNG and a markdown report. Every
+report leads with balanced accuracy (the mean of the per-class recalls): on an unbalanced
+test set plain accuracy rewards answering the largest class, balanced accuracy does not.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ class Evaluation:
         return float(np.trace(self.confusion) / max(self.confusion.sum(), 1))
 
     @property
+    def balanced_accuracy(self) -> float:
+        """The mean recall over the classes the data has: 1 / K for a model that answers one class."""
+        present = self.confusion.sum(axis=1) > 0
+        return float(self.recall[present].mean()) if present.any() else 0.0
+
+    @property
     def precision(self) -> np.ndarray:
         return np.diag(self.confusion) / np.maximum(self.confusion.sum(axis=0), 1)
 
@@ -39,6 +47,7 @@ class Evaluation:
 
     def as_dict(self) -> dict:
         return {
+            "balanced_accuracy": round(self.balanced_accuracy, 4),
             "accuracy": round(self.accuracy, 4),
             "examples": int(self.confusion.sum()),
             "per_class": {
@@ -101,6 +110,8 @@ def markdown_report(evaluation: Evaluation, card: ModelCard, data: str, split: s
     lines = [
         f"# {card.name} v{card.version} on {data} ({split})",
         "",
+        f"Balanced accuracy **{evaluation.balanced_accuracy:.2%}** (the mean of the per-class recalls).",
+        "",
         f"Backbone `{card.backbone}` at {card.image_size[0]} px; "
         f"accuracy **{evaluation.accuracy:.2%}** on {int(evaluation.confusion.sum())} images.",
         "",
@@ -115,6 +126,7 @@ def markdown_report(evaluation: Evaluation, card: ModelCard, data: str, split: s
 
 def print_summary(evaluation: Evaluation) -> None:
     width = max(len(label) for label in evaluation.labels)
+    print(f"balanced accuracy: {evaluation.balanced_accuracy:.2%} (the mean of the per-class recalls)")
     print(f"{'class':<{width}}  precision  recall")
     for label, p, r in zip(evaluation.labels, evaluation.precision, evaluation.recall):
         print(f"{label:<{width}}  {p:9.3f}  {r:6.3f}")
@@ -137,15 +149,16 @@ def evaluate_and_report(model_dir: Path, data: str, split: str, report_dir: Path
     report_dir = report_dir or Path("reports") / f"{card.name}-v{card.version}"
     report_dir.mkdir(parents=True, exist_ok=True)
     plot_confusion(evaluation, report_dir / "confusion_matrix.png",
-                   f"{card.name} v{card.version}: {evaluation.accuracy:.2%}")
+                   f"{card.name} v{card.version}: balanced accuracy {evaluation.balanced_accuracy:.2%}")
     (report_dir / "report.md").write_text(markdown_report(evaluation, card, data, split))
     print(f"report: {report_dir / 'report.md'} (confusion matrix: {report_dir / 'confusion_matrix.png'})")
     return evaluation
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = model_parser("python -m training.evaluate", "Evaluate an exported classifier: accuracy, per-class "
-                          "precision/recall, confusion-matrix PNG and a markdown report.", "models/classifier/3")
+    parser = model_parser("python -m training.evaluate", "Evaluate an exported classifier: balanced accuracy, "
+                          "per-class precision/recall, accuracy, confusion-matrix PNG and a markdown report.",
+                          "models/classifier/3")
     parser.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist, or an image folder")
     parser.add_argument("--split", default="test", help="which split of the data set to evaluate on")
     parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N images only")

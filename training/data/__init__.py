@@ -23,11 +23,12 @@ from pathlib import Path
 
 from training.data.builtin import BUILTIN_SOURCES, load_builtin
 from training.data.dataset import DataError, Dataset, DataWarning, train_validation_split
-from training.data.folders import DEFAULT_FOLDER_IMAGE_SIZE, load_folder
+from training.data.builtin import BUILTIN_SIDE
+from training.data.folders import DEFAULT_FOLDER_IMAGE_SIZE, load_folder, typical_side
 from training.data.pipeline import make_pipeline
 
-__all__ = ["DataError", "DataWarning", "Dataset", "load_dataset", "make_pipeline", "train_validation_split",
-           "with_extra_images"]
+__all__ = ["DataError", "DataWarning", "Dataset", "load_dataset", "make_pipeline", "native_side",
+           "train_validation_split", "with_extra_images"]
 
 SPLITS = ("train", "test")
 
@@ -75,6 +76,14 @@ def load_dataset(
         f"unknown data source {source!r}: no folder of that name exists. Use "
         f"{' or '.join(BUILTIN_SOURCES)}, or the path of a folder with one subfolder of images per class"
     )
+
+
+def native_side(source: str) -> int | None:
+    """The side of `source`'s images as they come: 28 for the built-in sets, a folder's
+    typical side; None when `source` is neither (loading it will say why)."""
+    if source in BUILTIN_SOURCES:
+        return BUILTIN_SIDE
+    return typical_side(source) if Path(source).is_dir() else None
 
 
 def with_extra_images(ds: Dataset, folder: str) -> Dataset:

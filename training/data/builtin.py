@@ -23,6 +23,7 @@ FASHION_MNIST_CLASSES = [
 ]
 MNIST_CLASSES = [str(digit) for digit in range(10)]
 BUILTIN_SOURCES = ("fashion-mnist", "mnist")
+BUILTIN_SIDE = 28  # both sets are 28x28 grayscale
 
 
 def load_builtin(name: str, split: str, per_class: int | None, seed: int) -> Dataset:
@@ -93,7 +94,7 @@ def _read_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
     pixels = np.concatenate([part[0] for part in parts])
     labels = np.concatenate([part[1] for part in parts])
     # The pickle stores pixel / 256 as float32, which is exact: multiply back and round.
-    images = np.clip(np.round(pixels * 256), 0, 255).astype(np.uint8).reshape(-1, 28, 28, 1)
+    images = np.clip(np.round(pixels * 256), 0, 255).astype(np.uint8).reshape(-1, BUILTIN_SIDE, BUILTIN_SIDE, 1)
     return images, labels
 
 

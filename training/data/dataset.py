@@ -54,13 +54,21 @@ class Dataset:
     def subset(self, indices: np.ndarray) -> Dataset:
         return Dataset(self.images[indices], self.labels[indices], list(self.class_names), self.source)
 
+    def sample(self, count: int, seed: int) -> Dataset:
+        """At most `count` images chosen at random with `seed` (all of them, in order, when there are fewer)."""
+        if len(self) <= count:
+            return self
+        return self.subset(np.sort(np.random.default_rng(seed).choice(len(self), count, replace=False)))
+
 
 def train_validation_split(
-    ds: Dataset, validation_fraction: float = 0.1, seed: int = 0
+    ds: Dataset, validation_fraction: float = 0.1, seed: int = 0, min_per_class: int = 1
 ) -> tuple[Dataset, Dataset]:
     """Split off `validation_fraction` of every class, chosen at random with `seed`.
 
-    Each class keeps at least one training image; a class of one image has none to spare.
+    Every class gets at least `min_per_class` validation images, or half its images when it
+    has fewer than twice that, and keeps at least one training image; a class of one image
+    has none to spare.
     """
     if not 0 <= validation_fraction < 1:
         raise DataError(f"validation fraction must be in [0, 1), got {validation_fraction}")
@@ -69,8 +77,8 @@ def train_validation_split(
     for label in range(ds.num_classes):
         members = rng.permutation(np.flatnonzero(ds.labels == label))
         count = round(len(members) * validation_fraction)
-        if validation_fraction > 0:
-            count = max(count, 1)  # every class is validated...
+        if validation_fraction > 0:  # every class is validated...
+            count = max(count, min(min_per_class, len(members) // 2), 1)
         count = min(count, max(len(members) - 1, 0))  # ...and keeps a training image
         validation.append(members[:count])
     is_validation = np.zeros(len(ds), dtype=bool)

@@ -85,6 +85,26 @@ def load_folder(source: str, split: str, per_class: int | None, seed: int, image
     return Dataset(images[:count], labels[:count], class_names, source)
 
 
+def typical_side(source: str, sample: int = 64) -> int | None:
+    """The median shorter side of up to `sample` of a folder's training images (read from
+    their headers, not decoded), or None when there is no readable one: what a model that
+    follows the data, such as the scratch CNN, sizes itself to."""
+    root = Path(source)
+    train_root = root / "train" if (root / "train").is_dir() else root
+    try:
+        files = [path for name in _class_folders(train_root) for path in _image_files(train_root / name, name)]
+    except (DataError, OSError):
+        return None  # loading the folder will say what is wrong with it
+    sides = []
+    for path in files[:: max(1, len(files) // sample)][:sample]:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except Exception:  # decoders raise many types; an unreadable file is skipped at load too
+            continue
+    return int(np.median(sides)) if sides else None
+
+
 def _class_folders(folder: Path, minimum: int = 2) -> list[str]:
     """Sorted names of the visible subfolders: the class names."""
     names = sorted(entry.name for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith("."))
