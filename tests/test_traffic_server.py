@@ -84,7 +84,7 @@ def served(server_env, tiny_models, receiver, tmp_path_factory):
                      "DIPTYCH_GENERATOR": str(tiny_models["generator"]), "DIPTYCH_API_KEYS": ",".join(KEYS),
                      "DIPTYCH_CLASSIFIER_RUNTIME": "tensorflow", "DIPTYCH_REPOSITORY": json.dumps({"shoes": shoes}),
                      "DIPTYCH_PAYLOAD_LOG": f"http://127.0.0.1:{receiver.server_port}/events",
-                     "DIPTYCH_PAYLOAD_LOG_QUEUE": "100000"},  # room for every event: none may be dropped
+                     "DIPTYCH_PAYLOAD_LOG_QUEUE": "100000"},  # room in the queue: only the describer may drop
                     tmp_path_factory.mktemp("traffic-server") / "server.log")
     try:
         server.wait("/readyz")
@@ -114,6 +114,9 @@ class Traffic:
         answer = self.stub.Classify(pb.ClassifyRequest(images=[png_bytes()], top_k=1), metadata=metadata, timeout=60)
         self.answered += 1
         return answer.model.version
+
+    def dropped(self) -> float:
+        return self.counter("diptych_payload_events_total", outcome="dropped")
 
     def counter(self, name: str, **labels: str) -> float:
         text = self.server.client.get("/metrics").text
@@ -154,15 +157,20 @@ def test_the_shadow_gets_a_copy_of_every_request_and_the_sink_gets_every_event(s
     answered = served.answered  # every request of this module so far, each with a shadow copy
     assert eventually(lambda: served.counter("diptych_shadow_requests_total", model="shoes", version=SHADOW,
                                              outcome="ok") == answered, 120)
-    assert eventually(lambda: len(receiver.received()) == 4 * answered, 120), (len(receiver.received()), answered)
+    # A request never waits for the log: what a busy describer cannot take is dropped and counted
+    # (docs/reliability.md). Every event arrives or is counted, and drops stay the exception.
+    assert eventually(lambda: len(receiver.received()) + served.dropped() == 4 * answered, 120), \
+        (len(receiver.received()), served.dropped(), answered)
+    assert served.dropped() < answered, served.dropped()
     by_component = collections.Counter((event["component"], event["type"], event["endpoint"])
                                        for _, event in receiver.received())
-    expected_shadow = {("shadow", REQUEST, SHADOW): answered, ("shadow", RESPONSE, SHADOW): answered}
-    assert {key: count for key, count in by_component.items() if key[0] == "shadow"} == expected_shadow
+    shadow = {key: count for key, count in by_component.items() if key[0] == "shadow"}
+    assert set(shadow) == {("shadow", REQUEST, SHADOW), ("shadow", RESPONSE, SHADOW)}
+    assert all(count <= answered for count in shadow.values())
     predictor = {key: count for key, count in by_component.items() if key[0] == "predictor"}
     assert {endpoint for _, _, endpoint in predictor} == SPLIT  # the shadow's answers are never the client's
-    assert sum(predictor.values()) == 2 * answered
-    assert served.counter("diptych_payload_events_total", outcome="written") == 4 * answered
+    assert sum(predictor.values()) <= 2 * answered
+    assert served.counter("diptych_payload_events_total", outcome="written") == len(receiver.received())
 
 
 def test_the_http_sink_posts_structured_cloudevents(served, receiver):
@@ -177,7 +185,7 @@ def test_the_http_sink_posts_structured_cloudevents(served, receiver):
     assert eventually(lambda: len(logged()) == 1, 60)
     request = logged()[0]
     assert request["data"] == {"images": [{"sha256": sha, "bytes": len(image)}]}
-    assert eventually(lambda: len(receiver.received()) == 4 * served.answered, 120)
+    assert eventually(lambda: len(receiver.received()) + served.dropped() == 4 * served.answered, 120)
     events = receiver.received()
     assert {content_type for content_type, _ in events} == {"application/cloudevents+json"}  # structured mode
     for _, event in events:
@@ -186,7 +194,8 @@ def test_the_http_sink_posts_structured_cloudevents(served, receiver):
         assert isinstance(event["id"], str) and event["id"]
         assert datetime.datetime.fromisoformat(event["time"]).utcoffset() == datetime.timedelta(0)
     requests = [event for _, event in events if event["type"] == REQUEST and event["component"] == "predictor"]
-    assert len({event["id"] for event in requests}) == len(requests) == served.answered  # one id per request
+    assert len({event["id"] for _, event in events}) == len(events)  # the server's: one id per event
+    assert len({event["requestid"] for event in requests}) == len(requests)  # one request id per request
     for _, event in events:
         if event["type"] == RESPONSE:
             [top1] = event["data"]["top1"]

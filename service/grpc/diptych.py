@@ -13,9 +13,8 @@ from google.protobuf import json_format, struct_pb2
 from proto.diptych.v1 import diptych_pb2 as pb
 from proto.diptych.v1 import diptych_pb2_grpc
 
-from ..core import Engine, ModelInfo, ValidationError
+from ..core import Engine, ModelInfo, ValidationError, validation
 from ..core.images import encode_png, tile
-from ..core.validation import requested_version
 from ..kinds import Classification, Classifier, Generation, Generator
 
 FORMATS = frozenset(pb.Format.values())
@@ -54,7 +53,7 @@ class DiptychServicer(diptych_pb2_grpc.DiptychServicer):
 
 def requested_version(request: pb.LoadModelRequest | pb.UnloadModelRequest) -> int | None:
     """The version a load or unload names (int64 on the wire: a negative one is refused), or None."""
-    return requested_version(request.version, "version") if request.HasField("version") else None
+    return validation.requested_version(request.version, "version") if request.HasField("version") else None
 
 
 def generation_arguments(request: pb.GenerateRequest) -> tuple:
