@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -121,6 +123,24 @@ class Server:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+@contextlib.contextmanager
+def repository_server(tmp_path_factory, name: str, **settings: str) -> Iterator[Server]:
+    """A ready server over a repository folder, with a clean environment (no DIPTYCH_ variable
+    of the caller's), a BENTOML_HOME of its own, models on TensorFlow and no store; `settings`
+    are DIPTYCH_ variables (`model_root=...` sets DIPTYCH_MODEL_ROOT)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DIPTYCH_")}
+    env.update(BENTOML_HOME=str(tmp_path_factory.mktemp(f"{name}-home")), BENTOML_DO_NOT_TRACK="true",
+               TF_CPP_MIN_LOG_LEVEL="3", DIPTYCH_STORE="false", DIPTYCH_POLL_S="0",
+               DIPTYCH_CLASSIFIER_RUNTIME="tensorflow")
+    env.update({f"DIPTYCH_{key.upper()}": value for key, value in settings.items()})
+    server = Server(env, tmp_path_factory.mktemp(f"{name}-server") / "server.log")
+    try:
+        server.wait("/readyz")
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

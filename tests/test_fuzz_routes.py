@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 from urllib.parse import quote
 
@@ -30,7 +29,7 @@ from proto.diptych.v1 import diptych_pb2 as pb
 from service.core import ValidationError
 from service.core.repository import ModelRef
 from service.core.validation import MAX_JSON_DEPTH, MAX_VERSION, json_document, requested_version
-from tests.conftest import Server
+from tests.conftest import Server, repository_server
 from tests.grpc_clients import png_bytes
 from tests.test_fuzz import FUZZ, JSON, bodies
 
@@ -193,17 +192,9 @@ def control(tiny_models, tmp_path_factory):
     the fuzzing loads, unloads and configures."""
     root = tmp_path_factory.mktemp("fuzz-repository")
     shutil.copytree(tiny_models["classifier"], root / "spare" / "1")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DIPTYCH_")}
-    env.update(BENTOML_HOME=str(tmp_path_factory.mktemp("fuzz-home")), BENTOML_DO_NOT_TRACK="true",
-               TF_CPP_MIN_LOG_LEVEL="3", DIPTYCH_MODEL_ROOT=str(root), DIPTYCH_STORE="false",
-               DIPTYCH_CLASSIFIER=str(tiny_models["classifier"]), DIPTYCH_GENERATOR="", DIPTYCH_POLL_S="0",
-               DIPTYCH_CLASSIFIER_RUNTIME="tensorflow", DIPTYCH_ADMIN_KEYS=ADMIN)
-    server = Server(env, tmp_path_factory.mktemp("fuzz-server") / "server.log")
-    try:
-        server.wait("/readyz")
+    with repository_server(tmp_path_factory, "fuzz", model_root=str(root), classifier=str(tiny_models["classifier"]),
+                           generator="", admin_keys=ADMIN) as server:
         yield server
-    finally:
-        server.stop()
 
 
 TABLES = st.one_of(st.sampled_from([

@@ -168,7 +168,7 @@ def test_the_shadow_gets_a_copy_of_every_request_and_the_sink_gets_every_event(s
     assert set(shadow) == {("shadow", REQUEST, SHADOW), ("shadow", RESPONSE, SHADOW)}
     assert all(count <= answered for count in shadow.values())
     predictor = {key: count for key, count in by_component.items() if key[0] == "predictor"}
-    assert {endpoint for _, _, endpoint in predictor} == SPLIT  # the shadow's answers are never the client's
+    assert {endpoint for _, _, endpoint in predictor} <= SPLIT  # the shadow's answers are never the client's
     assert sum(predictor.values()) <= 2 * answered
     assert served.counter("diptych_payload_events_total", outcome="written") == len(receiver.received())
 
