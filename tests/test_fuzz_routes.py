@@ -29,7 +29,8 @@ from tritonclient.grpc import service_pb2 as v2_pb
 from proto.diptych.v1 import diptych_pb2 as pb
 from service.core import ValidationError
 from service.core.repository import ModelRef
-from service.core.validation import MAX_JSON_DEPTH, MAX_VERSION, json_document, requested_version
+from service.core.validation import MAX_JSON_DEPTH, MAX_VERSION, decimal, json_document, requested_version
+from service.http.v2rest import HEADER_LENGTH, v2_request
 from tests.conftest import Server
 from tests.grpc_clients import png_bytes
 from tests.test_fuzz import FUZZ, JSON, bodies
@@ -92,6 +93,20 @@ def test_json_documents_parse_or_are_refused_at_any_depth(text):
         assert error.field == "body" and error.problem
         return
     assert json.dumps(parsed) == json.dumps(json.loads(text))  # NaN is not equal to itself
+
+
+@settings(FUZZ, max_examples=200)
+@given(st.one_of(st.sampled_from(["9" * 5000, "9" * 20, "", "-1", "\u00b2", "1e3"]), st.text(max_size=25)))
+def test_a_v2_header_length_that_is_no_count_is_refused_naming_it(header):
+    """`Inference-Header-Content-Length` is read in ASCII digits within int64: thousands of
+    digits made int() raise (a 500)."""
+    body = json.dumps({"inputs": []}).encode()
+    try:
+        request, _ = v2_request(body, header, "classifier")
+    except ValidationError as error:
+        assert error.field in (HEADER_LENGTH, "body") and error.problem and len(error.problem) < 200
+        return
+    assert request.inputs == {} and decimal(header) is not None
 
 
 # -- over HTTP: TF Serving REST and the Open Inference Protocol's REST paths ------------------
