@@ -12,9 +12,11 @@ nothing a client sends is answered with a 5xx.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
+import re
 import shutil
 from urllib.parse import quote
 
@@ -23,13 +25,15 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import model_management_pb2, predict_pb2
+from tensorflow_serving.config.model_server_config_pb2 import ModelConfig
 from tritonclient.grpc import service_pb2 as v2_pb
 
 from proto.diptych.v1 import diptych_pb2 as pb
 from service.core import ValidationError
 from service.core.repository import ModelRef
 from service.core.validation import MAX_JSON_DEPTH, MAX_VERSION, decimal, json_document, requested_version
+from service.grpc.model_service import MAX_RELOAD_MODELS, ModelServicer
 from service.http.v2rest import HEADER_LENGTH, v2_request
 from tests.conftest import Server
 from tests.grpc_clients import png_bytes
@@ -107,6 +111,18 @@ def test_a_v2_header_length_that_is_no_count_is_refused_naming_it(header):
         assert error.field in (HEADER_LENGTH, "body") and error.problem and len(error.problem) < 200
         return
     assert request.inputs == {} and decimal(header) is not None
+
+
+@pytest.mark.parametrize(("names", "problem"), [
+    ([f"m{i}" for i in range(MAX_RELOAD_MODELS + 1)], f"{MAX_RELOAD_MODELS + 1} models listed: at most"),
+    (["a", "b", "a"], "'a' is listed twice"),
+])
+def test_a_reload_config_too_long_or_with_a_model_twice_is_refused_before_any_change(names, problem):
+    """Counted at once (a list.count per name was quadratic, on the event loop), and bounded."""
+    request = model_management_pb2.ReloadConfigRequest()
+    request.config.model_config_list.config.extend(ModelConfig(name=name, base_path="/m") for name in names)
+    with pytest.raises(ValidationError, match=re.escape(problem)):
+        asyncio.run(ModelServicer(engine=None).HandleReloadConfigRequest(request, None))  # the engine is never asked
 
 
 # -- over HTTP: TF Serving REST and the Open Inference Protocol's REST paths ------------------
