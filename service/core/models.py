@@ -41,6 +41,7 @@ from .payloads import PayloadLog
 log = logging.getLogger("diptych")
 
 TensorRunner = Callable[..., Awaitable[dict[str, np.ndarray]]]
+SHADOW_BATCHES = 4  # batches a shadow's queue may hold; a copy past them is dropped, as a shadow is best effort
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,8 +163,13 @@ class ServedModel:
 
     def mirror(self, items: list[Any]) -> None:
         """A shadow's copy of another version's items: run in this version's batches, counted
-        and logged, never awaited or returned (so it can neither slow nor fail the request)."""
+        and logged, never awaited or returned (so it can neither slow nor fail the request).
+        A copy takes no request slot, so nothing else bounds the shadow's queue: past
+        SHADOW_BATCHES full batches waiting, the copy is dropped (counted as `dropped`)."""
         labels, context = self.metric_labels, current()
+        if self.batcher.depth + len(items) > SHADOW_BATCHES * self.settings.max_batch_size:
+            metrics().shadow_requests.labels(**labels, outcome="dropped").inc()
+            return
         try:
             futures = self.batcher.submit(items)
         except RuntimeError:  # unloaded meanwhile
