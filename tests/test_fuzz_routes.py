@@ -37,10 +37,12 @@ from service.grpc.model_service import MAX_RELOAD_MODELS, ModelServicer
 from service.http.v2rest import HEADER_LENGTH, v2_request
 from tests.conftest import Server
 from tests.grpc_clients import png_bytes
+from tests.reliability import connect, read_response, request_head
 from tests.test_fuzz import FUZZ, JSON, bodies
 
 pytestmark = pytest.mark.slow
 ADMIN = "fuzz-admin-key"
+ADMIN_HEADERS = {"authorization": f"Bearer {ADMIN}"}
 # Versions as clients get them wrong: other scripts' digits int() reads ("١" is 1, "۲" is 2),
 # digits it does not ("²"), more digits than it takes, beyond int64, signs, spaces, fractions.
 VERSIONS = ["1", "0", "2", "007", "\u0661", "\u06f2", "\u00b2", "9" * 5000, str(MAX_VERSION), str(MAX_VERSION + 1),
@@ -218,17 +220,21 @@ def test_deeply_nested_json_is_a_400_saying_so(server):
 # -- over HTTP: the control routes, on a server of their own ------------------------------------
 
 
+CONTROL_BODY_BYTES = 100_000
+
+
 @pytest.fixture(scope="module")
 def control(tiny_models, tmp_path_factory):
     """Admin keys on; a default classifier, and a spare model in the repository folder that
-    the fuzzing loads, unloads and configures."""
+    the fuzzing loads, unloads and configures. Bodies: at most 100 kB, whole within 3 s."""
     root = tmp_path_factory.mktemp("fuzz-repository")
     shutil.copytree(tiny_models["classifier"], root / "spare" / "1")
     env = {key: value for key, value in os.environ.items() if not key.startswith("DIPTYCH_")}
     env.update(BENTOML_HOME=str(tmp_path_factory.mktemp("fuzz-home")), BENTOML_DO_NOT_TRACK="true",
                TF_CPP_MIN_LOG_LEVEL="3", DIPTYCH_MODEL_ROOT=str(root), DIPTYCH_STORE="false",
                DIPTYCH_CLASSIFIER=str(tiny_models["classifier"]), DIPTYCH_GENERATOR="", DIPTYCH_POLL_S="0",
-               DIPTYCH_CLASSIFIER_RUNTIME="tensorflow", DIPTYCH_ADMIN_KEYS=ADMIN)
+               DIPTYCH_CLASSIFIER_RUNTIME="tensorflow", DIPTYCH_ADMIN_KEYS=ADMIN,
+               DIPTYCH_MAX_BODY_BYTES=str(CONTROL_BODY_BYTES), DIPTYCH_BODY_TIMEOUT_S="3")
     server = Server(env, tmp_path_factory.mktemp("fuzz-server") / "server.log")
     try:
         server.wait("/readyz")
@@ -274,6 +280,36 @@ def test_a_deeply_nested_config_is_a_400_naming_it(control):
     answer = control.client.post("/v2/repository/models/spare/load", headers={"authorization": f"Bearer {ADMIN}"},
                                  json={"parameters": {"config": nested(5000)}})
     assert answer.status_code == 400 and answer.json()["detail"][0]["loc"] == ["parameters", "config"], answer.text
+
+
+@pytest.mark.parametrize("path", ["/v2/repository/models/spare/load", "/v2/repository/index"])
+def test_a_body_trickling_past_body_timeout_s_is_a_408_and_the_next_is_served(control, path):
+    """A control route and an inference-side route: a client that sends part of its body and
+    stops is cut off by the deadline (it held its connection and body until BentoML's traffic
+    timeout, 40 s), and the route serves the next request."""
+    body = b'{"parameters": {}}'
+    sock = connect(control)
+    try:
+        sock.sendall(request_head(path, len(body), headers=ADMIN_HEADERS) + body[:5])  # and no more
+        code, answer = read_response(sock)
+    finally:
+        sock.close()
+    assert code == 408, answer
+    assert json.loads(answer)["error"] == "body: not received whole within 3 s (body_timeout_s): send the request at once"
+    assert control.client.post(path, content=body, headers={**ADMIN_HEADERS, "content-type": "application/json"}
+                               ).status_code == 200
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_control_body_over_max_body_bytes_is_a_413(control, chunked):
+    """The load/unload routes read their bodies through the guard's bounded reader too (they
+    read any length before): declared too long, or streamed past the limit."""
+    body = json.dumps({"parameters": {"config": "x" * CONTROL_BODY_BYTES}}).encode()
+    for action in ("load", "unload"):
+        answer = control.client.post(f"/v2/repository/models/spare/{action}", content=iter([body]) if chunked else body,
+                                     headers={**ADMIN_HEADERS, "content-type": "application/json"})
+        assert answer.status_code == 413, answer.text
+        assert answer.json()["error"] == f"body: larger than {CONTROL_BODY_BYTES} bytes"
 
 
 def test_the_control_server_is_sound_after_the_fuzzing(control):
