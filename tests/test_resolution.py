@@ -7,8 +7,9 @@ labels `one` and `two`, and a 50/50 traffic split. Every protocol (diptych HTTP 
 TF Serving REST and gRPC, the Open Inference Protocol REST and gRPC) is asked for a pinned
 version, a label (the Open Inference Protocol has none) and no version at all; each answer's
 scores must be those of the version it names, computed here in-process from that version's
-folder. The request ids are picked so that the split, keyed by them, would choose the
-other version than the one pinned: a second lookup by name would be seen.
+folder. The callers (`X-Caller`, which the split sticks to; a request's id is the server's
+own, random) are picked so that the split, keyed by them, would choose the other version
+than the one pinned: a second lookup by name would be seen.
 """
 
 from __future__ import annotations
@@ -87,9 +88,9 @@ def server(versions, tmp_path_factory):
         server.stop()
 
 
-def request_ids(avoid: int | None) -> list[str]:
-    """Request ids for one case: where a version is pinned, ids the traffic split sends to the
-    other version; else two ids it sends to each."""
+def callers(avoid: int | None) -> list[str]:
+    """Callers for one case: where a version is pinned, callers the traffic split sends to the
+    other version; else two it sends to each."""
     config, found = ModelConfig.parse("classifier", CONFIG), {1: [], 2: []}
     for i in range(200):
         found[config.split({1, 2}, f"resolution-{i}")].append(f"resolution-{i}")
@@ -99,34 +100,34 @@ def request_ids(avoid: int | None) -> list[str]:
 # -- each protocol: (version named, scores in the model's label order) for a model reference ------
 
 
-def diptych_http(server: Server, version: int | None, label: str | None, request_id: str) -> tuple[int, list]:
+def diptych_http(server: Server, version: int | None, label: str | None, caller: str) -> tuple[int, list]:
     model = "classifier" + (f":{version}" if version else f"@{label}" if label else "")
     answer = server.client.post("/classify", json={"images": [base64.b64encode(IMAGE).decode()], "top_k": 10,
-                                                   "model": model}, headers={"x-request-id": request_id})
+                                                   "model": model}, headers={"x-caller": caller})
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["model"]["version"] == answer.headers["x-model-version"]
     return int(body["model"]["version"]), {item["label"]: item["score"] for item in body["predictions"][0]}
 
 
-def diptych_grpc(server: Server, version: int | None, label: str | None, request_id: str) -> tuple[int, dict]:
+def diptych_grpc(server: Server, version: int | None, label: str | None, caller: str) -> tuple[int, dict]:
     model = "classifier" + (f":{version}" if version else f"@{label}" if label else "")
     with grpc.insecure_channel(server.grpc_target) as channel:
         answer = diptych_pb2_grpc.DiptychStub(channel).Classify(
-            pb.ClassifyRequest(images=[IMAGE], top_k=10, model=model), metadata=[("x-request-id", request_id)],
+            pb.ClassifyRequest(images=[IMAGE], top_k=10, model=model), metadata=[("x-caller", caller)],
             timeout=30)
     return int(answer.model.version), {item.label: item.score for item in answer.predictions[0].labels}
 
 
-def tf_serving_rest(server: Server, version: int | None, label: str | None, request_id: str) -> tuple[int, list]:
+def tf_serving_rest(server: Server, version: int | None, label: str | None, caller: str) -> tuple[int, list]:
     where = f"/versions/{version}" if version else f"/labels/{label}" if label else ""
-    answer = server.client.post(f"/v1/models/classifier{where}:predict", headers={"x-request-id": request_id},
+    answer = server.client.post(f"/v1/models/classifier{where}:predict", headers={"x-caller": caller},
                                 json={"instances": [{"b64": base64.b64encode(IMAGE).decode()}]})
     assert answer.status_code == 200, answer.text
     return int(answer.headers["x-model-version"]), answer.json()["predictions"][0]["scores"]
 
 
-def tf_serving_grpc(server: Server, version: int | None, label: str | None, request_id: str) -> tuple[int, list]:
+def tf_serving_grpc(server: Server, version: int | None, label: str | None, caller: str) -> tuple[int, list]:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "classifier"
     if version:
@@ -136,13 +137,13 @@ def tf_serving_grpc(server: Server, version: int | None, label: str | None, requ
     request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([IMAGE]))
     with grpc.insecure_channel(server.grpc_target) as channel:
         answer = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
-            request, metadata=[("x-request-id", request_id)], timeout=30)
+            request, metadata=[("x-caller", caller)], timeout=30)
     return answer.model_spec.version.value, tf.make_ndarray(answer.outputs["scores"])[0].tolist()
 
 
-def v2_rest(server: Server, version: int | None, label: None, request_id: str) -> tuple[int, list]:
+def v2_rest(server: Server, version: int | None, label: None, caller: str) -> tuple[int, list]:
     path = f"/v2/models/classifier{f'/versions/{version}' if version else ''}/infer"
-    answer = server.client.post(path, headers={"x-request-id": request_id}, json={
+    answer = server.client.post(path, headers={"x-caller": caller}, json={
         "inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1],
                     "data": [base64.b64encode(IMAGE).decode()], "parameters": {"content_type": "base64"}}],
         "outputs": [{"name": "scores"}]})
@@ -151,13 +152,13 @@ def v2_rest(server: Server, version: int | None, label: None, request_id: str) -
     return int(body["model_version"]), body["outputs"][0]["data"]
 
 
-def v2_grpc(server: Server, version: int | None, label: None, request_id: str) -> tuple[int, list]:
-    request = v2_pb.ModelInferRequest(model_name="classifier", model_version=str(version or ""), id=request_id)
+def v2_grpc(server: Server, version: int | None, label: None, caller: str) -> tuple[int, list]:
+    request = v2_pb.ModelInferRequest(model_name="classifier", model_version=str(version or ""), id=caller)
     request.inputs.add(name="image_bytes", datatype="BYTES", shape=[1]).contents.bytes_contents.append(IMAGE)
     request.outputs.add(name="scores")
     with grpc.insecure_channel(server.grpc_target) as channel:
         answer = v2_services.GRPCInferenceServiceStub(channel).ModelInfer(
-            request, metadata=[("x-request-id", request_id)], timeout=30)
+            request, metadata=[("x-caller", caller)], timeout=30)
     return int(answer.model_version), np.frombuffer(answer.raw_output_contents[0], "<f4").tolist()
 
 
@@ -183,14 +184,14 @@ def test_the_version_named_is_the_version_that_computed(server, versions, expect
     label = which if kind == "label" else None
     pinned = version or LABELS.get(label)
     named = set()
-    for request_id in request_ids(pinned):
-        number, scores = PROTOCOLS[protocol](server, version, label, request_id)
+    for caller in callers(pinned):
+        number, scores = PROTOCOLS[protocol](server, version, label, caller)
         assert number in expected, number
         np.testing.assert_allclose(in_label_order(scores, versions, number), expected[number], atol=1e-5,
-                                   err_msg=f"{protocol} {case}: answered as version {number} ({request_id})")
+                                   err_msg=f"{protocol} {case}: answered as version {number} ({caller})")
         assert pinned in (None, number), (protocol, case, number)
         named.add(number)
-    if pinned is None:  # the split sent these ids to both versions, each answered as itself
+    if pinned is None:  # the split sent these callers to both versions, each answered as itself
         assert named == {1, 2}, named
 
 
