@@ -34,7 +34,7 @@ from service.core import ValidationError
 from service.core.repository import ModelRef
 from service.core.validation import MAX_JSON_DEPTH, MAX_VERSION, decimal, json_document, requested_version
 from service.grpc.model_service import MAX_RELOAD_MODELS, ModelServicer
-from service.http.v2rest import HEADER_LENGTH, v2_request
+from service.http.v2rest import v2_request
 from tests.conftest import Server
 from tests.grpc_clients import png_bytes
 from tests.reliability import connect, read_response, request_head
@@ -102,17 +102,17 @@ def test_json_documents_parse_or_are_refused_at_any_depth(text):
 
 
 @settings(FUZZ, max_examples=200)
-@given(st.one_of(st.sampled_from(["9" * 5000, "9" * 20, "", "-1", "\u00b2", "1e3"]), st.text(max_size=25)))
-def test_a_v2_header_length_that_is_no_count_is_refused_naming_it(header):
-    """`Inference-Header-Content-Length` is read in ASCII digits within int64: thousands of
-    digits made int() raise (a 500)."""
+@given(st.one_of(st.sampled_from(["9" * 5000, "9" * 20, "", "-1", "\u00b2", "1e3", "0", "3"]), st.text(max_size=25)))
+def test_a_v2_header_length_that_is_no_count_is_ignored(header):
+    """`Inference-Header-Content-Length` is read in ASCII digits within int64, else ignored (the
+    body is all JSON, as `²` is taken in test_fuzz.py): thousands of digits made int() raise (a 500)."""
     body = json.dumps({"inputs": []}).encode()
     try:
         request, _ = v2_request(body, header, "classifier")
     except ValidationError as error:
-        assert error.field in (HEADER_LENGTH, "body") and error.problem and len(error.problem) < 200
+        assert error.field == "body" and decimal(header) is not None, error  # a count that cuts the JSON short
         return
-    assert request.inputs == {} and decimal(header) is not None
+    assert request.inputs == {}
 
 
 @pytest.mark.parametrize(("names", "problem"), [

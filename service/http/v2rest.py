@@ -16,12 +16,10 @@ from starlette.responses import JSONResponse, Response
 
 from .. import v2
 from ..core import UnsupportedMediaType, ValidationError
-from ..core.validation import decimal, json_document, shown
+from ..core.validation import decimal, json_document
 from .api import engine
 from .errors import errors
 from .schemas import V2InferRequest
-
-HEADER_LENGTH = "Inference-Header-Content-Length"  # the JSON head's length, binary tensor data after it
 
 
 def v2_request(
@@ -29,9 +27,8 @@ def v2_request(
 ) -> tuple[v2.Request, Callable[[str], bool]]:
     """A JSON request, or JSON followed by binary tensor data (Triton's extension, which
     tritonclient uses by default); also says which outputs go back as binary data."""
-    split = len(body) if header_length is None else decimal(header_length)
-    if split is None:
-        raise ValidationError(HEADER_LENGTH, f"{shown(header_length)} is not a byte count (ASCII digits)")
+    if (split := decimal(header_length or "")) is None:
+        split = len(body)
     try:
         head = V2InferRequest.model_validate_json(body[:split])
     except pydantic.ValidationError as error:
@@ -83,13 +80,13 @@ def v2_response(result: v2.Response, binary: Callable[[str], bool]) -> Response:
     headers = {"X-Model-Name": result.model, "X-Model-Version": result.version}
     if not chunks:
         return Response(head, media_type="application/json", headers=headers)
-    headers[HEADER_LENGTH] = str(len(head))
+    headers["Inference-Header-Content-Length"] = str(len(head))
     return Response(head + b"".join(chunks), media_type="application/octet-stream", headers=headers)
 
 
 @errors
 async def infer(request: Request) -> Response:
-    parsed, binary = v2_request(await request.body(), request.headers.get(HEADER_LENGTH),
+    parsed, binary = v2_request(await request.body(), request.headers.get("inference-header-content-length"),
                                 **request.path_params)
     return v2_response(await v2.infer(engine(), parsed), binary)
 
