@@ -66,8 +66,13 @@ def signature_defs(folder: str | os.PathLike) -> dict[str, meta_graph_pb2.Signat
 
 def signatures(folder: str | os.PathLike) -> dict[str, Signature]:
     """The signatures that take inputs (TF's `__saved_model_init_op` takes none)."""
+    return signatures_of(signature_defs(folder))
+
+
+def signatures_of(definitions: Mapping[str, meta_graph_pb2.SignatureDef]) -> dict[str, Signature]:
+    """`signatures`, from a SignatureDefMap already read."""
     return {name: Signature(name, _specs(definition.inputs), _specs(definition.outputs))
-            for name, definition in signature_defs(folder).items() if definition.inputs}
+            for name, definition in definitions.items() if definition.inputs}
 
 
 def _specs(tensors: Mapping[str, meta_graph_pb2.TensorInfo]) -> dict[str, Spec]:

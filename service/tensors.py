@@ -2,7 +2,9 @@
 Inference Protocol serve, whatever their wire format.
 
 What each signature takes and returns comes from the SavedModel's real SignatureDefs
-(`contract.signatures`), so inputs are checked against them (names, dtypes, shapes) as TF
+(`contract.signatures`), read once when the version is loaded (`ServedModel.signatures`):
+a request never reads the disk, so a version whose folder is gone still answers, and a
+folder replaced at the same path cannot lend it another model's signatures. Inputs are checked against them (names, dtypes, shapes) as TF
 Serving would. Each kind says which of its signatures it serves and runs them
 (`ServedModel.tensor_runners`), through its batches and the engine's limits, never beside
 them; the declared outputs are returned.
@@ -10,13 +12,12 @@ them; the declared outputs are returned.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from contract.signatures import Signature, signature_defs, signatures
+from contract.signatures import Signature
 
 from .core import ModelInfo, ServedModel, UnknownSignature, ValidationError
 
@@ -29,27 +30,17 @@ def version(info: ModelInfo) -> int:
     return int(info.version)
 
 
-@functools.cache
-def _definitions(path: str) -> dict[str, meta_graph_pb2.SignatureDef]:
-    return signature_defs(path)
+def definitions(model: ServedModel) -> Mapping[str, meta_graph_pb2.SignatureDef]:
+    """The SavedModel's SignatureDefMap, as TF Serving reads it from saved_model.pb: the
+    model's own copy, read when it was loaded."""
+    return model.signature_defs
 
 
-@functools.cache
-def _signatures(path: str) -> dict[str, Signature]:
-    return signatures(path)
-
-
-def definitions(info: ModelInfo) -> dict[str, meta_graph_pb2.SignatureDef]:
-    """The SavedModel's SignatureDefMap, as TF Serving reads it from saved_model.pb (once per model)."""
-    return _definitions(info.path)
-
-
-def signature(info: ModelInfo, name: str) -> Signature:
-    served = _signatures(info.path)
-    if name not in served:
+def signature(model: ServedModel, name: str) -> Signature:
+    if name not in model.signatures:
         raise UnknownSignature("signature_name", f'Serving signature name: "{name}" not found in signature def; '
-                                                 f"{info.kind} serves {sorted(served)}")
-    return served[name]
+                                                 f"{model.kind} serves {sorted(model.signatures)}")
+    return model.signatures[name]
 
 
 async def run(
@@ -58,7 +49,7 @@ async def run(
     """Check `inputs` against signature `name` of `model`, run it there, return `outputs`
     (all when empty). `model` is the version the request was resolved to at the edge: it
     is never looked up again, so the version that computes is the one the answer names."""
-    served = signature(model.info, name)
+    served = signature(model, name)
     check(served, inputs)
     runner = model.tensor_runner(frozenset(served.inputs))
     if runner is None:

@@ -79,8 +79,8 @@ def model_ready(engine: Engine, name: str, version: str = "") -> bool:
 
 
 def model_metadata(engine: Engine, name: str, version: str = "") -> dict[str, Any]:
-    info = model(engine, name, version).info
-    served = tensors.signature(info, SIGNATURE)
+    served_model = model(engine, name, version)
+    info, served = served_model.info, tensors.signature(served_model, SIGNATURE)
 
     def describe(specs: dict[str, Spec]) -> list[dict[str, Any]]:
         return [{"name": key, "datatype": NAMES[spec.dtype], "shape": [-1] if spec.shape is None else list(spec.shape)}

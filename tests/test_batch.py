@@ -108,6 +108,30 @@ def test_symlink_loops_are_a_row_each_never_a_walk_without_end(tmp_path):
     assert list_files(str(tmp_path / "in" / "sub" / "*.png")).errors == {}  # a glob that does not go there
 
 
+def test_a_glob_of_many_double_stars_is_matched_in_one_walk(tmp_path):
+    """Each `**` may match any number of folders: trying every split was exponential in their
+    number (30 of them, 10 folders deep: it never ended)."""
+    deep = tmp_path / "in" / Path(*"abcdefghij")
+    deep.mkdir(parents=True)
+    (deep / "x1.png").write_bytes(b"x")
+    (deep / "y1.png").write_bytes(b"x")
+    stars = str(tmp_path / "in" / Path(*["**"] * 30))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a hang fails the test instead of stopping the run
+        assert pool.submit(list_files, f"{stars}/x*.png").result(timeout=120).files == [str(deep / "x1.png")]
+        with pytest.raises(SourceError, match="matches no image file"):
+            pool.submit(list_files, f"{stars}/z*.png").result(timeout=120)
+
+
+def test_a_listed_path_that_is_no_regular_file_is_refused_without_opening_it_to_wait(tmp_path):
+    """A list may name a named pipe: a plain open() waits for a writer for ever."""
+    os.mkfifo(tmp_path / "pipe.png")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with pytest.raises(OSError, match="not a regular file"):
+            pool.submit(read_bytes, str(tmp_path / "pipe.png")).result(timeout=120)
+    with pytest.raises(IsADirectoryError):
+        read_bytes(str(tmp_path))
+
+
 def test_a_file_larger_than_a_request_is_refused_before_it_is_read(tmp_path):
     huge = tmp_path / "huge.png"
     with huge.open("wb") as file:
@@ -391,15 +415,18 @@ def kill_when_logged(process: subprocess.Popen, parts: Path, count: int) -> None
 def test_classify_killed_mid_job_resumes_with_no_row_lost_or_twice(tiny_models, archive, tmp_path):
     files = list_files(str(archive)).files
     blocker = tmp_path / "late.png"
-    os.mkfifo(blocker)
+    blocker.write_bytes((archive / "shirts" / "003.png").read_bytes())
     (tmp_path / "list.txt").write_text("\n".join([*files[:22], str(blocker), *files[22:]]) + "\n")
     out = tmp_path / "out.parquet"
     common = ["--out", out, "--model", tiny_models["classifier"], "--runtime", "litert", "--part-size", "4"]
-    # The FIFO is item 22, in part 5: reading it blocks while parts 0-3 are logged and part 4 is in flight.
-    kill_when_logged(start("classify", tmp_path / "list.txt", *common), tmp_path / "out.parquet.job" / "parts", 4)
+    # A FIFO where part 4 is written (a listed FIFO is a row's error, never a wait): writing it
+    # blocks while parts 0-3 are logged and part 5 is in flight.
+    parts = tmp_path / "out.parquet.job" / "parts"
+    parts.mkdir(parents=True)
+    os.mkfifo(parts / ".000004.jsonl.tmp")
+    kill_when_logged(start("classify", tmp_path / "list.txt", *common), parts, 4)
     assert not out.exists()
-    blocker.unlink()
-    blocker.write_bytes((archive / "shirts" / "003.png").read_bytes())
+    (parts / ".000004.jsonl.tmp").unlink()
     assert "49 images in" in finish("classify", tmp_path / "list.txt", *common)  # 65 less the 16 logged
     (tmp_path / "clean").mkdir()
     finish("classify", tmp_path / "list.txt", *common[:1], tmp_path / "clean" / "out.parquet", *common[2:])

@@ -43,6 +43,8 @@ SHOES = {"versions": "all", "labels": {"stable": 1, "canary": 2}, "traffic": {"s
     ({"log_sample": 2}, "log_sample"),
     ({"log_thumbnails": "false"}, "log_thumbnails: true or false"),
     ({"path": 5}, "path: a folder"),
+    ({"path": "/m/\x00"}, "path: '/m/\\x00' holds U+0000, a control character"),  # realpath() raised: a 500
+    ({"path": "/m/\ud800"}, "path: '/m/\\ud800' holds U+D800"),
     ({"colour": "red"}, "unknown keys ['colour']"),
 ])
 def test_a_model_table_is_refused_naming_the_key(table, where):

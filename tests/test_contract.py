@@ -15,10 +15,9 @@ from contract.card import SCHEMA, CardError, ModelCard
 from contract.latents import check_psi, seeded_class_ids, seeded_latents, truncated_latents
 from contract.layout import latest_version_dir, new_version_folder, resolve, version_dir, versions
 from contract.litert import Conversion, save_calibration
-from contract.signatures import signatures
-from service import tensors, v2
+from contract.signatures import signature_defs, signatures, signatures_of
+from service import v2
 from service.core import Engine, NotFound, ServedModel, Settings
-from service.core.models import locate
 from service.kinds import KINDS, Generator
 
 CARD = {"kind": "classifier", "name": "shoes", "version": 3, "image_size": [32, 32], "channels": 3,
@@ -230,4 +229,5 @@ def test_signatures_are_read_without_loading_the_model(doubler):
     served = signatures(doubler)
     assert list(served) == ["serving_default"]
     assert served["serving_default"].inputs["x"].shape == (-1, 3)
-    assert tensors.signature(locate(str(doubler)), "serving_default").outputs["y"].dtype == np.float32
+    # what a version holds once loaded (ServedModel.load), read from its SignatureDefMap alone
+    assert signatures_of(signature_defs(doubler))["serving_default"].outputs["y"].dtype == np.float32

@@ -12,8 +12,10 @@ nothing a client sends is answered with a 5xx.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import re
 import shutil
 from urllib.parse import quote
 
@@ -22,19 +24,24 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import model_management_pb2, predict_pb2
+from tensorflow_serving.config.model_server_config_pb2 import ModelConfig
 from tritonclient.grpc import service_pb2 as v2_pb
 
 from proto.diptych.v1 import diptych_pb2 as pb
 from service.core import ValidationError
 from service.core.repository import ModelRef
-from service.core.validation import MAX_JSON_DEPTH, MAX_VERSION, json_document, requested_version
+from service.core.validation import MAX_JSON_DEPTH, MAX_VERSION, decimal, json_document, requested_version
+from service.grpc.model_service import MAX_RELOAD_MODELS, ModelServicer
+from service.http.v2rest import v2_request
 from tests.conftest import Server, repository_server
 from tests.grpc_clients import png_bytes
+from tests.reliability import connect, read_response, request_head
 from tests.test_fuzz import FUZZ, JSON, bodies
 
 pytestmark = pytest.mark.slow
 ADMIN = "fuzz-admin-key"
+ADMIN_HEADERS = {"authorization": f"Bearer {ADMIN}"}
 # Versions as clients get them wrong: other scripts' digits int() reads ("١" is 1, "۲" is 2),
 # digits it does not ("²"), more digits than it takes, beyond int64, signs, spaces, fractions.
 VERSIONS = ["1", "0", "2", "007", "\u0661", "\u06f2", "\u00b2", "9" * 5000, str(MAX_VERSION), str(MAX_VERSION + 1),
@@ -91,6 +98,32 @@ def test_json_documents_parse_or_are_refused_at_any_depth(text):
         assert error.field == "body" and error.problem
         return
     assert json.dumps(parsed) == json.dumps(json.loads(text))  # NaN is not equal to itself
+
+
+@settings(FUZZ, max_examples=200)
+@given(st.one_of(st.sampled_from(["9" * 5000, "9" * 20, "", "-1", "\u00b2", "1e3", "0", "3"]), st.text(max_size=25)))
+def test_a_v2_header_length_that_is_no_count_is_ignored(header):
+    """`Inference-Header-Content-Length` is read in ASCII digits within int64, else ignored (the
+    body is all JSON, as `²` is taken in test_fuzz.py): thousands of digits made int() raise (a 500)."""
+    body = json.dumps({"inputs": []}).encode()
+    try:
+        request, _ = v2_request(body, header, "classifier")
+    except ValidationError as error:
+        assert error.field == "body" and decimal(header) is not None, error  # a count that cuts the JSON short
+        return
+    assert request.inputs == {}
+
+
+@pytest.mark.parametrize(("names", "problem"), [
+    ([f"m{i}" for i in range(MAX_RELOAD_MODELS + 1)], f"{MAX_RELOAD_MODELS + 1} models listed: at most"),
+    (["a", "b", "a"], "'a' is listed twice"),
+])
+def test_a_reload_config_too_long_or_with_a_model_twice_is_refused_before_any_change(names, problem):
+    """Counted at once (a list.count per name was quadratic, on the event loop), and bounded."""
+    request = model_management_pb2.ReloadConfigRequest()
+    request.config.model_config_list.config.extend(ModelConfig(name=name, base_path="/m") for name in names)
+    with pytest.raises(ValidationError, match=re.escape(problem)):
+        asyncio.run(ModelServicer(engine=None).HandleReloadConfigRequest(request, None))  # the engine is never asked
 
 
 # -- over HTTP: TF Serving REST and the Open Inference Protocol's REST paths ------------------
@@ -186,14 +219,18 @@ def test_deeply_nested_json_is_a_400_saying_so(server):
 # -- over HTTP: the control routes, on a server of their own ------------------------------------
 
 
+CONTROL_BODY_BYTES = 100_000
+
+
 @pytest.fixture(scope="module")
 def control(tiny_models, tmp_path_factory):
     """Admin keys on; a default classifier, and a spare model in the repository folder that
-    the fuzzing loads, unloads and configures."""
+    the fuzzing loads, unloads and configures. Bodies: at most 100 kB, whole within 3 s."""
     root = tmp_path_factory.mktemp("fuzz-repository")
     shutil.copytree(tiny_models["classifier"], root / "spare" / "1")
     with repository_server(tmp_path_factory, "fuzz", model_root=str(root), classifier=str(tiny_models["classifier"]),
-                           generator="", admin_keys=ADMIN) as server:
+                           generator="", admin_keys=ADMIN, max_body_bytes=str(CONTROL_BODY_BYTES),
+                           body_timeout_s="3") as server:
         yield server
 
 
@@ -234,6 +271,36 @@ def test_a_deeply_nested_config_is_a_400_naming_it(control):
     answer = control.client.post("/v2/repository/models/spare/load", headers={"authorization": f"Bearer {ADMIN}"},
                                  json={"parameters": {"config": nested(5000)}})
     assert answer.status_code == 400 and answer.json()["detail"][0]["loc"] == ["parameters", "config"], answer.text
+
+
+@pytest.mark.parametrize("path", ["/v2/repository/models/spare/load", "/v2/repository/index"])
+def test_a_body_trickling_past_body_timeout_s_is_a_408_and_the_next_is_served(control, path):
+    """A control route and an inference-side route: a client that sends part of its body and
+    stops is cut off by the deadline (it held its connection and body until BentoML's traffic
+    timeout, 40 s), and the route serves the next request."""
+    body = b'{"parameters": {}}'
+    sock = connect(control)
+    try:
+        sock.sendall(request_head(path, len(body), headers=ADMIN_HEADERS) + body[:5])  # and no more
+        code, answer = read_response(sock)
+    finally:
+        sock.close()
+    assert code == 408, answer
+    assert json.loads(answer)["error"] == "body: not received whole within 3 s (body_timeout_s): send the request at once"
+    assert control.client.post(path, content=body, headers={**ADMIN_HEADERS, "content-type": "application/json"}
+                               ).status_code == 200
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_control_body_over_max_body_bytes_is_a_413(control, chunked):
+    """The load/unload routes read their bodies through the guard's bounded reader too (they
+    read any length before): declared too long, or streamed past the limit."""
+    body = json.dumps({"parameters": {"config": "x" * CONTROL_BODY_BYTES}}).encode()
+    for action in ("load", "unload"):
+        answer = control.client.post(f"/v2/repository/models/spare/{action}", content=iter([body]) if chunked else body,
+                                     headers={**ADMIN_HEADERS, "content-type": "application/json"})
+        assert answer.status_code == 413, answer.text
+        assert answer.json()["error"] == f"body: larger than {CONTROL_BODY_BYTES} bytes"
 
 
 def test_the_control_server_is_sound_after_the_fuzzing(control):

@@ -414,7 +414,8 @@ def paired(server_env, tiny_models, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("paired")
     server = Server({**server_env, "BENTOML_HOME": str(tmp / "home"), "DIPTYCH_MAX_CONCURRENCY": "2",
                      "DIPTYCH_MAX_BATCH_SIZE": "2", "DIPTYCH_INTERPRETERS": "1", "DIPTYCH_BATCH_WINDOW_MS": "600000",
-                     "DIPTYCH_TIMEOUT_S": "120", "DIPTYCH_CLASSIFIER": str(tiny_models["classifier"]),
+                     "DIPTYCH_TIMEOUT_S": "120", "DIPTYCH_BODY_TIMEOUT_S": "120",  # a body is held across steps
+                     "DIPTYCH_CLASSIFIER": str(tiny_models["classifier"]),
                      "DIPTYCH_GENERATOR": str(tiny_models["generator"])}, tmp / "paired.log")
     try:
         server.wait("/readyz")

@@ -7,12 +7,14 @@ labels `one` and `two`, and a 50/50 traffic split. Every protocol (diptych HTTP 
 TF Serving REST and gRPC, the Open Inference Protocol REST and gRPC) is asked for a pinned
 version, a label (the Open Inference Protocol has none) and no version at all; each answer's
 scores must be those of the version it names, computed here in-process from that version's
-folder. The callers (`X-Caller`) are picked so that the split, keyed by them, would choose the
-other version than the one pinned: a second lookup by name would be seen.
+folder. The callers (`X-Caller`, which the split sticks to; a request's id is the server's
+own, random) are picked so that the split, keyed by them, would choose the other version
+than the one pinned: a second lookup by name would be seen.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import shutil
@@ -24,7 +26,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2, predict_pb2, prediction_service_pb2_grpc
 from tritonclient.grpc import service_pb2 as v2_pb
 from tritonclient.grpc import service_pb2_grpc as v2_services
 
@@ -32,9 +34,12 @@ from contract.card import ModelCard
 from contract.runtime import SavedModelRuntime
 from proto.diptych.v1 import diptych_pb2 as pb
 from proto.diptych.v1 import diptych_pb2_grpc
+from service import tensors, tfserving, v2
+from service.grpc import tfserving as tfserving_grpc
 from service.core.repository import ModelConfig
 from tests.conftest import ROOT, Server, repository_server
 from tests.grpc_clients import png_bytes
+from tests.test_repository import add_version, engine_for
 
 pytestmark = pytest.mark.slow
 LABELS = {"one": 1, "two": 2}
@@ -179,3 +184,28 @@ def test_the_version_named_is_the_version_that_computed(server, versions, expect
         named.add(number)
     if pinned is None:  # the split sent these callers to both versions, each answered as itself
         assert named == {1, 2}, named
+
+
+def test_a_version_whose_folder_is_gone_still_answers_the_tensor_protocols(tiny_models, tmp_path):
+    """Its signatures are the loaded version's own, read at load: TF Serving's and the Open
+    Inference Protocol's infer and metadata answer from it with its folder removed (they read
+    saved_model.pb on a first request: a 500), as the diptych API does."""
+    root = tmp_path / "models"
+    add_version(root, "shoes", 1, tiny_models["classifier"])
+    engine = engine_for(root, tiny_models)
+    try:
+        shutil.rmtree(root / "shoes" / "1")  # no poll (poll_s 0): version 1 keeps serving
+        inputs = {"image_bytes": np.array([IMAGE], dtype=object)}
+        answer = asyncio.run(v2.infer(engine, v2.Request("shoes", "1", "gone", inputs, [])))
+        assert answer.version == "1" and answer.outputs["scores"].shape == (1, 10)
+        assert [tensor["name"] for tensor in v2.model_metadata(engine, "shoes", "1")["inputs"]] == ["image_bytes"]
+        model = tfserving.servable(engine, "shoes", 1)
+        predicted = asyncio.run(tensors.run(model, "serving_default", inputs, ["scores"]))
+        assert np.allclose(predicted["scores"], answer.outputs["scores"])
+        spec = model_pb2.ModelSpec(name="shoes")
+        metadata = tfserving_grpc.metadata(model, spec, [tfserving_grpc.SIGNATURE_DEF])
+        definitions = get_model_metadata_pb2.SignatureDefMap()
+        assert metadata.metadata[tfserving_grpc.SIGNATURE_DEF].Unpack(definitions)
+        assert "serving_default" in definitions.signature_def
+    finally:
+        engine.close()

@@ -290,6 +290,7 @@ BAD_CLASSIFY_JSON = [
 BAD_GENERATE = [
     ({"class": "Unicorn"}, "class"),
     ({"class": 10}, "class"),
+    ({"class": "9" * 5000}, "class"),  # more digits than int() takes: was a 500
     ({"latents": [[0.0, 1.0]]}, "latents"),
     ({"count": 0}, "count"),
     ({"count": 65, "format": "json"}, "count"),
@@ -343,6 +344,7 @@ def test_unparseable_bodies(server, content, content_type, field):
     ([("images", ("note.txt", b"hello"))], "images"),
     ([("images", ("cut.jpg", png_bytes(fmt="JPEG")[:300]))], "images"),
     ([("images", ("ok.png", PNG)), ("top_k", (None, "many"))], "top_k"),
+    ([("images", ("ok.png", PNG)), ("top_k", (None, "9" * 5000))], "top_k"),  # int() refuses it: was a 500
     ([("images", (None, "not a file"))], "images"),
     ([("images", ("ok.png", PNG)), ("extra", (None, "1"))], "extra"),
 ])

@@ -6,15 +6,26 @@ import io
 import threading
 
 import numpy as np
+import prometheus_client
 import pytest
 from PIL import Image
 
 from contract.card import CardError
 from contract.latents import truncated_latents
-from service.core import Engine, LimitExceeded, NotReady, Overloaded, Settings, Unauthenticated, ValidationError
+from service.core import (
+    Engine,
+    LimitExceeded,
+    NotReady,
+    Overloaded,
+    ServedModel,
+    Settings,
+    Unauthenticated,
+    ValidationError,
+)
 from service.core.auth import ApiKeys
 from service.core.batching import Batcher
 from service.core.images import decode, prepare, tile
+from service.core.models import SHADOW_BATCHES
 from service.kinds import KINDS, Classifier, Generator
 from tests.conftest import toy_model
 from tests.conftest import eventually
@@ -283,3 +294,33 @@ def test_json_log_lines_are_one_object_a_line():
     assert second["level"] == "ERROR" and "ValueError: broken" in second["exception"]
     with pytest.raises(ValueError, match="log_format must be text or json"):
         Settings(log_format="xml")
+
+
+class Stalled(ServedModel):
+    """A model whose batches wait for `release`: its queue fills as a stuck shadow's would."""
+
+    kind = "stalled"
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.release = threading.Event()
+
+    def run_batch(self, items: list) -> list:
+        self.release.wait(60)
+        return list(items)
+
+
+def test_a_shadow_whose_queue_is_full_drops_the_copy_and_counts_it():
+    """Copies take no request slot: without a bound a slow shadow's queue grew without end."""
+    shadow = toy_model(Stalled, Settings(max_batch_size=2, interpreters=1))
+    dropped = {"model": "toy", "version": "1", "outcome": "dropped"}
+    before = prometheus_client.REGISTRY.get_sample_value("diptych_shadow_requests_total", dropped) or 0.0
+    try:
+        for _ in range(50):
+            shadow.mirror([b"item"])
+        assert shadow.batcher.depth <= SHADOW_BATCHES * 2
+        assert prometheus_client.REGISTRY.get_sample_value("diptych_shadow_requests_total", dropped) - before >= 50 - (
+            SHADOW_BATCHES * 2 + 2)  # the bound waiting, and at most one batch of 2 running
+    finally:
+        shadow.release.set()
+        shadow.close()

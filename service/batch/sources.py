@@ -73,14 +73,28 @@ def _globbed(source: str) -> Listing:
 
 def _matches(pattern: tuple[str, ...], parts: tuple[str, ...], prefix: bool = False) -> bool:
     """Whether a path (its parts) matches the pattern's parts; with `prefix`, whether a
-    path below this folder still could."""
-    if not parts:
-        return bool(pattern) if prefix else all(part == "**" for part in pattern)
-    if not pattern:
-        return False
-    if pattern[0] == "**":
-        return _matches(pattern[1:], parts, prefix) or _matches(pattern, parts[1:], prefix)
-    return fnmatch.fnmatchcase(parts[0], pattern[0]) and _matches(pattern[1:], parts[1:], prefix)
+    path below this folder still could. Matched part by part, keeping the set of pattern
+    positions reached (at most one per pattern part): trying each way a `**` could match
+    was exponential in the number of `**`."""
+    reached = _past_stars(pattern, {0})
+    for part in parts:
+        following = {index for index in reached if index < len(pattern) and pattern[index] == "**"}
+        following |= {index + 1 for index in reached
+                      if index < len(pattern) and pattern[index] != "**" and fnmatch.fnmatchcase(part, pattern[index])}
+        reached = _past_stars(pattern, following)
+        if not reached:
+            return False
+    return any(index < len(pattern) for index in reached) if prefix else len(pattern) in reached
+
+
+def _past_stars(pattern: tuple[str, ...], reached: set[int]) -> set[int]:
+    """The positions reached, and those after any `**` there (it may match no folder)."""
+    closed = set(reached)
+    for index in reached:
+        while index < len(pattern) and pattern[index] == "**":
+            index += 1
+            closed.add(index)
+    return closed
 
 
 def _walked(root: Path, descend: Callable[[tuple[str, ...]], bool], chosen: Callable[[tuple[str, ...]], bool]) \
@@ -153,9 +167,16 @@ def _read_list(path: Path) -> list[str]:
 def read_bytes(path: str, limit: int = Settings.max_body_bytes) -> bytes:
     """A file's bytes, if no more than `limit` (the service's request body limit: a file is
     classified only if a request could carry it); else LimitExceeded, having read at most
-    that. OSError (missing, unreadable, a folder, a symlink loop) is the caller's row error."""
-    with open(path, "rb") as file:
-        size = os.fstat(file.fileno()).st_size
+    that. OSError (missing, unreadable, a folder, a symlink loop, not a regular file) is the
+    caller's row error. Opened without blocking, then checked: a list may name a named pipe,
+    whose plain open() waits for a writer for ever."""
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+        info = os.fstat(file.fileno())
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, NOT_REGULAR, path)
+        size = info.st_size
         data = b"" if size > limit else file.read(limit + 1)  # + 1: a file that grows, or a pipe, is caught too
     if size > limit or len(data) > limit:
         shown = f"{size:,} bytes" if size > limit else f"more than {limit:,} bytes"

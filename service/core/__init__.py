@@ -5,6 +5,7 @@ from . import context
 from .config import Settings
 from .engine import Engine
 from .errors import (
+    BodyTimeout,
     Conflict,
     DeadlineExceeded,
     Forbidden,
@@ -22,6 +23,7 @@ from .errors import (
 from .models import ModelInfo, ServedModel
 
 __all__ = [
+    "BodyTimeout",
     "context",
     "Conflict",
     "DeadlineExceeded",

@@ -45,6 +45,7 @@ class Settings:
     batch_window_ms: float = 0.0  # extra wait for a fuller batch while the model is idle
     warmup_rounds: int = 3  # model calls per batch size before reporting ready
     max_body_bytes: int = 16 * 2**20
+    body_timeout_s: float = 10.0  # longest wait for a request body to arrive whole (408 past it); 0: none
     max_images: int = 32  # images per classify request
     max_pixels: int = 4096 * 4096  # per image, read from its header before decoding
     max_generate: int = 64  # images per generate request

@@ -43,6 +43,13 @@ class UnsupportedMediaType(ValidationError):
     reason = "unsupported_media_type"
 
 
+class BodyTimeout(ValidationError):
+    """The request's body did not arrive whole within `body_timeout_s` (HTTP only: 408): a
+    client sending it a trickle at a time would hold its connection and memory for long."""
+
+    reason = "body_timeout"
+
+
 class Conflict(ValidationError):
     """The change is well-formed but the repository's state refuses it: it would leave a
     default model without a version to serve, or its policy chooses no version there (409,

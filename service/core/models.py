@@ -20,9 +20,9 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from contract.card import ModelCard
 from contract.layout import resolve
 from contract.litert import Conversion, convert_apart
 from contract.runtime import LITERT, TENSORFLOW, LiteRTRuntime, Runtime, SavedModelRuntime, cores
+from contract.signatures import Signature, signature_defs, signatures_of
 
 from .batching import Batcher
 from .config import Settings
@@ -38,9 +39,13 @@ from .errors import DeadlineExceeded, ServiceError
 from .metrics import metrics
 from .payloads import PayloadLog
 
+if TYPE_CHECKING:
+    from tensorflow.core.protobuf.meta_graph_pb2 import SignatureDef
+
 log = logging.getLogger("diptych")
 
 TensorRunner = Callable[..., Awaitable[dict[str, np.ndarray]]]
+SHADOW_BATCHES = 4  # batches a shadow's queue may hold; a copy past them is dropped, as a shadow is best effort
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +106,10 @@ class ServedModel:
     # The SavedModel signatures this kind serves to the tensor protocols (TF Serving, V2): by
     # the set of input names a signature takes, the name of the method that runs it.
     tensor_runners: ClassVar[dict[frozenset[str], str]] = {}
+    # Its SavedModel's SignatureDefMap, and the signatures in it that take inputs, read once
+    # at load: a request never reads the folder, which may be gone or replaced since.
+    signature_defs: Mapping[str, SignatureDef] = {}
+    signatures: Mapping[str, Signature] = {}
 
     def __init__(self, info: ModelInfo, runtime: Runtime, settings: Settings) -> None:
         info.card.require(*self.card_fields)
@@ -122,7 +131,10 @@ class ServedModel:
     @classmethod
     def load(cls, info: ModelInfo, settings: Settings) -> ServedModel:
         runtime, info = load_runtime(info, settings.runtime_of(cls.kind), settings.interpreters or cores())
-        return cls(info, runtime, settings)
+        model = cls(info, runtime, settings)
+        model.signature_defs = signature_defs(info.path)
+        model.signatures = signatures_of(model.signature_defs)
+        return model
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._queue_depth.set(self.batcher.depth)
@@ -162,8 +174,13 @@ class ServedModel:
 
     def mirror(self, items: list[Any]) -> None:
         """A shadow's copy of another version's items: run in this version's batches, counted
-        and logged, never awaited or returned (so it can neither slow nor fail the request)."""
+        and logged, never awaited or returned (so it can neither slow nor fail the request).
+        A copy takes no request slot, so nothing else bounds the shadow's queue: past
+        SHADOW_BATCHES full batches waiting, the copy is dropped (counted as `dropped`)."""
         labels, context = self.metric_labels, current()
+        if self.batcher.depth + len(items) > SHADOW_BATCHES * self.settings.max_batch_size:
+            metrics().shadow_requests.labels(**labels, outcome="dropped").inc()
+            return
         try:
             futures = self.batcher.submit(items)
         except RuntimeError:  # unloaded meanwhile

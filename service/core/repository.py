@@ -145,6 +145,11 @@ class ModelConfig:
             raise ValueError(f"{where}.log_thumbnails: true or false")
         if (path := table.get("path") or None) is not None and not isinstance(path, str):
             raise ValueError(f"{where}.path: a folder, or a model store tag")
+        if path is not None and (odd := re.search("[\x00-\x1f\x7f-\x9f\ud800-\udfff]", path)):
+            # control characters and lone surrogates: no folder or tag holds one, and file system
+            # calls raise for NUL or a lone surrogate (a 500 where they are made)
+            raise ValueError(f"{where}.path: {path[:40]!r} holds U+{ord(odd[0]):04X}, a control character: "
+                             "a folder, or a model store tag")
         policy = Policy.parse(table["versions"], where) if "versions" in table else Policy()
         return cls(name, path, policy, labels, traffic, shadow, float(sample), thumbnails)
 

@@ -27,10 +27,16 @@ _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes
 
 
 def decimal(text: str) -> int | None:
-    """A string of ASCII digits (spaces around allowed) as an int, else None. `str.isdigit`
-    alone also takes digits such as "²" that `int()` refuses."""
-    text = text.strip()
-    return int(text) if text.isascii() and text.isdigit() else None
+    """A string of ASCII digits (spaces around allowed) within int64 as an int, else None.
+    `str.isdigit` alone also takes digits such as "²" that `int()` refuses, and `int()` raises
+    for more than 4300 digits (a 500): no count a request gives needs more than 19."""
+    return ascii_number(text.strip())
+
+
+def shown(value: object, most: int = 40) -> str:
+    """A value as an error message quotes it: its repr, cut short (a body can hold megabytes)."""
+    text = repr(value)
+    return text if len(text) <= most else text[:most] + "..."
 
 
 def requested_version(value: object, field: str) -> int:
@@ -42,8 +48,7 @@ def requested_version(value: object, field: str) -> int:
     else:
         number = -1 if (read := ascii_number(value)) is None else read
     if not 0 <= number <= MAX_VERSION:
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
-        raise ValidationError(field, f"{shown} is not a version number: ASCII digits, 0 to {MAX_VERSION}")
+        raise ValidationError(field, f"{shown(value)} is not a version number: ASCII digits, 0 to {MAX_VERSION}")
     return number
 
 

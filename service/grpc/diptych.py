@@ -42,16 +42,16 @@ class DiptychServicer(diptych_pb2_grpc.DiptychServicer):
             for name, entry in self.engine.status().items() for number, slot in sorted(entry["versions"].items())])
 
     async def LoadModel(self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext) -> pb.LoadModelResponse:
-        await self.engine.load_model(request.name, requested_version(request))
+        await self.engine.load_model(request.name, version_of(request))
         return pb.LoadModelResponse()
 
     async def UnloadModel(self, request: pb.UnloadModelRequest,
                           context: grpc.aio.ServicerContext) -> pb.UnloadModelResponse:
-        await self.engine.unload_model(request.name, requested_version(request))
+        await self.engine.unload_model(request.name, version_of(request))
         return pb.UnloadModelResponse()
 
 
-def requested_version(request: pb.LoadModelRequest | pb.UnloadModelRequest) -> int | None:
+def version_of(request: pb.LoadModelRequest | pb.UnloadModelRequest) -> int | None:
     """The version a load or unload names (int64 on the wire: a negative one is refused), or None."""
     return validation.requested_version(request.version, "version") if request.HasField("version") else None
 

@@ -11,6 +11,8 @@ a model the list leaves out is unloaded; leaving out a default model is refused
 
 from __future__ import annotations
 
+from collections import Counter
+
 import grpc
 from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2, model_service_pb2_grpc, status_pb2
 from tensorflow_serving.config import model_server_config_pb2
@@ -20,6 +22,7 @@ from ..core import Engine, ValidationError
 
 Status = get_model_status_pb2.ModelVersionStatus
 UNKNOWN_ERROR = 2  # tensorflow.error.Code.UNKNOWN: a version that ended with a failed load
+MAX_RELOAD_MODELS = 1024  # models one reload config may list: each is checked whole, on the event loop
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
@@ -42,11 +45,13 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     ) -> model_management_pb2.ReloadConfigResponse:
         if request.config.WhichOneof("config") != "model_config_list":
             raise ValidationError("config", "send a model_config_list (a custom_model_config is not served here)")
-        names = [config.name for config in request.config.model_config_list.config]
-        if duplicate := next((name for name in names if names.count(name) > 1), None):
-            raise ValidationError("config.model_config_list.config.name", f"{duplicate!r} is listed twice")
-        await self.engine.reload_config({config.name: model_table(config)
-                                         for config in request.config.model_config_list.config})
+        configs = request.config.model_config_list.config
+        if len(configs) > MAX_RELOAD_MODELS:
+            raise ValidationError("config.model_config_list.config",
+                                  f"{len(configs)} models listed: at most {MAX_RELOAD_MODELS}")
+        if duplicate := next((name for name, count in Counter(c.name for c in configs).items() if count > 1), None):
+            raise ValidationError("config.model_config_list.config.name", f"{duplicate[:100]!r} is listed twice")
+        await self.engine.reload_config({config.name: model_table(config) for config in configs})
         return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto(error_code=0))
 
 

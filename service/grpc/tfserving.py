@@ -36,7 +36,7 @@ from tensorflow_serving.apis import (
 from contract.signatures import dtypes
 
 from .. import tensors, tfserving
-from ..core import Engine, ModelInfo, ServedModel, ValidationError
+from ..core import Engine, ServedModel, ValidationError
 from ..core.validation import requested_version
 from ..kinds import Classifier, Scores
 
@@ -65,7 +65,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
                                context: grpc.aio.ServicerContext) -> get_model_metadata_pb2.GetModelMetadataResponse:
         model, spec = servable(self.engine, request.model_spec)
-        return metadata(model.info, spec, request.metadata_field)
+        return metadata(model, spec, request.metadata_field)
 
     async def Regress(self, request: object, context: grpc.aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no regression model is served")
@@ -169,7 +169,7 @@ def classifications(result: Scores) -> classification_pb2.ClassificationResult:
 
 
 def metadata(
-    info: ModelInfo, spec: model_pb2.ModelSpec, fields: list[str]
+    model: ServedModel, spec: model_pb2.ModelSpec, fields: list[str]
 ) -> get_model_metadata_pb2.GetModelMetadataResponse:
     if not fields:
         raise ValidationError("metadata_field", "GetModelMetadataRequest must specify at least one metadata_field")
@@ -178,6 +178,6 @@ def metadata(
             raise ValidationError("metadata_field", f"Metadata field {field} is not supported")
     response = get_model_metadata_pb2.GetModelMetadataResponse()
     response.model_spec.name, response.model_spec.version.value = spec.name, spec.version.value
-    definitions = get_model_metadata_pb2.SignatureDefMap(signature_def=tensors.definitions(info))
+    definitions = get_model_metadata_pb2.SignatureDefMap(signature_def=tensors.definitions(model))
     response.metadata[SIGNATURE_DEF].Pack(definitions)
     return response

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..core import (
+    BodyTimeout,
     Conflict,
     DeadlineExceeded,
     Forbidden,
@@ -31,6 +32,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 STATUS = {  # most specific first
     LimitExceeded: 413,
+    BodyTimeout: 408,
     UnsupportedMediaType: 415,
     Conflict: 409,
     ValidationError: 400,

@@ -1,12 +1,13 @@
 """The ASGI middleware in front of every HTTP route, BentoML's included: API keys on all but
 the route table's open endpoints, and an admin key on its control endpoints (loading and
-unloading models); for other POSTs, the body read and size-checked, then a request slot
-taken: a body that arrives slowly holds no slot (max_concurrency of them would refuse
-everyone else), only its own connection, until BentoML's traffic timeout. The bodies held in
-memory at once are bounded apart (`BODIES_PER_SLOT` × max_concurrency, each at most
-max_body_bytes). Every guarded request is counted by its route's template. Each request gets
-its id here (the client's `X-Request-Id`, or a new one), returned in `X-Request-Id`, and its
-caller (`X-Caller`, else its API key), which a model's traffic split sticks to."""
+unloading models). For those and for other POSTs the body is read whole first, bounded: at
+most max_body_bytes (413), arriving within body_timeout_s (408, so a client trickling its
+body is cut off in seconds), and at most `BODIES_PER_SLOT` × max_concurrency bodies arriving
+at once (503), which bounds their memory. Then an inference request takes a request slot: a
+body that arrives slowly holds none (max_concurrency of them would refuse everyone else).
+Every guarded request is counted by its route's template. Each request gets its id here (the
+client's `X-Request-Id`, or a new one), returned in `X-Request-Id`, and its caller
+(`X-Caller`, else its API key), which a model's traffic split sticks to."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from collections.abc import Callable
 
 from opentelemetry import trace
 
-from ..core import LimitExceeded, Overloaded, ServiceError, context
+from ..core import BodyTimeout, LimitExceeded, Overloaded, ServiceError, Settings, context
 from ..core.metrics import metrics
 from ..core.validation import decimal
 from .api import engine
@@ -62,12 +63,14 @@ class Guard:
             core = engine()
             core.keys.check(authorization)
             if endpoint is not None and endpoint.control and scope["method"] == endpoint.method:
-                # the load/unload API: an admin key, no request slot (another method: the app's 405)
+                # the load/unload API: an admin key, its body bounded as any, no request slot
+                # (another method: the app's 405)
                 core.check_admin(authorization)
-                return await self.app(scope, receive, answer)
+                body = await self._read_body(scope, receive, core.settings)
+                return await self.app(scope, _replay(body, receive), answer)
             if scope["method"] != "POST":
                 return await self.app(scope, receive, answer)
-            body = await self._read_body(scope, receive, BODIES_PER_SLOT * core.settings.max_concurrency)
+            body = await self._read_body(scope, receive, core.settings)
             with core.admit():
                 await self.app(scope, _replay(body, receive), answer)
         except ServiceError as error:
@@ -82,17 +85,24 @@ class Guard:
             metrics().requests.labels(protocol="http", method=method, code=str(status)).inc()
             metrics().request_seconds.labels(protocol="http", method=method).observe(time.perf_counter() - start)
 
-    async def _read_body(self, scope: dict, receive: Callable, most: int) -> bytes:
+    async def _read_body(self, scope: dict, receive: Callable, settings: Settings) -> bytes:
+        """The whole body: at most max_body_bytes (413), arriving within body_timeout_s (408), and
+        at most BODIES_PER_SLOT × max_concurrency bodies arriving at once (503)."""
         too_large = LimitExceeded("body", f"larger than {self.max_body_bytes} bytes")
         declared = decimal(_header(scope, b"content-length") or "")
         if declared is not None and declared > self.max_body_bytes:
             raise too_large
+        most = BODIES_PER_SLOT * settings.max_concurrency
         if self._receiving >= most:
             raise Overloaded(f"more than {most} request bodies arriving at once; retry shortly")
         self._receiving += 1
         metrics().receiving.inc()
         try:
-            return await self._receive(receive, too_large)
+            async with asyncio.timeout(settings.body_timeout_s or None):
+                return await self._receive(receive, too_large)
+        except TimeoutError:
+            raise BodyTimeout("body", f"not received whole within {settings.body_timeout_s:g} s (body_timeout_s): "
+                                      "send the request at once") from None
         finally:
             self._receiving -= 1
             metrics().receiving.dec()

@@ -43,7 +43,7 @@ def path_version(request: Request) -> int | None:
 @errors
 async def predict(request: Request) -> Response:
     model, body = model_of(request), _json(await request.body())
-    signature = tensors.signature(model.info, body.get("signature_name") or "serving_default")
+    signature = tensors.signature(model, body.get("signature_name") or "serving_default")
     row = "instances" in body
     if row == ("inputs" in body):
         raise ValidationError("body", "send either `instances` (row format) or `inputs` (columnar format)")
@@ -94,7 +94,7 @@ async def metadata(request: Request) -> Response:
     from tensorflow_serving.apis import get_model_metadata_pb2
 
     model = model_of(request)
-    definitions = get_model_metadata_pb2.SignatureDefMap(signature_def=tensors.definitions(model.info))
+    definitions = get_model_metadata_pb2.SignatureDefMap(signature_def=tensors.definitions(model))
     return JSONResponse({"model_spec": {"name": model.info.name, "signature_name": "", "version": model.info.version},
                          "metadata": {"signature_def": json_format.MessageToDict(definitions)}})
 

@@ -24,7 +24,7 @@ from contract.latents import check_psi, seeded_class_ids, seeded_latents, trunca
 from service.core.errors import ValidationError
 from service.core.metrics import metrics
 from service.core.models import ModelInfo, ServedModel
-from service.core.validation import decimal, image_count, random_seed
+from service.core.validation import decimal, image_count, random_seed, shown
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,11 +160,11 @@ class Generator(ServedModel):
             raise ValidationError(field, "this generator is unconditional: it takes no class")
         if isinstance(value, str) and value in self.classes:
             return self.classes.index(value)
-        if isinstance(value, int) or decimal(value) is not None:
-            if 0 <= int(value) < len(self.classes):
-                return int(value)
+        number = value if isinstance(value, int) else decimal(value)
+        if number is not None and 0 <= number < len(self.classes):
+            return number
         raise ValidationError(
-            field, f"unknown class {value!r}: use a name from {self.classes} or an id 0-{len(self.classes) - 1}"
+            field, f"unknown class {shown(value)}: use a name from {self.classes} or an id 0-{len(self.classes) - 1}"
         )
 
     def _class_ids(self, count: int, class_: int | str | None) -> np.ndarray:
