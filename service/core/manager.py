@@ -75,12 +75,13 @@ class Manager(ControlRequests):
         self.repository = Repository(settings)
         self._config_file = config_file  # DIPTYCH_CONFIG: its [repository] tables are read again when it changes
         self._config_seen = mtime(config_file)
+        self._config_refused: str | None = None  # why the file's last version was not applied (logged once)
         self._shared = shared  # the load/unload API's changes, shared with sibling workers
         self.payload_log = PayloadLog(settings.payload_log, settings.payload_log_queue,
                                       int(settings.payload_log_max_mb * 2**20), settings.payload_log_files) \
             if settings.payload_log else None
         self._lock = threading.Lock()
-        self._reconciling = threading.Lock()  # one pass at a time
+        self._reconciling = threading.Lock()  # one pass, or one change (requests.py), at a time
         self._slots: dict[str, dict[int, Slot]] = {}  # every version with a state, by model
         self._routes: dict[str, dict[int, ServedModel]] = {}  # the available versions: replaced, never mutated
         self._found = Found({}, {}, {})
