@@ -203,10 +203,12 @@ class Found:
 
 
 class Repository:
-    def __init__(self, settings: Settings, configs: Mapping[str, ModelConfig] | None = None) -> None:
+    def __init__(self, settings: Settings, configs: Mapping[str, ModelConfig] | None = None,
+                 quiet: bool = False) -> None:
         self.settings = settings
         self.configs = dict(configs) if configs is not None else parse_configs(settings.repository)
-        self.sources = Sources()  # each source's last good read: what a vanished one served keeps serving
+        # each source's last good read: what a vanished one served keeps serving; quiet: a trial scan
+        self.sources = Sources(quiet)
 
     def scan(self) -> Found:
         """Every model's versions, from the first source that names it."""

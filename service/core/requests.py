@@ -132,7 +132,7 @@ class ControlRequests:
                 control.explicit.pop(name, None)
                 control.unloaded.discard(name)
             if replace:
-                control.unloaded |= set(Repository(self.settings, configs).scan().versions) - set(tables)
+                control.unloaded |= set(Repository(self.settings, configs, quiet=True).scan().versions) - set(tables)
             self._checked(configs, control, set(tables))
             self._apply(configs, control)
         self.reconcile()
@@ -163,7 +163,7 @@ class ControlRequests:
         """What the repository would serve after the change, refused (nothing changed) when a
         model it names is not there or its policy chooses none of its versions, or when a default
         model that has versions to serve now would have none."""
-        found = Repository(self.settings, configs).scan()
+        found = Repository(self.settings, configs, quiet=True).scan()
         if missing := sorted(named - set(found.versions)):
             raise NotFound(f"no model named {missing[0]!r} in the repository", "name")
         for kind, name in found.defaults.items():
