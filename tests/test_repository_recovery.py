@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import shutil
 
+from service import tfserving
 from service.core.repository import Repository
 from service.core.sources import Version
 from tests.conftest import eventually
@@ -27,6 +28,8 @@ def test_a_broken_newest_version_at_start_up_falls_back_to_the_newest_that_loads
         assert engine.ready and engine.alive and classify(engine) == "2"
         assert "version 3" in engine.status()["shoes"]["versions"][2].reason
         assert "shoes:2 serves in place of" in caplog.text
+        assert [(number, state, bool(error)) for number, state, error in tfserving.version_status(engine, "shoes")] \
+            == [(2, "AVAILABLE", False), (3, "END", True)]  # to TF Serving's clients, no error on the one serving
         engine.manager.reconcile()  # nothing tried again, nothing changes
         assert versions(engine) == {2: "available", 3: "failed"}
         shutil.rmtree(broken)
@@ -54,13 +57,16 @@ def test_a_default_whose_chosen_version_is_removed_keeps_an_older_one(repository
 
 def test_a_refused_config_file_is_tried_again_on_later_passes(repository, tiny_models, tmp_path, caplog):
     """Refused because version 3 is not there yet: once it is, the file applies, untouched
-    (it was never read again until edited). Logged once per distinct refusal."""
+    (it was never read again until edited). Logged once per distinct refusal, and its retries
+    (trial scans) log nothing of their own: the odd folder's line is the served scan's, once."""
     from service.core import Engine, Settings
     from service.kinds import KINDS
     from tests.test_repository import FAST
 
     config = tmp_path / "diptych.toml"
     config.write_text('[repository.shoes]\nversions = "all"\n')
+    shutil.copytree(tiny_models["classifier"], repository / "shoes" / "01")
+    caplog.set_level(logging.WARNING, "diptych")
     engine = Engine(Settings(classifier=str(repository / "shoes"), generator=str(tiny_models["generator"]),
                              model_root=str(repository), **FAST), KINDS, config_file=str(config))
     engine.load()
@@ -70,6 +76,7 @@ def test_a_refused_config_file_is_tried_again_on_later_passes(repository, tiny_m
         engine.manager.reconcile(), engine.manager.reconcile()
         assert snapshot(engine) == before
         assert caplog.text.count("was not applied") == 1, caplog.text
+        assert caplog.text.count(f"ignored {repository / 'shoes' / '01'}:") == 1, caplog.text
         add_version(repository, "shoes", 3, tiny_models["other_classifier"])
         engine.manager.reconcile()
         assert engine.status()["shoes"]["policy"] == "specific:3"
