@@ -207,11 +207,13 @@ class Manager(ControlRequests):
         """None of the model's aspired versions serves (they failed; or, for a default model,
         its policy chooses none of the versions on disk): the newest other version on disk that
         loads serves instead, each tried once, newest first, so a broken newest version at
-        start-up is no restart loop. The versions tried: kept (their state says why)."""
+        start-up is no restart loop. Versions that serve already (a failed reload's old ones)
+        are kept, and nothing is loaded. The versions tried: kept (their state says why)."""
+        others = [version for version in reversed(found.versions.get(name, [])) if version.number not in aspired]
+        if serving := {version.number for version in others if self._serves(name, {version.number})}:
+            return serving
         tried = set()
-        for version in reversed(found.versions.get(name, [])):
-            if version.number in aspired:
-                continue
+        for version in others:
             tried.add(version.number)
             slot = self._slots.get(name, {}).get(version.number)
             if slot is None or slot.state == FAILED and slot.version != version:
