@@ -22,14 +22,16 @@ def servable(engine: Engine, name: str, version: int | None = None, label: str |
 
 def version_status(engine: Engine, name: str, version: int | None = None,
                    label: str | None = None) -> list[tuple[int, str, str]]:
-    """(version, TF Serving state, error message) of the model's versions, or the one asked for."""
+    """(version, TF Serving state, error message) of the model's versions, or the one asked for.
+    Only a failed version has an error: an available one's reason (it serves in place of a
+    failed one) is no error to TF Serving's clients."""
     entry = engine.status().get(name)
     if entry is None:
         raise NotFound(f"Could not find any versions of model {name}", "model_spec")
     if label is not None:
         version = entry["labels"].get(label, -1)
-    found = [(number, STATES[slot.state], slot.reason) for number, slot in sorted(entry["versions"].items())
-             if version is None or number == version]
+    found = [(number, STATES[slot.state], slot.reason if slot.state == "failed" else "")
+             for number, slot in sorted(entry["versions"].items()) if version is None or number == version]
     if not found:
         raise NotFound(f"Could not find version {version if label is None else label} of model {name}", "model_spec")
     return found

@@ -8,7 +8,8 @@ under a lock. A version no longer aspired is taken out of the routes at once, bu
 unloaded only after every request admitted before that moment has finished (epochs, as
 RCU does: a request holds the epoch it was admitted in), and never while it is the model's
 last available version and the new one is not available: a version that fails to load is
-reported and never takes traffic, and the old one keeps serving.
+reported and never takes traffic, and the old one keeps serving. Where none serves (a broken
+newest version at start-up), the newest other version on disk that loads does (`_fall_back`).
 
 Loads run one at a time, each pass on a thread of its own at a lower CPU priority than the
 request threads: a reload competes with serving for the same cores (TF Serving #385, #1866).
@@ -75,12 +76,13 @@ class Manager(ControlRequests):
         self.repository = Repository(settings)
         self._config_file = config_file  # DIPTYCH_CONFIG: its [repository] tables are read again when it changes
         self._config_seen = mtime(config_file)
+        self._config_refused: str | None = None  # why the file's last version was not applied (logged once)
         self._shared = shared  # the load/unload API's changes, shared with sibling workers
         self.payload_log = PayloadLog(settings.payload_log, settings.payload_log_queue,
                                       int(settings.payload_log_max_mb * 2**20), settings.payload_log_files) \
             if settings.payload_log else None
         self._lock = threading.Lock()
-        self._reconciling = threading.Lock()  # one pass at a time
+        self._reconciling = threading.Lock()  # one pass, or one change (requests.py), at a time
         self._slots: dict[str, dict[int, Slot]] = {}  # every version with a state, by model
         self._routes: dict[str, dict[int, ServedModel]] = {}  # the available versions: replaced, never mutated
         self._found = Found({}, {}, {})
@@ -189,10 +191,42 @@ class Manager(ControlRequests):
                 self._configure_logging(name)  # a changed config applies to loaded versions too
 
     def _reconcile_model(self, found: Found, name: str) -> None:
-        aspired = found.aspired(name, self._control.explicit.get(name, set()), name in self._control.unloaded)
+        unloaded = name in self._control.unloaded
+        aspired = found.aspired(name, self._control.explicit.get(name, set()), unloaded)
         for version in aspired:
             self._ensure_loaded(version)
-        self._retire(name, {version.number for version in aspired})
+        keep = {version.number for version in aspired}
+        if not unloaded and (keep or name in found.defaults.values()) and not self._serves(name, keep):
+            keep |= self._fall_back(found, name, keep)
+        self._retire(name, keep)
+
+    def _serves(self, name: str, numbers: set[int]) -> bool:
+        return any(slot.state == AVAILABLE for number, slot in self._slots.get(name, {}).items() if number in numbers)
+
+    def _fall_back(self, found: Found, name: str, aspired: set[int]) -> set[int]:
+        """None of the model's aspired versions serves (they failed; or, for a default model,
+        its policy chooses none of the versions on disk): the newest other version on disk that
+        loads serves instead, each tried once, newest first, so a broken newest version at
+        start-up is no restart loop. Versions that serve already (a failed reload's old ones)
+        are kept, and nothing is loaded. The versions tried: kept (their state says why)."""
+        others = [version for version in reversed(found.versions.get(name, [])) if version.number not in aspired]
+        if serving := {version.number for version in others if self._serves(name, {version.number})}:
+            return serving
+        tried = set()
+        for version in others:
+            tried.add(version.number)
+            slot = self._slots.get(name, {}).get(version.number)
+            if slot is None or slot.state == FAILED and slot.version != version:
+                self._load(version)
+                slot = self._slots.get(name, {}).get(version.number)
+            if slot is not None and slot.state == AVAILABLE:
+                if not slot.reason:  # said once
+                    numbers = ", ".join(map(str, sorted(aspired)))
+                    slot.reason = (f"serves in place of version{'s' * (len(aspired) > 1)} {numbers}, which failed "
+                                   "to load" if aspired else "serves: the policy chooses none of the versions on disk")
+                    log.warning("%s:%s %s", name, version.number, slot.reason)
+                break
+        return tried
 
     @staticmethod
     def _isolated(name: str, step: Callable[..., None], *args: object) -> None:

@@ -208,10 +208,12 @@ class Found:
 
 
 class Repository:
-    def __init__(self, settings: Settings, configs: Mapping[str, ModelConfig] | None = None) -> None:
+    def __init__(self, settings: Settings, configs: Mapping[str, ModelConfig] | None = None,
+                 quiet: bool = False) -> None:
         self.settings = settings
         self.configs = dict(configs) if configs is not None else parse_configs(settings.repository)
-        self.sources = Sources()  # each source's last good read: what a vanished one served keeps serving
+        # each source's last good read: what a vanished one served keeps serving; quiet: a trial scan
+        self.sources = Sources(quiet)
 
     def scan(self) -> Found:
         """Every model's versions, from the first source that names it."""
@@ -225,7 +227,7 @@ class Repository:
                 defaults[kind] = name
         for name, config in self.configs.items():
             if config.path and name not in versions:
-                versions[name] = self._from_ref(name, config.path)
+                versions[name] = self._from_ref(name, config.path, configs)
         for name, found in self._from_root().items():
             versions.setdefault(name, found)
         for name, found in self._from_store().items():
@@ -256,11 +258,23 @@ class Repository:
     def _default_folder(self, folder: Path) -> list[Version]:
         return self.sources.folder_versions(folder, None if (folder / SAVED_MODEL).is_file() else folder.name)
 
-    def _from_ref(self, name: str, ref: str) -> list[Version]:
+    def _from_ref(self, name: str, ref: str, configs: dict[str, ModelConfig]) -> list[Version]:
+        """A configured `path`: a folder, or a store tag (`shoes:latest`; `shoes:3` serves that
+        version alone, as `specific:3`). Its versions take the configured name, whatever the
+        folder or the store calls them."""
         if is_folder_ref(ref):
             found = self.sources.read(ref, lambda: self.sources.folder_versions(Path(ref)), [])
-            return [dataclasses.replace(version, name=name) for version in found]
-        return self._from_store().get(ref.partition(":")[0], [])
+        else:
+            store_name, _, tag = ref.partition(":")
+            if tag and tag != "latest":
+                try:
+                    policy = Policy(latest=None, specific=(_int(tag),))
+                    configs[name] = dataclasses.replace(configs[name], policy=policy)
+                except ValueError as error:  # the other models are still served
+                    self.sources.ignore(ref, str(error))
+                    return []
+            found = self._from_store().get(store_name, [])
+        return [dataclasses.replace(version, name=name) for version in found]
 
     def _from_root(self) -> dict[str, list[Version]]:
         """The repository folder's models; each model folder is a source of its own, so one that

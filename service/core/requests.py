@@ -6,15 +6,19 @@ A change is checked whole before anything changes, and then applied at once, or 
 each model's table (`ModelConfig.parse`, the one check), the folders a request names (under
 `model_root` or `allowed_roots`: `Forbidden`), and what the repository holds (a `Conflict`:
 the change would leave a default model with no version to serve, or its policy chooses none
-of a named model's versions). A load whose version then fails to load is rolled back.
+of a named model's versions). A load whose newly asked-for version then fails to load is
+rolled back: its own change, not what other calls changed meanwhile. Changes are made one at
+a time, in this worker and among its siblings, each from the freshest shared state (`_changing`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from contract.layout import is_folder_ref
@@ -36,11 +40,12 @@ class ControlRequests:
 
     def load(self, name: str, version: int | None = None, table: Mapping[str, Any] | None = None) -> None:
         """Serve `name` again (after an unload), `version` beside its policy's, and its settings
-        `table` if given (the whole table: a V2 load's `config`); then reconcile. A version that
-        fails to load undoes the whole change."""
-        with self._reconciling:
-            before = self.repository.configs, copy.deepcopy(self._control)
+        `table` if given (the whole table: a V2 load's `config`); then reconcile. When a version
+        this change newly asks for fails to load, this change alone is undone (`_undo_load`):
+        what other calls changed meanwhile stays."""
+        with self._changing():
             configs, control = dict(self.repository.configs), copy.deepcopy(self._control)
+            before = configs.get(name), set(control.explicit.get(name, set())), name in control.unloaded
             if table is not None:
                 configs[name] = self._admitted(name, table)
                 control.explicit.pop(name, None)
@@ -51,34 +56,56 @@ class ControlRequests:
             if version is not None and version not in {held.number for held in found.versions[name]}:
                 raise ValidationError("version", f"{name} could not be loaded: version {version} is not in the "
                                                  "repository")
+            asked = {held.number for held in set(_aspired(found, control, name)) -
+                     set(_aspired(self._found, self._control, name))} | ({version} if version is not None else set())
             self._apply(configs if table is not None else None, control)
         for slot in [slot for slot in self._slots.get(name, {}).values() if slot.state == FAILED]:
             self._forget(slot)  # tried again
         self.reconcile()
-        failed = [slot for slot in self._slots.get(name, {}).values()
-                  if slot.state == FAILED and (version is None or slot.version.number == version)]
+        failed = [slot for slot in self._slots.get(name, {}).values() if slot.state == FAILED and
+                  slot.version.number in asked]  # a version that failed before and is not asked for again: no matter
         if failed or not self.available(name):
             reason = failed[0].reason if failed else "no version of it is available"
-            self._apply(*before)
+            self._undo_load(name, version, configs.get(name) if table is not None else None, before)
             self.reconcile()
             raise ValidationError("name", f"{name} could not be loaded: {reason} (nothing was changed)")
 
+    def _undo_load(self, name: str, version: int | None, config: ModelConfig | None,
+                   before: tuple[ModelConfig | None, set[int], bool]) -> None:
+        """Reverse a failed load's own change, on the freshest state: its table (unless another
+        call replaced it since), its explicit version, its un-unload."""
+        old_config, old_explicit, was_unloaded = before
+        with self._changing():
+            configs, control = dict(self.repository.configs), copy.deepcopy(self._control)
+            explicit = control.explicit.setdefault(name, set())
+            if config is not None and configs.get(name) == config:
+                configs.pop(name)
+                configs.update({name: old_config} if old_config is not None else {})
+                explicit |= old_explicit
+            if version is not None and version not in old_explicit:
+                explicit.discard(version)
+            if not explicit:
+                control.explicit.pop(name)
+            if was_unloaded:
+                control.unloaded.add(name)
+            self._apply(configs if config is not None else None, control)
+
     def unload(self, name: str, version: int | None = None) -> None:
         """Stop serving `name` (every version, or one loaded on request), after its requests finish."""
-        if name not in self._slots:
-            raise NotFound(f"no model named {name!r} is loaded", "name")
-        if version is None and name in self._found.defaults.values():
-            raise Conflict("name", f"{name} is a default model: configure another default before unloading it")
-        self._apply_shared()  # a sibling worker may have loaded the version
-        with self._lock:
+        with self._changing():  # a sibling worker may have loaded the version
+            if name not in self._slots:
+                raise NotFound(f"no model named {name!r} is loaded", "name")
+            if version is None and name in self._found.defaults.values():
+                raise Conflict("name", f"{name} is a default model: configure another default before unloading it")
+            control = copy.deepcopy(self._control)
             if version is None:
-                self._control.unloaded.add(name)
-            elif version in self._control.explicit.get(name, set()):
-                self._control.explicit[name].discard(version)
+                control.unloaded.add(name)
+            elif version in control.explicit.get(name, set()):
+                control.explicit[name].discard(version)
             else:  # an answer of OK would change nothing: the policy's versions stay
                 raise ValidationError("version", f"{name} version {version} was not loaded on request: change the "
                                                  "model's version policy to stop serving a version it chose")
-        self._share()
+            self._apply(None, control)
         self.reconcile()
 
     def configure(self, configs: Mapping[str, ModelConfig]) -> None:
@@ -94,7 +121,7 @@ class ControlRequests:
         self._change(tables, replace=True)
 
     def _change(self, tables: Mapping[str, Mapping[str, Any]], replace: bool) -> None:
-        with self._reconciling:
+        with self._changing():
             current = self.repository.configs
             if replace:
                 tables = {name: {**{key: value for key, value in current.get(name, ModelConfig(name)).table().items()
@@ -105,7 +132,7 @@ class ControlRequests:
                 control.explicit.pop(name, None)
                 control.unloaded.discard(name)
             if replace:
-                control.unloaded |= set(Repository(self.settings, configs).scan().versions) - set(tables)
+                control.unloaded |= set(Repository(self.settings, configs, quiet=True).scan().versions) - set(tables)
             self._checked(configs, control, set(tables))
             self._apply(configs, control)
         self.reconcile()
@@ -136,7 +163,7 @@ class ControlRequests:
         """What the repository would serve after the change, refused (nothing changed) when a
         model it names is not there or its policy chooses none of its versions, or when a default
         model that has versions to serve now would have none."""
-        found = Repository(self.settings, configs).scan()
+        found = Repository(self.settings, configs, quiet=True).scan()
         if missing := sorted(named - set(found.versions)):
             raise NotFound(f"no model named {missing[0]!r} in the repository", "name")
         for kind, name in found.defaults.items():
@@ -149,47 +176,64 @@ class ControlRequests:
                 raise Conflict("config", f"{name}: {_none_chosen(found, name)}; nothing was changed")
         return found
 
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """One change at a time, in this worker (`_reconciling`: not during a pass either) and
+        among its siblings (the shared file's lock), each started from the freshest shared
+        state: a change never writes back a stale copy of another that was accepted meanwhile.
+        Every change of `_control` and of the configs happens inside."""
+        with self._reconciling:
+            if self._shared is None:
+                yield
+                return
+            with self._shared.locked() as fresh:
+                self._take(fresh)
+                yield
+
     def _apply(self, configs: Mapping[str, ModelConfig] | None, control: Control) -> None:
-        """The change, at once (`configs` None: the settings tables stay)."""
+        """The change, at once (`configs` None: the settings tables stay), inside `_changing`."""
         if configs is not None:
             self.repository.configs = dict(configs)
             control.configs = {name: config.table() for name, config in configs.items()}
         with self._lock:
             self._control = control
-        self._share()
-
-    def _share(self) -> None:
         if self._shared is not None:
-            self._shared.save(self._control)
+            self._shared.save(control)
 
     def _reload_config(self) -> None:
         """The config file's policies, labels, traffic and logging, when it changed (hot reload;
         as Settings.load reads it, so a DIPTYCH_REPOSITORY variable still wins). Checked as a
-        request's change is: a file that would retire a default model is not applied."""
+        request's change is: a file that would retire a default model is not applied, and is
+        tried again on each pass (what refused it may pass: a version copied in, a root back),
+        logged once per distinct refusal."""
         seen = mtime(self._config_file)
         if seen == self._config_seen:
             return
-        self._config_seen = seen
         try:
             configs = parse_configs(Settings.load({**os.environ, "DIPTYCH_CONFIG": self._config_file}).repository)
             self._checked(configs, self._control, set())
         except (OSError, ValueError, ServiceError) as error:  # a half-saved or mistyped file: keep serving
-            log.error("the config file %s was not applied: %s", self._config_file, error)
+            if str(error) != self._config_refused:
+                log.error("the config file %s was not applied: %s", self._config_file, error)
+            self._config_refused = str(error)
             return
+        self._config_seen, self._config_refused = seen, None
         self.repository.configs = configs
-        with self._lock:
-            self._control.configs = None  # the file is now newer than any reload request
+        with self._lock:  # the file is now newer than any reload request
+            self._control = dataclasses.replace(self._control, configs=None)
         log.info("repository settings reloaded from %s", self._config_file)
 
     def _apply_shared(self) -> None:
         """What a sibling worker's API call changed, applied before this pass."""
-        control = self._shared.changed() if self._shared is not None else None
+        self._take(self._shared.changed() if self._shared is not None else None)
+
+    def _take(self, control: Control | None) -> None:
+        """A sibling's change (None: there is none), as this worker's state."""
         if control is not None:
             with self._lock:
                 self._control = control
             if control.configs is not None:
                 self.repository.configs = parse_configs(control.configs)
-
 
 def _aspired(found: Found, control: Control, name: str) -> list:
     """The versions `found` would serve for `name` under `control` (none where it has none)."""

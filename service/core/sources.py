@@ -36,11 +36,12 @@ class Version:
 
 
 class Sources:
-    def __init__(self) -> None:
+    def __init__(self, quiet: bool = False) -> None:
         self._last: dict[str, object] = {}  # each source's last good read
         self.unavailable: dict[str, str] = {}  # source → why it cannot be read now
         self.ignored: dict[str, str] = {}  # folder → why it is not a version (or a model), this scan
         self._logged: set[str] = set()
+        self._quiet = quiet  # a change's trial scan (requests.py): the served scan logs and counts
 
     def begin(self) -> None:
         """A new scan: what it ignores is what it finds again."""
@@ -52,21 +53,22 @@ class Sources:
             value = reader()
         except Exception as error:  # noqa: BLE001 - whatever a source raises, the others are still read
             reason = f"{type(error).__name__}: {error}"
-            if source not in self.unavailable:
+            if source not in self.unavailable and not self._quiet:
                 log.error("model source %s is unavailable (%s): what it served keeps serving", source, reason)
+                metrics().model_source_available.labels(source=source).set(0)
             self.unavailable[source] = reason
-            metrics().model_source_available.labels(source=source).set(0)
             return self._last.get(source, empty)  # type: ignore[return-value]
         if self.unavailable.pop(source, None) is not None:
             log.info("model source %s is available again", source)
-        metrics().model_source_available.labels(source=source).set(1)
+        if not self._quiet:
+            metrics().model_source_available.labels(source=source).set(1)
         self._last[source] = value
         return value
 
     def ignore(self, what: Path | str, reason: str) -> None:
         """A folder (or a default's store tag) that is not what it should be: reported, logged once."""
         self.ignored[str(what)] = reason
-        if str(what) not in self._logged:
+        if str(what) not in self._logged and not self._quiet:
             self._logged.add(str(what))
             log.warning("ignored %s: %s", what, reason)
 
