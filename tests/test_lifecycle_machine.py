@@ -83,7 +83,6 @@ class Lifecycle(RuleBasedStateMachine):
         self.hidden = self.tmp / "models.away"
         self.disk: dict[int, bool] = {}  # version number → a good export (False: a broken one)
         self.expected: dict[Path, tuple] = {}  # an export's scores on the test image
-        self.pinned: set[int] | None = None  # the versions a `specific` policy names
         self.created: list[weakref.ref] = []  # every version this engine loaded, weakly
         self.recorder[:] = [self.created]
         self.copy_in(1, True)
@@ -220,8 +219,6 @@ class Lifecycle(RuleBasedStateMachine):
     def configure(self, policy: str) -> None:
         try:
             self.load_with_config({"versions": policy})
-            kind, _, numbers = policy.partition(":")
-            self.pinned = {int(number) for number in numbers.split(",")} if kind == "specific" else None
         except ServiceError as error:
             assert client_error(error), error
         self.reconcile()
@@ -256,10 +253,8 @@ class Lifecycle(RuleBasedStateMachine):
     # -- what must hold after every step -----------------------------------------------------
     @invariant()
     def the_default_model_has_an_available_version(self) -> None:
-        # What the folder holds while the root is away too (a remount hides, it does not remove);
-        # a `specific` policy serves only the versions it names.
-        none_loadable = not any(good and (self.pinned is None or number in self.pinned)
-                                for number, good in self.disk.items())
+        # What the folder holds while the root is away too (a remount hides, it does not remove).
+        none_loadable = not any(self.disk.values())
         assert none_loadable or self.engine.manager.available(NAME), (self.disk, self.states())
 
     @invariant()

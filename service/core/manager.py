@@ -208,12 +208,12 @@ class Manager(ControlRequests):
         its policy chooses none of the versions on disk): the newest other version on disk that
         loads serves instead, each tried once, newest first, so a broken newest version at
         start-up is no restart loop. Versions that serve already (a failed reload's old ones)
-        are kept, and nothing is loaded. A `specific` policy names the versions the operator
-        wants: none other is loaded in their place (`classifier:99` never serves version 1). The versions tried: kept (their state says why)."""
+        are kept, and nothing is loaded. A default named with its version (`generator:99`)
+        wants that one: no other is loaded in its place. The versions tried: kept (their state says why)."""
         others = [version for version in reversed(found.versions.get(name, [])) if version.number not in aspired]
         if serving := {version.number for version in others if self._serves(name, {version.number})}:
             return serving
-        if found.configs[name].policy.specific:  # the operator named the versions: no other is loaded
+        if found.configs[name].policy.exact:  # a default named `name:3`: no other version in its place
             return set()
         tried = set()
         for version in others:

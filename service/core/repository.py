@@ -66,6 +66,7 @@ class Policy:
 
     latest: int | None = 1
     specific: tuple[int, ...] = ()
+    exact: bool = False  # a default named `name:3`: that version and no other, ever (no fall-back)
 
     @classmethod
     def parse(cls, text: str, where: str) -> Policy:
@@ -249,7 +250,7 @@ class Repository:
         name, _, tag = ref.partition(":")  # its versions come from the repository folder or the store
         if tag and tag != "latest" and name not in self.configs:
             try:
-                configs[name] = ModelConfig(name, policy=Policy(latest=None, specific=(_int(tag),)))
+                configs[name] = ModelConfig(name, policy=Policy(latest=None, specific=(_int(tag),), exact=True))
             except ValueError as error:  # the other models are still served
                 self.sources.ignore(ref, str(error))
                 return None
