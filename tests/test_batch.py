@@ -473,7 +473,7 @@ def ray_cluster():
     # as every node of a real cluster has the project installed (its image).
     # RAY_TMPDIR: every Ray file (sessions, sockets, the "current cluster" address file that
     # add_node writes under Ray's default folder) goes below a folder of this test's own, so the
-    # test needs no /tmp/ray left by an earlier run, nor shares one another cluster may remove
+    # test needs no Ray folder left by an earlier run, nor shares one another cluster may remove
     # (#30). Short: Ray's socket paths must stay under AF_UNIX's 107 bytes.
     # Ray Data waits for the whole actor pool before it hands out batches: otherwise the first
     # actor up may compute them all, and nothing would show that two nodes did the work.
