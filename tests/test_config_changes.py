@@ -15,12 +15,11 @@ import pytest
 from starlette.requests import Request
 
 from contract.layout import ascii_number
-from service.core import Conflict, Engine, Forbidden, NotFound, Settings, UnsupportedMediaType, ValidationError
+from service.core import Conflict, Engine, Forbidden, NotFound, UnsupportedMediaType, ValidationError
 from service.core.repository import ModelConfig, Policy
 from service.http.v2rest import _json_object
-from service.kinds import KINDS
 from tests.conftest import eventually
-from tests.test_repository import FAST, add_version, classify, engine_for, repository, versions  # noqa: F401
+from tests.test_repository import add_version, classify, engine_for, repository, versions  # noqa: F401
 
 SHOES = {"versions": "all", "labels": {"stable": 1, "canary": 2}, "traffic": {"stable": 100}}
 
@@ -157,9 +156,7 @@ def test_a_load_that_fails_rolls_its_config_back(folders, tiny_models):
 def test_a_config_file_that_would_retire_the_default_is_not_applied(repository, tiny_models, tmp_path, caplog):
     config = tmp_path / "diptych.toml"
     config.write_text('[repository.shoes]\nversions = "all"\n')
-    engine = Engine(Settings(classifier=str(repository / "shoes"), generator=str(tiny_models["generator"]),
-                             model_root=str(repository), **FAST), KINDS, config_file=str(config))
-    engine.load()
+    engine = engine_for(repository, tiny_models, config_file=config)
     try:
         before = snapshot(engine)
         config.write_text('[repository.shoes]\nversions = "specific:999"\n')

@@ -47,9 +47,10 @@ def repository(tmp_path, tiny_models) -> Path:
     return root
 
 
-def engine_for(root: Path, tiny_models, **settings) -> Engine:
+def engine_for(root: Path, tiny_models, config_file: Path | None = None, **settings) -> Engine:
     engine = Engine(Settings(classifier=str(root / "shoes"), generator=str(tiny_models["generator"]),
-                             model_root=str(root), **{**FAST, **settings}), KINDS)
+                             model_root=str(root), **{**FAST, **settings}), KINDS,
+                    config_file=str(config_file) if config_file else None)
     engine.load()
     return engine
 

@@ -59,17 +59,11 @@ def test_a_refused_config_file_is_tried_again_on_later_passes(repository, tiny_m
     """Refused because version 3 is not there yet: once it is, the file applies, untouched
     (it was never read again until edited). Logged once per distinct refusal, and its retries
     (trial scans) log nothing of their own: the odd folder's line is the served scan's, once."""
-    from service.core import Engine, Settings
-    from service.kinds import KINDS
-    from tests.test_repository import FAST
-
     config = tmp_path / "diptych.toml"
     config.write_text('[repository.shoes]\nversions = "all"\n')
     shutil.copytree(tiny_models["classifier"], repository / "shoes" / "01")
     caplog.set_level(logging.WARNING, "diptych")
-    engine = Engine(Settings(classifier=str(repository / "shoes"), generator=str(tiny_models["generator"]),
-                             model_root=str(repository), **FAST), KINDS, config_file=str(config))
-    engine.load()
+    engine = engine_for(repository, tiny_models, config_file=config)
     try:
         before = snapshot(engine)
         config.write_text('[repository.shoes]\nversions = "specific:3"\n')
