@@ -65,6 +65,7 @@ screenshot: install  ## docs/playground.png from the demo's own models (trains t
 	$(PY) -m tests.screenshot --classifier models/classifier --generator models/generator --out docs/playground.png 2>&1 | $(TF_NOISE)
 
 test: install  ## run the whole test suite
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 benchmark: install  ## print the published result tables

@@ -173,10 +173,11 @@ def main() -> None:
         engine, model = loaded(Classifier, folder, "litert", args.threads)
         command = ["classify", str(work / "files"), "--out", str(work / "out.parquet"), "--model", folder,
                    "--runtime", "litert", "--interpreters", str(args.threads)]
-        raw, batch = compare(lambda: raw_classify(model, files, args.threads), lambda: job(*command))
+        raw, batch = compare(lambda model=model: raw_classify(model, files, args.threads),
+                             lambda command=command: job(*command))
         engine.close()
         rows.append((f"classify {model.image_size} px, {len(files)} PNG files", raw, batch))
-        ray = median(lambda: job(*command, "--engine", "ray"))
+        ray = median(lambda command=command: job(*command, "--engine", "ray"))
         rows.append((f"  on Ray (local, {args.threads} actors)", batch, ray))
     stored_conversion(args.generator)
     engine, model = loaded(Generator, args.generator, "auto", args.threads)

@@ -76,9 +76,9 @@ def run_row(name: str, figures: Path | None) -> dict:
 
 def measure_export(path: str) -> dict:
     """Evaluate an existing export now; its training numbers come from its card."""
+    from contract.card import ModelCard
     from training.cli import resolve_model_dir
     from training.evaluate_gan import card_metrics, choose_psi, evaluate_saved_generator
-    from contract.card import ModelCard
 
     model_dir = resolve_model_dir(path)
     card = ModelCard.read(model_dir).to_dict()

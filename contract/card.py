@@ -72,7 +72,7 @@ class ModelCard:
     @classmethod
     def new(cls, **fields: Any) -> ModelCard:
         """A card for an export made now."""
-        created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         return cls.parse({"created": created, **fields, "schema": SCHEMA}, "the new card")
 
     @classmethod

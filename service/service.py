@@ -47,7 +47,8 @@ class Diptych:
     @bentoml.on_startup
     async def serve_grpc(self) -> None:
         if settings.grpc_port:
-            from .grpc.server import GrpcServer  # here, not above: it loads TensorFlow, which the supervisor never needs
+            # here, not above: it loads TensorFlow, which the supervisor never needs
+            from .grpc.server import GrpcServer
 
             self.grpc = GrpcServer(self.engine, settings)
             await self.grpc.start()

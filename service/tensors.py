@@ -78,4 +78,4 @@ def check(served: Signature, inputs: Mapping[str, np.ndarray]) -> None:
 
 
 def _dtype_name(dtype: np.dtype) -> str:
-    return "string" if dtype == object else dtype.name
+    return "string" if dtype.kind == "O" else dtype.name

@@ -20,7 +20,6 @@ import numpy as np
 from contract.signatures import Spec
 
 from . import __version__, tensors
-
 from .core import Engine, NotFound, ServedModel, ValidationError
 from .core.manager import AVAILABLE
 from .core.repository import ModelRef
@@ -161,7 +160,7 @@ def _values(data: Sequence[Any], dtype: np.dtype) -> np.ndarray:
     """JSON values as `dtype`, refusing what the cast would change rather than serving it:
     a fraction or an out-of-range number for an integer or BOOL type, a number beyond a
     float type's range."""
-    if dtype == object:
+    if dtype.kind == "O":
         return np.array(data, dtype=object).ravel()
     given = np.array(data).ravel()
     with np.errstate(over="ignore", invalid="ignore"):

@@ -17,11 +17,12 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2
 from PIL import Image
 
-from proto.diptych.v1 import diptych_pb2, diptych_pb2_grpc
 # The Open Inference Protocol's messages as tritonclient ships them: ours would clash with
 # them in protobuf's one descriptor pool (the same `inference` package), see test_fuzz.py.
 from tritonclient.grpc import service_pb2 as grpc_predict_v2_pb2
 from tritonclient.grpc import service_pb2_grpc as grpc_predict_v2_pb2_grpc
+
+from proto.diptych.v1 import diptych_pb2, diptych_pb2_grpc
 from tests.conftest import ROOT, Server, eventually
 from tests.grpc_clients import health, png_bytes
 from tests.reliability import worker_processes

@@ -70,7 +70,7 @@ def test_a_worker_with_a_stale_state_keeps_a_siblings_unload(repository, tiny_mo
         second.manager.load("shoes", 1)  # no poll of B's in between
         first.manager.reconcile(), second.manager.reconcile()
         for worker in (first, second):  # boots drains, then is gone; shoes:1 is loaded in both
-            assert eventually(lambda: "boots" not in worker.status(), 60), worker.status()
+            assert eventually(lambda worker=worker: "boots" not in worker.status(), 60), worker.status()
             assert versions(worker) == {1: "available", 2: "available"}
     finally:
         first.close(), second.close()

@@ -12,18 +12,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import unavailable
 from training.data import (
     DataError,
-    DataWarning,
     Dataset,
-    load_dataset,
+    DataWarning,
     builtin,
     folders,
+    load_dataset,
     make_pipeline,
     train_validation_split,
     with_extra_images,
 )
-from tests.conftest import unavailable
+
 
 @pytest.fixture(scope="session")
 def fashion_mnist_files():

@@ -141,8 +141,8 @@ def test_a_broken_model_keeps_the_service_unready(servers, name, reasons):
 def test_a_damaged_litert_flatbuffer_is_never_served(faults, server_env):
     """The flatbuffer's sha256 no longer matches the verified one: TensorFlow serves the
     classifier, and its scores are the intact flatbuffer's (verified to agree within 1e-4)."""
-    from service.core.images import decode
     from contract.runtime import LiteRTRuntime
+    from service.core.images import decode
 
     files = [png_bytes(np.random.default_rng(i).integers(0, 255, (28, 28), dtype=np.uint8)) for i in range(4)]
     answer = faults.client.post("/classify", json={"images": [base64.b64encode(f).decode() for f in files],

@@ -50,11 +50,12 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from proto.diptych.v1 import diptych_pb2 as pb
 # The Open Inference Protocol's messages as tritonclient ships them (wire-compatible with
 # proto/inference): ours would clash with them in protobuf's one descriptor pool (the same
 # `inference` package), and tests/test_v2.py imports tritonclient into this process.
 from tritonclient.grpc import service_pb2 as v2_pb
+
+from proto.diptych.v1 import diptych_pb2 as pb
 from service import http, v2
 from service.core import LimitExceeded, ServiceError, Settings, ValidationError
 from service.core.images import decode, prepare
@@ -263,7 +264,7 @@ def test_v2_rest_requests_parse_or_are_refused(head, binary, length, split):
     except ValidationError as error:
         assert error.field and error.problem
         return
-    for name, array in request.inputs.items():
+    for array in request.inputs.values():
         assert isinstance(array, np.ndarray)
     assert all(isinstance(binary_output(name), bool) for name in ("scores", "classes"))
 

@@ -21,8 +21,14 @@ from training.cli import run_cli
 from training.evaluate_gan import PSI_GRID
 from training.gan_config import TrainConfig
 from training.gan_export import MAX_BATCH, export_generator
-from training.gan_model import (GANConfig, LinearDecay, build_discriminator, build_generator, to_uint8,
-                                update_moving_average)
+from training.gan_model import (
+    GANConfig,
+    LinearDecay,
+    build_discriminator,
+    build_generator,
+    to_uint8,
+    update_moving_average,
+)
 
 TINY = GANConfig(image_size=28, channels=1, num_classes=3, latent_dim=8, filters=8)
 TOY_FLAGS = ["--epochs", "6", "--filters", "16", "--latent-dim", "8", "--batch-size", "32", "--learning-rate", "1e-3",

@@ -18,8 +18,7 @@ import numpy as np
 import prometheus_client
 from PIL import Image
 
-from service.core import Engine, Settings, context
-from service.core import payloads
+from service.core import Engine, Settings, context, payloads
 from service.core.payloads import PayloadLog
 from service.kinds import KINDS, Classifier, Generator
 from tests.conftest import eventually

@@ -22,8 +22,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from training.pth import (LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, PthError,
-                          UnsafePickleError, load_state_dict)
+from training.pth import LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, PthError, UnsafePickleError, load_state_dict
 
 
 class Storage:

@@ -12,8 +12,8 @@ from service import tfserving
 from service.core.repository import Repository
 from service.core.sources import Version
 from tests.conftest import eventually
-from tests.test_repository import add_version, classify, engine_for, repository, versions  # noqa: F401
 from tests.test_config_changes import snapshot
+from tests.test_repository import add_version, classify, engine_for, repository, versions  # noqa: F401
 
 
 def test_a_broken_newest_version_at_start_up_falls_back_to_the_newest_that_loads(repository, tiny_models, caplog):

@@ -35,8 +35,8 @@ from contract.runtime import SavedModelRuntime
 from proto.diptych.v1 import diptych_pb2 as pb
 from proto.diptych.v1 import diptych_pb2_grpc
 from service import tensors, tfserving, v2
-from service.grpc import tfserving as tfserving_grpc
 from service.core.repository import ModelConfig
+from service.grpc import tfserving as tfserving_grpc
 from tests.conftest import ROOT, Server, repository_server
 from tests.grpc_clients import png_bytes
 from tests.test_repository import add_version, engine_for

@@ -24,8 +24,18 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from tests.conftest import GRPC_KEYS, ROOT, eventually, require_tool
-from tests.test_deploy_manifests import K8S, KUBECTL, container, kubernetes_validate, metric_names, objects, one, \
-    promtool, render, run
+from tests.test_deploy_manifests import (
+    K8S,
+    KUBECTL,
+    container,
+    kubernetes_validate,
+    metric_names,
+    objects,
+    one,
+    promtool,
+    render,
+    run,
+)
 
 SCHEMAS = ROOT / "tests" / "schemas"
 # kind → (vendored schema, the overlay that has one)

@@ -31,10 +31,10 @@ from contract import litert as conversion
 from contract import runtime
 from contract.card import FILE as CARD_FILE
 from contract.runtime import LITERT, TENSORFLOW, LiteRTRuntime, SavedModelRuntime
+from service.core import models as served_models
 from service.core.batching import Batcher
 from service.core.config import Settings
 from service.core.images import decode, resize
-from service.core import models as served_models
 from service.core.models import locate
 from service.kinds import Classifier, Generator
 from tests.conftest import eventually

@@ -27,8 +27,7 @@ from service.core.batching import Batcher
 from service.core.images import decode, prepare, tile
 from service.core.models import SHADOW_BATCHES
 from service.kinds import KINDS, Classifier, Generator
-from tests.conftest import toy_model
-from tests.conftest import eventually
+from tests.conftest import eventually, toy_model
 
 
 def test_batcher_runs_a_lone_item_at_once_and_batches_what_piles_up():

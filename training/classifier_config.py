@@ -8,8 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from training.cli import (Profile, UserError, config_parser, data_option, name_option, option, out_option,
-                          per_class_option, require_at_least_one, with_profiles)
+from training.cli import (
+    Profile,
+    UserError,
+    config_parser,
+    data_option,
+    name_option,
+    option,
+    out_option,
+    per_class_option,
+    require_at_least_one,
+    with_profiles,
+)
 
 # The head's weight decay shrinks as the data grows (a prior counts for less against more
 # evidence): 10 / N is the best of those screened at both ~1,000 and ~5,000 training images.

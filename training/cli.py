@@ -17,9 +17,10 @@ import sys
 import types
 import typing
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from contract.layout import version_dir
 

@@ -25,11 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
+# isort: off
 from training.cli import UserError, model_parser, resolve_model_dir, run_cli  # first: it quiets TensorFlow
+# isort: on
 
 import numpy as np
 import tensorflow as tf

@@ -45,8 +45,15 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     from tqdm import tqdm
 
     from training.data import load_dataset, make_pipeline
-    from training.gan_model import (GANConfig, LinearDecay, build_discriminator, build_generator, to_tanh_range,
-                                    to_uint8, update_moving_average)
+    from training.gan_model import (
+        GANConfig,
+        LinearDecay,
+        build_discriminator,
+        build_generator,
+        to_tanh_range,
+        to_uint8,
+        update_moving_average,
+    )
 
     run_dir = Path(config.run_dir)
     keras.utils.set_random_seed(config.seed)

@@ -11,8 +11,20 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from training.cli import (Profile, UserError, config_parser, data_option, flag, given, name_option, option,
-                          out_option, per_class_option, require_at_least_one, with_profiles)
+from training.cli import (
+    Profile,
+    UserError,
+    config_parser,
+    data_option,
+    flag,
+    given,
+    name_option,
+    option,
+    out_option,
+    per_class_option,
+    require_at_least_one,
+    with_profiles,
+)
 
 FOLDER_IMAGE_SIZE = 32  # image folders are generated at 32 px unless --image-size says otherwise
 # --resume continues a run as it was started: only these flags may change.

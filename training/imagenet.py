@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-
 from training.backbones import BACKBONES, DEFAULT_BACKBONE, BackboneError, build_backbone
 
 EVAL_CROP_FRACTION = 0.875  # 224 of 256: the centre crop of the ImageNet evaluations

@@ -25,8 +25,9 @@ from __future__ import annotations
 import collections
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import numpy as np
 

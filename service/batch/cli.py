@@ -23,8 +23,8 @@ from pathlib import Path
 from service.core import ServiceError, Settings
 from service.core.config import RUNTIMES
 
-from .jobs import Classify, Generate, Job
 from .joblog import JobLog, JobLogError
+from .jobs import Classify, Generate, Job
 from .models import ModelRefError, load, parse
 from .sources import SourceError
 from .writers import check_format

@@ -37,8 +37,8 @@ from service.core.images import encode_png
 from service.kinds import Classifier, Generator
 from service.kinds.generator import Latents
 
-from .sources import list_files, read_bytes
 from .joblog import JobLog
+from .sources import list_files, read_bytes
 from .writers import write_lines, write_rows
 
 Row = dict[str, Any]

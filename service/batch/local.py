@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 from service.core import ServedModel
 
-from .jobs import Job, Row
 from .joblog import JobLog
+from .jobs import Job, Row
 
 PARTS_AHEAD = 1  # parts queued behind the running one
 

@@ -29,8 +29,8 @@ import numpy as np
 
 from service.core import Settings
 
-from .jobs import Job, Row
 from .joblog import JobLog
+from .jobs import Job, Row
 from .models import ModelRef, load
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports; before ray is imported

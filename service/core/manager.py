@@ -29,7 +29,6 @@ from collections.abc import Callable, Mapping
 
 from .config import Settings
 from .control import Control, SharedControl
-from .requests import FAILED, ControlRequests, mtime
 from .epochs import Epochs
 from .errors import NotFound
 from .loader import BudgetExceeded, check_budget, footprint, load_version
@@ -37,6 +36,7 @@ from .metrics import metrics
 from .models import ModelInfo, ServedModel
 from .payloads import PayloadLog
 from .repository import Found, ModelConfig, ModelRef, Repository, Version
+from .requests import FAILED, ControlRequests, mtime
 
 log = logging.getLogger("diptych")
 

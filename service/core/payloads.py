@@ -66,7 +66,7 @@ class PayloadLog:
         functions that describe them: they run on the log's thread, not the caller's."""
         for kind, data in ((REQUEST, request), (RESPONSE, response)):
             event = {"specversion": "1.0", "id": uuid.uuid4().hex, "source": f"diptych/{model}", "type": kind,
-                     "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                     "time": datetime.datetime.now(datetime.UTC).isoformat(),
                      "datacontenttype": "application/json", "inferenceservicename": model, "endpoint": version,
                      "component": component, "requestid": request_id,
                      **({"clientrequestid": client_id} if client_id else {}), "data": data}

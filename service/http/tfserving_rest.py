@@ -131,7 +131,7 @@ def _columnar_inputs(inputs: Any, signature: tensors.Signature) -> dict[str, np.
 def _array(name: str, value: Any, signature: tensors.Signature) -> np.ndarray:
     """A JSON value as the input's dtype: `{"b64": ...}` or text for strings, numbers else."""
     dtype = signature.inputs[name].dtype
-    if dtype == object:
+    if dtype.kind == "O":  # strings (TensorFlow DT_STRING)
         flat = np.array(value, dtype=object)
         return np.vectorize(lambda item: _binary(name, item), otypes=[object])(flat) if flat.size else flat
     try:

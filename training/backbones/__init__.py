@@ -19,16 +19,16 @@ top, so a trainer can unfreeze the top few.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import keras
 
 from training.backbones.efficientnet_lite import build_efficientnet_lite0
+from training.backbones.errors import BackboneError
 from training.backbones.keras_apps import KERAS_APPLICATIONS, build_keras_application
 from training.backbones.mobilenet_v2 import build_mobilenet_v2
-from training.backbones.errors import BackboneError
 
 __all__ = ["BACKBONES", "DEFAULT_BACKBONE", "BackboneError", "BackboneSpec",
            "backbone_blocks", "build_backbone"]

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.data.builtin import BUILTIN_SOURCES, load_builtin
+from training.data.builtin import BUILTIN_SIDE, BUILTIN_SOURCES, load_builtin
 from training.data.dataset import DataError, Dataset, DataWarning, train_validation_split
-from training.data.builtin import BUILTIN_SIDE
 from training.data.folders import DEFAULT_FOLDER_IMAGE_SIZE, load_folder, typical_side
 from training.data.pipeline import make_pipeline
 

@@ -88,7 +88,7 @@ def train_validation_split(
 
 def warn_short_class(name: str, available: int, per_class: int) -> None:
     warnings.warn(f"class {name!r} has only {available} images (per_class={per_class}): using all of them",
-                  DataWarning)
+                  DataWarning, stacklevel=2)
 
 
 def check_fits_in_memory(count: int, size: int, channels: int, what: str) -> None:
