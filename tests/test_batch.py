@@ -30,7 +30,7 @@ from contract.imagefolder import class_folder, class_name
 from service.batch import jobs
 from service.batch.cli import main
 from service.batch.joblog import JobLog, JobLogError
-from service.batch.models import ModelRefError, parse, settings_for
+from service.batch.models import ModelArgumentError, parse, settings_for
 from service.batch.sources import Listing, SourceError, list_files, read_bytes
 from service.batch.writers import write_rows
 from service.core import LimitExceeded, Settings
@@ -50,7 +50,7 @@ def test_model_references_parse_and_name_the_one_model_to_load():
     assert (parse("classifier@prod").name, parse("classifier@prod").label) == ("classifier", "prod")
     assert parse("models/classifier/1").folder == "models/classifier/1"
     for bad in (":3", "classifier:", "classifier@", "classifier:3@prod"):
-        with pytest.raises(ModelRefError):
+        with pytest.raises(ModelArgumentError):
             parse(bad)
     labelled = settings_for("classifier", parse("classifier@prod"), Settings())
     assert labelled.defaults() == {"classifier": "classifier:latest"} and labelled.poll_s == 0  # the engine resolves it
@@ -312,7 +312,7 @@ def test_classify_refuses_a_version_the_engine_does_not_serve(tiny_models, tmp_p
     engine, _ = served(Classifier, tiny_models["classifier"])
     try:
         assert resolve(engine, Classifier, parse("classifier:1")).info.version == "1"
-        with pytest.raises(ModelRefError, match="classifier:7: classifier:7: version 7 is not available"):
+        with pytest.raises(ModelArgumentError, match="classifier:7: classifier:7: version 7 is not available"):
             resolve(engine, Classifier, parse("classifier:7"))
     finally:
         engine.close()

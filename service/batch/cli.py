@@ -25,11 +25,11 @@ from service.core.config import RUNTIMES
 
 from .joblog import JobLog, JobLogError
 from .jobs import Classify, Generate, Job
-from .models import ModelRefError, load, parse
+from .models import ModelArgumentError, load, parse
 from .sources import SourceError
 from .writers import check_format
 
-USER_ERRORS = (ModelRefError, SourceError, JobLogError, ServiceError, ValueError)
+USER_ERRORS = (ModelArgumentError, SourceError, JobLogError, ServiceError, ValueError)
 PART_SIZE = 256  # items per logged part: a kill loses at most two parts' work; 100k images make 391 files
 
 

@@ -21,12 +21,14 @@ Kind = TypeVar("Kind", bound=ServedModel)
 LATEST = "latest"
 
 
-class ModelRefError(ValueError):
+class ModelArgumentError(ValueError):
     """`--model` is malformed, or names a model the engine does not serve."""
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelRef:
+class ModelArgument:
+    """`--model` as given: a model folder, or a name the engine resolves (`ModelRef`'s spelling)."""
+
     text: str | None  # as given; None: the kind's default model
     folder: str | None = None
     name: str | None = None
@@ -34,51 +36,51 @@ class ModelRef:
     label: str | None = None
 
 
-def parse(text: str | None) -> ModelRef:
+def parse(text: str | None) -> ModelArgument:
     """`name`, `name:version`, `name@label`, or a folder (anything with a `/`, or a folder that exists)."""
     if text is None:
-        return ModelRef(None)
+        return ModelArgument(None)
     if is_folder_ref(text):
-        return ModelRef(text, folder=text)
+        return ModelArgument(text, folder=text)
     from service.core import ValidationError
-    from service.core.repository import ModelRef as Reference
+    from service.core.repository import ModelRef
 
     try:  # the service's own spelling and checks (`name:latest` is the store's, and the newest)
-        ref = Reference.parse(text.removesuffix(f":{LATEST}"))
+        ref = ModelRef.parse(text.removesuffix(f":{LATEST}"))
     except ValidationError:
-        raise ModelRefError(f"--model {text!r}: use name, name:version, name@label or a model folder") from None
-    return ModelRef(text, name=ref.name, version=None if ref.version is None else str(ref.version), label=ref.label)
+        raise ModelArgumentError(f"--model {text!r}: use name, name:version, name@label or a model folder") from None
+    return ModelArgument(text, name=ref.name, version=None if ref.version is None else str(ref.version), label=ref.label)
 
 
-def settings_for(kind: str, ref: ModelRef, settings: Settings) -> Settings:
+def settings_for(kind: str, ref: ModelArgument, settings: Settings) -> Settings:
     """`settings` that load the one model `ref` names as the default `kind`, and no other."""
     source = ref.folder or (f"{ref.name}:{ref.version or LATEST}" if ref.name else getattr(settings, kind))
     others = {other: "" for other in settings.defaults() if other != kind}
     return dataclasses.replace(settings, **{kind: source}, **others, poll_s=0)
 
 
-def resolve(engine: Engine, kind: type[Kind], ref: ModelRef) -> Kind:
+def resolve(engine: Engine, kind: type[Kind], ref: ModelArgument) -> Kind:
     """The loaded model `ref` names, its version checked against the one asked for."""
     from service.core import ServiceError
-    from service.core.repository import ModelRef as Reference
+    from service.core.repository import ModelRef
 
     if not ref.name:
         return engine.get(kind)
     version = None if ref.version in (None, LATEST) else ref.version
     if version is not None and not version.isdigit():
-        raise ModelRefError(f"--model {ref.text}: a version is a number")
+        raise ModelArgumentError(f"--model {ref.text}: a version is a number")
     try:
-        return engine.get(kind, Reference(ref.name, int(version) if version else None, ref.label))
+        return engine.get(kind, ModelRef(ref.name, int(version) if version else None, ref.label))
     except ServiceError as error:
-        raise ModelRefError(f"--model {ref.text}: {error.problem}") from None
+        raise ModelArgumentError(f"--model {ref.text}: {error.problem}") from None
 
 
-def load(kind: type[Kind], ref: ModelRef, settings: Settings) -> tuple[Engine, Kind]:
+def load(kind: type[Kind], ref: ModelArgument, settings: Settings) -> tuple[Engine, Kind]:
     """An engine with the one model loaded (synchronously: a job has nothing to serve meanwhile)."""
     from service.kinds import KINDS
 
     engine = Engine(settings_for(kind.kind, ref, settings), KINDS)
     engine.load()
     if not engine.ready:
-        raise ModelRefError(f"the {kind.kind} {ref.text or 'default'} could not be loaded (the log above says why)")
+        raise ModelArgumentError(f"the {kind.kind} {ref.text or 'default'} could not be loaded (the log above says why)")
     return engine, resolve(engine, kind, ref)

@@ -31,7 +31,7 @@ from service.core import Settings
 
 from .joblog import JobLog
 from .jobs import Job, Row
-from .models import ModelRef, load
+from .models import ModelArgument, load
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports; before ray is imported
 
@@ -39,7 +39,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports; befor
 class Replica:
     """One model replica per actor."""
 
-    def __init__(self, job: Job, ref: ModelRef, settings: Settings) -> None:
+    def __init__(self, job: Job, ref: ModelArgument, settings: Settings) -> None:
         import ray
 
         self.job = job
@@ -56,7 +56,7 @@ class Replica:
                 "worker": np.array([self.worker] * len(rows), dtype=object)}
 
 
-def run_on_ray(job: Job, ref: ModelRef, settings: Settings, items: list[Row], log: JobLog, parts: list[int],
+def run_on_ray(job: Job, ref: ModelArgument, settings: Settings, items: list[Row], log: JobLog, parts: list[int],
                done: Callable[[int], None], address: str | None, actors: int | None, cpus_per_actor: int) -> None:
     """Run `parts` of `items` on Ray, logging each part as its last row comes back."""
     import ray
