@@ -93,12 +93,13 @@ def resolve(ref: str) -> tuple[Path, str | None, str | None]:
 
 
 @contextlib.contextmanager
-def new_version_folder(root: str | os.PathLike) -> Iterator[tuple[Path, int]]:
+def new_version_folder(root: str | os.PathLike, sign_key: str | None = None) -> Iterator[tuple[Path, int]]:
     """Yield (staging folder, version) for the next export under `root`.
 
     The export is written into a hidden temporary folder and renamed into place only when
     the block finishes, so a crash never leaves a half-written version that a server
-    would pick up as the latest.
+    would pick up as the latest. With `sign_key` (an EC private key, PEM), the finished folder
+    is signed whole before it appears (contract/signing.py).
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -106,6 +107,10 @@ def new_version_folder(root: str | os.PathLike) -> Iterator[tuple[Path, int]]:
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
     try:
         yield staging, version
+        if sign_key:
+            from .signing import sign
+
+            sign(staging, sign_key)
         staging.rename(root / str(version))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

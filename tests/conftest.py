@@ -67,6 +67,20 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {kind: root / kind / "1" for kind in commands}
 
 
+def ec_key_pair(folder: Path, name: str) -> tuple[Path, Path]:
+    """A fresh EC P-256 key pair for model signing, made here (never committed): (private PEM, public PEM)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = folder / f"{name}.pem", folder / f"{name}.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
 def eventually(check, timeout: float = 30) -> bool:
     """True as soon as `check()` is (polling), False after `timeout` seconds: for what a
     server records or does just after it answers."""

@@ -283,7 +283,7 @@ def export_and_evaluate(model, config: ClassifierConfig, data: Splits, metrics: 
     from contract.layout import new_version_folder
     from training.export import calibration_images, export_classifier
 
-    with new_version_folder(config.out) as (folder, version):
+    with new_version_folder(config.out, config.sign_key) as (folder, version):
         card = export_classifier(
             model, data.labelled.class_names, config.image_size, folder, version,
             calibration_images(data.train.images, data.train.labels, config.image_size),

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from training.cli import (
     Profile,
     UserError,
+    check_sign_key,
     config_parser,
     data_option,
     name_option,
@@ -18,6 +19,7 @@ from training.cli import (
     out_option,
     per_class_option,
     require_at_least_one,
+    sign_key_option,
     with_profiles,
 )
 
@@ -80,6 +82,7 @@ class ClassifierConfig:
     seed: int = option(0, "random seed for the subset, the split, and the weights")
     out: str = out_option("models/classifier")
     name: str = name_option("classifier")
+    sign_key: str | None = sign_key_option()
     evaluate: bool = option(True, "evaluate the export on the test split")
     eval_limit: int | None = option(None, "evaluate on the first N test images only; default: all")
     extra_data: str | None = option(None, "a folder of more training images, e.g. a generated one (python -m "
@@ -139,3 +142,4 @@ def validate(config: ClassifierConfig) -> None:
     if config.warmup_epochs < 0:
         raise UserError("--warmup-epochs must be at least 0")
     require_at_least_one(config, ("epochs", "head_steps", "batch_size"))
+    check_sign_key(config.sign_key)

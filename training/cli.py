@@ -169,6 +169,22 @@ def name_option(default: str) -> Any:
     return option(default, "model name recorded in the card (and used by the service)")
 
 
+def sign_key_option() -> Any:
+    return option(None, "sign the export with this EC private key (PEM): model.sig in the version folder, "
+                        "which a service with require_signed checks; default: unsigned")
+
+
+def check_sign_key(path: str | None) -> None:
+    """A signing key that would fail is said now, not after the training run."""
+    from contract.signing import check_private_key
+
+    if path:
+        try:
+            check_private_key(path)
+        except ValueError as error:
+            raise UserError(f"--sign-key {error}") from None
+
+
 # --- commands on an exported model --------------------------------------------------------
 
 

@@ -177,7 +177,7 @@ def export_and_measure(generator, model_config, class_names: list[str], config: 
         f"({cpu_seconds / 60:.1f} CPU-min); samples and curves in {config.run_dir}")
     training = {"config": asdict(config), "epochs": len(history["epochs"]), "wall_seconds": round(wall_seconds, 1),
                 "cpu_seconds": round(cpu_seconds, 1), "train_images": train_images}
-    with new_version_folder(config.out) as (folder, version):
+    with new_version_folder(config.out, config.sign_key) as (folder, version):
         card = export_generator(generator, model_config, class_names, folder, version, name=config.name,
                                 dataset=config.data, training=training)
         if config.evaluate:

@@ -14,6 +14,7 @@ from pathlib import Path
 from training.cli import (
     Profile,
     UserError,
+    check_sign_key,
     config_parser,
     data_option,
     flag,
@@ -23,12 +24,13 @@ from training.cli import (
     out_option,
     per_class_option,
     require_at_least_one,
+    sign_key_option,
     with_profiles,
 )
 
 FOLDER_IMAGE_SIZE = 32  # image folders are generated at 32 px unless --image-size says otherwise
 # --resume continues a run as it was started: only these flags may change.
-RESUMABLE = ("epochs", "out", "name", "run_dir", "evaluate")
+RESUMABLE = ("epochs", "out", "name", "sign_key", "run_dir", "evaluate")
 
 
 @dataclass
@@ -52,6 +54,7 @@ class TrainConfig:
     seed: int = option(0, "random seed for the subset, the weights, the latents and the shuffling")
     out: str = out_option("models/generator")
     name: str = name_option("generator")
+    sign_key: str | None = sign_key_option()
     run_dir: str = option("runs/gan", "checkpoints, per-epoch sample grids, history and curves; a new run "
                           "clears it")
     evaluate: bool = option(True, "measure FID and class consistency at the end")
@@ -92,13 +95,14 @@ def resumed_config(run_dir: Path, given_values: dict, quick: bool) -> TrainConfi
     done = len(json.loads((run_dir / "history.json").read_text())["epochs"])
     if values["epochs"] <= done:
         raise UserError(f"{run_dir} has already trained {done} epochs: pass --epochs N with N > {done} to continue")
-    return TrainConfig(**{field.name: values[field.name] for field in fields(TrainConfig)})
+    return TrainConfig(**{field.name: values.get(field.name, field.default) for field in fields(TrainConfig)})
 
 
 def validate(config: TrainConfig) -> None:
     if config.per_class is not None and config.per_class < 1:
         raise UserError("--per-class must be at least 1")
     require_at_least_one(config, ("epochs", "batch_size", "latent_dim", "filters"))
+    check_sign_key(config.sign_key)
     if not 0.0 <= config.ema < 1.0:
         raise UserError("--ema must be in [0, 1)")
     if config.learning_rate <= 0:

@@ -14,6 +14,10 @@ TensorFlow on real inputs, and a report of the check and of both runtimes' measu
 (`litert/report.json`, contract/litert.py): the service runs the flatbuffer when it
 is verified (and, by default, faster), so it need not convert at every start. A model that
 fails the check is published all the same; the report says why, and the service uses TensorFlow.
+
+With --sign-key the store's copy is signed whole, conversion and BentoML's `model.yaml`
+included (contract/signing.py). An export signed by training cannot keep its signature
+here: it does not cover the conversion added, so a signed export needs --sign-key.
 """
 
 from __future__ import annotations
@@ -28,21 +32,27 @@ from contract.card import CardError, ModelCard
 from contract.layout import version_dir
 from contract.litert import convert_and_verify
 from contract.runtime import cores
+from contract.signing import SIGNATURE, check_private_key, sign
 from training.cli import UserError, run_cli
 
 DIGEST_LABEL = "saved_model_sha256"
 
 
-def publish(path: str | Path, name: str | None = None, force: bool = False) -> str:
+def publish(path: str | Path, name: str | None = None, force: bool = False, sign_key: str | None = None) -> str:
     """Import the SavedModel at `path` (a version folder or its parent) with its LiteRT
-    conversion; return the tag and what became of the conversion."""
+    conversion, signed with `sign_key` when given; return the tag and what became of the conversion."""
     import bentoml
 
     try:
         source = version_dir(path)
         card = ModelCard.read(source)
-    except (FileNotFoundError, CardError) as error:
+        if sign_key:
+            check_private_key(sign_key)
+    except (FileNotFoundError, CardError, ValueError) as error:
         raise UserError(str(error)) from None
+    if (source / SIGNATURE).is_file() and not sign_key:
+        raise UserError(f"{source} is signed, and its signature would not cover the LiteRT conversion publishing "
+                        f"adds: pass --sign-key to sign the published model whole")
     tag = bentoml.Tag(name or card.name, str(card.version))
     digest = hashlib.sha256((source / "saved_model.pb").read_bytes()).hexdigest()
     try:
@@ -50,9 +60,10 @@ def publish(path: str | Path, name: str | None = None, force: bool = False) -> s
     except bentoml.exceptions.NotFound:
         existing = None
     if existing is not None:
-        if existing.info.labels.get(DIGEST_LABEL) == digest:
+        same = existing.info.labels.get(DIGEST_LABEL) == digest
+        if same and (not sign_key or (Path(existing.path) / SIGNATURE).is_file()):
             return f"{tag} (already published)"
-        if not force:
+        if not same and not force:  # the same export, unsigned in the store, is published again signed
             # Typically a second checkout (or an older recipe) published the same version first:
             # the store is per user, the version numbers are per checkout.
             raise UserError(f"{tag} in the BentoML model store ({existing.path}) already holds a "
@@ -63,9 +74,11 @@ def publish(path: str | Path, name: str | None = None, force: bool = False) -> s
     labels = {key: str(value) for key in ("kind", "dataset", "backbone") if (value := getattr(card, key)) is not None}
     conversion = convert_and_verify(source, card, cores())
     with bentoml.models.create(tag, labels={**labels, DIGEST_LABEL: digest}, metadata=_without_none(card.to_dict())) as model:
-        shutil.copytree(source, model.path, dirs_exist_ok=True)
+        shutil.copytree(source, model.path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(SIGNATURE))
         conversion.save(model.path)
-    return f"{tag} ({conversion.summary})"
+    if sign_key:  # after BentoML has written its model.yaml, so that it is covered too
+        sign(bentoml.models.get(tag).path, sign_key)
+    return f"{tag} ({conversion.summary}{', signed' if sign_key else ''})"
 
 
 def _without_none(value: Any) -> Any:
@@ -83,11 +96,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="models/<kind>/<version>, or models/<kind> for its highest version")
     parser.add_argument("--name", help="store name (default: the card's name, which the service looks up); one PATH only")
     parser.add_argument("--force", action="store_true", help="replace a different model published under the same tag")
+    parser.add_argument("--sign-key", metavar="PEM", help="sign the published model (with its conversion) with this "
+                        "EC private key; needed to publish a signed export")
     args = parser.parse_args(argv)
     if args.name and len(args.paths) > 1:
         raise UserError("--name applies to one PATH only")
     for path in args.paths:
-        print(f"published {publish(path, args.name, args.force)}")
+        print(f"published {publish(path, args.name, args.force, args.sign_key)}")
 
 
 if __name__ == "__main__":

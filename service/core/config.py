@@ -29,6 +29,9 @@ class Settings:
     store: bool = True  # also serve every model in the BentoML model store (what training.publish fills)
     repository: dict = dataclasses.field(default_factory=dict)  # per model: path, versions (policy), labels
     poll_s: float = 5.0  # how often the repository is scanned for new and removed versions; 0: never
+    require_signed: bool = False  # load only versions whose model.sig verifies against trusted_keys
+    trusted_keys: tuple[str, ...] = ()  # PEM files: EC public keys, CA certificates; a signature is checked
+    # against them before each load (required or not: /models reports it)
     memory_budget_mb: float = 0.0  # refuse a load whose weights would pass this; 0: no budget
     model_control: bool = False  # the load/unload API without admin keys (with admin keys it is on)
     admin_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False)  # keys for the load/unload API
@@ -67,6 +70,12 @@ class Settings:
                 raise ValueError(f"setting {field.name} must not be negative, got {value}")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"setting log_format must be text or json, got {self.log_format!r}")
+        if self.require_signed and not self.trusted_keys:
+            raise ValueError("setting require_signed needs trusted_keys: the public keys or CA certificates to verify with")
+        if self.trusted_keys:
+            from contract.signing import trust
+
+            trust(self.trusted_keys)  # a missing file, or one that holds no key, is a start-up error
         for name in ("classifier_runtime", "generator_runtime"):
             if getattr(self, name) not in RUNTIMES:
                 raise ValueError(f"setting {name} must be one of {', '.join(RUNTIMES)}, got {getattr(self, name)!r}")

@@ -1,4 +1,4 @@
-"""Loading one model version: the budget check, its runtime, warm-up, at a lower CPU priority.
+"""Loading one model version: the budget check, its signature, its runtime, warm-up, at a lower CPU priority.
 
 The manager (manager.py) decides which versions to load and when; this says how one loads.
 """
@@ -6,15 +6,20 @@ The manager (manager.py) decides which versions to load and when; this says how 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from contract.signing import Provenance, Unverified, trust
+
 from .config import Settings
+from .metrics import metrics
 from .models import ModelInfo, ServedModel, locate
 from .repository import Version
 
+log = logging.getLogger("diptych")
 LOAD_NICENESS = 5  # CFS weights: a nice-5 thread gets ~1/4 of a core that a nice-0 request thread also wants
 
 
@@ -29,9 +34,25 @@ def load_version(version: Version, kinds: Mapping[str, type[ServedModel]], setti
         kind = kinds.get(info.kind)
         if kind is None:
             raise ValueError(f"{version.ref} holds a model of kind {info.kind!r}; this service serves {sorted(kinds)}")
-        model = kind.load(dataclasses.replace(info, name=version.name, version=str(version.number)), settings)
+        provenance = verify(version.name, info.path, settings)
+        model = kind.load(dataclasses.replace(info, name=version.name, version=str(version.number),
+                                              provenance=provenance), settings)
         model.warm_up()
     return model
+
+
+def verify(name: str, folder: str, settings: Settings) -> Provenance:
+    """The version folder's signature, checked right before it loads: every source (a repository
+    folder, the model store, a remote source's local copy) and every hot reload comes through
+    here. With `require_signed`, a version it does not prove is refused (raises `Unverified`)."""
+    provenance = trust(settings.trusted_keys).check(folder)
+    if not provenance.verified and settings.require_signed:
+        metrics().model_verification_failures.labels(model=name, reason=provenance.reason).inc()
+        raise Unverified(provenance.reason, provenance.detail)
+    if settings.trusted_keys and provenance.reason not in ("", "unsigned"):  # a signature that fails: said
+        log.warning("%s at %s is loaded though its signature does not verify (require_signed is off): %s: %s",
+                    name, folder, provenance.reason, provenance.detail)
+    return provenance
 
 
 def check_budget(footprint: int, loaded: int, settings: Settings) -> None:

@@ -31,7 +31,7 @@ from .config import Settings
 from .control import Control, SharedControl
 from .epochs import Epochs
 from .errors import NotFound
-from .loader import BudgetExceeded, check_budget, footprint, load_version
+from .loader import BudgetExceeded, Unverified, check_budget, footprint, load_version
 from .metrics import metrics
 from .models import ModelInfo, ServedModel
 from .payloads import PayloadLog
@@ -278,7 +278,7 @@ class Manager(ControlRequests):
         metrics().model_load_seconds.labels(model=slot.version.name).observe(seconds)
         kind = slot.version.kind or "model"
         log.error("the %s could not be loaded from %s: %s", kind, slot.version.ref, slot.reason,
-                  exc_info=None if isinstance(error, BudgetExceeded) else error)
+                  exc_info=None if isinstance(error, (BudgetExceeded, Unverified)) else error)
 
     def _retire(self, name: str, aspired: set[int]) -> None:
         """Unload the versions not aspired, unless the last available one would go while an

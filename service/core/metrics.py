@@ -88,6 +88,10 @@ class Metrics:
             "diptych_model_load_seconds", "Time to load, convert and warm up a model version", ["model"],
             buckets=(0.5, 1, 2.5, 5, 10, 25, 50, 100, 250)
         )
+        self.model_verification_failures = prom.Counter(
+            "diptych_model_verification_failures", "Model versions refused by require_signed, by reason (unsigned, "
+            "untrusted, tampered, invalid)", ["model", "reason"]
+        )
 
 
 @functools.cache

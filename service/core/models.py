@@ -31,6 +31,7 @@ from contract.layout import resolve
 from contract.litert import Conversion, convert_apart
 from contract.runtime import LITERT, TENSORFLOW, LiteRTRuntime, Runtime, SavedModelRuntime, cores
 from contract.signatures import Signature, signature_defs, signatures_of
+from contract.signing import Provenance
 
 from .batching import Batcher
 from .config import Settings
@@ -58,6 +59,7 @@ class ModelInfo:
     card: ModelCard
     runtime: str = TENSORFLOW  # what runs it: TENSORFLOW or LITERT
     litert: dict[str, Any] | None = None  # the LiteRT conversion's report, when there was one
+    provenance: Provenance | None = None  # what its signature proved (contract/signing.py), checked before loading
 
 
 def locate(ref: str) -> ModelInfo:

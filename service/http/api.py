@@ -109,7 +109,8 @@ def json_response(body: pydantic.BaseModel, info: ModelInfo) -> Response:
 
 def card(info: ModelInfo) -> dict[str, Any]:
     return {"name": info.name, "version": info.version, "kind": info.kind, "source": info.source,
-            "runtime": info.runtime, "litert": info.litert, "card": info.card.to_dict(), "state": "available"}
+            "runtime": info.runtime, "litert": info.litert, "card": info.card.to_dict(), "state": "available",
+            "signature": info.provenance.to_dict() if info.provenance else None}
 
 
 def version_entry(name: str, number: int, slot: Any, entry: dict[str, Any]) -> dict[str, Any]:
