@@ -44,7 +44,7 @@ class Settings:
     classifier_runtime: str = "auto"  # auto (LiteRT when verified and faster), litert, tensorflow
     generator_runtime: str = "auto"
     interpreters: int = 0  # LiteRT interpreters per model; 0: one per CPU core
-    workers: int = 0  # batch workers per model (each runs one batch at a time); 0: as many as interpreters
+    batch_workers: int = 0  # batch workers per model (each runs one batch at a time); 0: one per interpreter
     max_batch_size: int = 32  # items per model call
     batch_window_ms: float = 0.0  # extra wait for a fuller batch while the model is idle
     warmup_rounds: int = 3  # model calls per batch size before reporting ready
@@ -79,10 +79,11 @@ class Settings:
         An empty setting loads none of that kind (a bulk job loads only the model it runs)."""
         return {kind: ref for kind, ref in (("classifier", self.classifier), ("generator", self.generator)) if ref}
 
-    def batch_workers(self) -> int:
-        """Batch workers per model: `workers`, else one per LiteRT interpreter (so a config that
-        sets only `interpreters` keeps the workers it always had)."""
-        return self.workers or self.interpreters or cores()
+    def batch_worker_count(self) -> int:
+        """Batch workers per model: `batch_workers`, else one per LiteRT interpreter (so a config
+        that sets only `interpreters` keeps the workers it always had). Not `workers`:
+        DIPTYCH_WORKERS is the image's count of BentoML worker processes (deploy/image)."""
+        return self.batch_workers or self.interpreters or cores()
 
     def runtime_of(self, kind: str) -> str:
         """The runtime choice for models of `kind` (a kind without a setting: auto)."""

@@ -3,7 +3,7 @@
 A model is named by a BentoML model-store tag (`classifier:latest`) or a SavedModel folder
 (`models/classifier/3`), read through the model contract (`contract`). It runs on the runtime
 its kind's setting names (runtimes.py: `auto`, `litert`, `tensorflow`, or any registered one).
-Each model owns a `Batcher` with `workers` workers (by default one per LiteRT interpreter):
+Each model owns a `Batcher` with `batch_workers` workers (by default one per LiteRT interpreter):
 every request's items join the next batch, which is one `Runtime.run`.
 
 What a kind of model does with its batches and requests lives in its own module
@@ -103,7 +103,7 @@ class ServedModel:
         self._queue_depth = metrics().queue_depth.labels(**self.metric_labels)
         self.batcher: Batcher = Batcher(
             self.run_batch, settings.max_batch_size, settings.batch_window_ms / 1000, name=f"{info.kind}-batcher",
-            workers=settings.batch_workers(),
+            workers=settings.batch_worker_count(),
             observe_wait=metrics().queue_wait.labels(**self.metric_labels).observe,
         )
 
