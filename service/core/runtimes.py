@@ -6,7 +6,8 @@ A registered class has a `name` and a class method `open(info, settings)` that r
 made (shown in `ModelInfo.conversion`), or None. The runtime it returns may be another one's:
 `litert` falls back to TensorFlow when its conversion does not prove itself, `auto` chooses.
 A new runtime (ONNX Runtime, TensorFlow on a GPU) is one module with one such class under
-`@register`, imported before the settings are read (docs/architecture.md, "Where to add things").
+`@register`, and its import line at the end of this module, so that it registers before any
+settings are read (docs/architecture.md, "Adding a runtime").
 """
 
 from __future__ import annotations
