@@ -5,10 +5,11 @@ test for ("Servable not found for request: Specific(classifier, 3)")."""
 
 from __future__ import annotations
 
-from .core import Engine, NotFound, ServedModel
+from .core import Engine, NotFound, ServedModel, VersionState
 from .core.repository import ModelRef
 
-STATES = {"loading": "LOADING", "available": "AVAILABLE", "unloading": "UNLOADING", "failed": "END"}
+STATES = {VersionState.LOADING: "LOADING", VersionState.AVAILABLE: "AVAILABLE",  # ModelVersionStatus.State
+          VersionState.UNLOADING: "UNLOADING", VersionState.FAILED: "END"}
 
 
 def servable(engine: Engine, name: str, version: int | None = None, label: str | None = None) -> ServedModel:
@@ -25,13 +26,13 @@ def version_status(engine: Engine, name: str, version: int | None = None,
     """(version, TF Serving state, error message) of the model's versions, or the one asked for.
     Only a failed version has an error: an available one's reason (it serves in place of a
     failed one) is no error to TF Serving's clients."""
-    entry = engine.status().get(name)
-    if entry is None:
+    model = engine.status().get(name)
+    if model is None:
         raise NotFound(f"Could not find any versions of model {name}", "model_spec")
     if label is not None:
-        version = entry["labels"].get(label, -1)
-    found = [(number, STATES[slot.state], slot.reason if slot.state == "failed" else "")
-             for number, slot in sorted(entry["versions"].items()) if version is None or number == version]
+        version = model.labels.get(label, -1)
+    found = [(number, STATES[status.state], status.reason if status.state is VersionState.FAILED else "")
+             for number, status in model.versions.items() if version is None or number == version]
     if not found:
         raise NotFound(f"Could not find version {version if label is None else label} of model {name}", "model_spec")
     return found

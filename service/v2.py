@@ -20,8 +20,7 @@ import numpy as np
 from contract.signatures import Spec
 
 from . import __version__, tensors
-from .core import Engine, NotFound, ServedModel, ValidationError
-from .core.manager import AVAILABLE
+from .core import Engine, NotFound, ServedModel, ValidationError, VersionState
 from .core.repository import ModelRef
 from .core.validation import json_document, requested_version
 
@@ -85,21 +84,22 @@ def model_metadata(engine: Engine, name: str, version: str = "") -> dict[str, An
         return [{"name": key, "datatype": NAMES[spec.dtype], "shape": [-1] if spec.shape is None else list(spec.shape)}
                 for key, spec in specs.items()]
 
-    versions = [str(number) for number, slot in sorted(engine.status()[info.name]["versions"].items())
-                if slot.state == AVAILABLE] if not version else [version]
+    versions = [str(number) for number, status in engine.status()[info.name].versions.items()
+                if status.state is VersionState.AVAILABLE] if not version else [version]
     return {"name": name, "versions": versions, "platform": PLATFORM,
             "inputs": describe(served.inputs), "outputs": describe(served.outputs)}
 
 
 # -- the model repository extension: REST and gRPC ------------------------------------------
 
-REPOSITORY_STATES = {"loading": "LOADING", AVAILABLE: "READY", "unloading": "UNLOADING", "failed": "UNAVAILABLE"}
+REPOSITORY_STATES = {VersionState.LOADING: "LOADING", VersionState.AVAILABLE: "READY",  # Triton's words
+                     VersionState.UNLOADING: "UNLOADING", VersionState.FAILED: "UNAVAILABLE"}
 
 
 def repository_index(engine: Engine, ready_only: bool = False) -> list[dict[str, str]]:
     """Every model version and its state, as Triton's index lists them."""
-    index = [{"name": name, "version": str(number), "state": REPOSITORY_STATES[slot.state], "reason": slot.reason}
-             for name, entry in sorted(engine.status().items()) for number, slot in sorted(entry["versions"].items())]
+    index = [{"name": name, "version": str(number), "state": REPOSITORY_STATES[status.state], "reason": status.reason}
+             for name, model in sorted(engine.status().items()) for number, status in model.versions.items()]
     return [entry for entry in index if entry["state"] == "READY"] if ready_only else index
 
 

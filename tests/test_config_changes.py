@@ -60,8 +60,8 @@ def test_version_numbers_are_ascii_digits_within_int64():
 
 def snapshot(engine: Engine) -> tuple:
     """What a change would change: every version's state, labels and policy, readiness, the config."""
-    status = {name: (sorted((number, slot.state) for number, slot in entry["versions"].items()), entry["labels"],
-                     entry["policy"]) for name, entry in engine.status().items()}
+    status = {name: (sorted((number, slot.state) for number, slot in entry.versions.items()), entry.labels,
+                     entry.policy) for name, entry in engine.status().items()}
     return status, engine.ready, {name: config.table() for name, config in engine.manager.repository.configs.items()}
 
 
@@ -129,7 +129,7 @@ def test_a_tf_serving_reload_replaces_the_model_list(folders, tiny_models):
         assert versions(engine, "boots") == {1: "available"}
         asyncio.run(engine.reload_config({"shoes": {"versions": "all", "labels": {"stable": 2, "canary": 1}},
                                           "generator": {}}))
-        assert engine.status()["shoes"]["labels"] == {"stable": 2, "canary": 1}
+        assert engine.status()["shoes"].labels == {"stable": 2, "canary": 1}
         assert classify(engine) == "2"  # traffic = {stable = 100} stayed, and stable is 2 now
         assert eventually(lambda: "boots" not in engine.status()), engine.status()
         asyncio.run(engine.reload_config({"shoes": SHOES, "generator": {}, "boots": {}}))

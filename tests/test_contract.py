@@ -200,7 +200,7 @@ def test_a_third_kind_is_one_class_and_one_registration_line(doubler, tiny_model
     try:
         assert engine.ready, "every model, the third kind's too, loads and warms up"
         info = engine.find("doubler").info
-        assert info.kind == "doubler" and info.litert["verified"] is True, info.litert  # converted, and proven
+        assert info.kind == "doubler" and info.conversion["verified"] is True, info.conversion  # converted, and proven
         x = np.arange(12, dtype=np.float32).reshape(4, 3)
         answer = asyncio.run(v2.infer(engine, v2.Request("doubler", "", "id-1", {"x": x}, [])))
         assert answer.version == "1" and answer.id == "id-1"
@@ -222,7 +222,7 @@ def test_a_model_of_an_unregistered_kind_is_refused_at_load(doubler, tiny_models
     engine.close()
     assert engine.ready, "a broken extra model costs no readiness: the defaults serve"
     assert "holds a model of kind 'doubler'; this service serves ['classifier', 'generator']" in caplog.text
-    assert engine.status()["doubler"]["versions"][1].state == "failed"
+    assert engine.status()["doubler"].versions[1].state == "failed"
 
 
 def test_signatures_are_read_without_loading_the_model(doubler):

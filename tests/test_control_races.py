@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-import service.core.manager as manager_module
+import service.core.manager.lifecycle as manager_module
 from service.core import Engine, Settings, ValidationError
 from service.core.control import Control, SharedControl
 from service.kinds import KINDS
@@ -102,9 +102,9 @@ def test_a_failed_version_blocks_no_change_that_does_not_ask_for_it(repository, 
     try:
         assert versions(engine) == {1: "available", 2: "available", 3: "failed"}
         asyncio.run(engine.load_model("shoes", None, {"versions": "all", "labels": {"stable": 1}}))
-        assert engine.status()["shoes"]["labels"] == {"stable": 1} and classify(engine, "shoes@stable") == "1"
+        assert engine.status()["shoes"].labels == {"stable": 1} and classify(engine, "shoes@stable") == "1"
         with pytest.raises(ValidationError, match="shoes could not be loaded: .*nothing was changed"):
             asyncio.run(engine.load_model("shoes", 3))  # asks for the broken one: refused, as before
-        assert engine.status()["shoes"]["labels"] == {"stable": 1}
+        assert engine.status()["shoes"].labels == {"stable": 1}
     finally:
         engine.close()

@@ -34,8 +34,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from PIL import Image
 
 from service import tfserving, v2
-from service.core import Engine, NotReady, ServiceError, Settings
-from service.core import manager as manager_module
+from service.core import Engine, NotReady, ServiceError, Settings, VersionState
+from service.core.manager import lifecycle as manager_module
 from service.http.api import version_entry
 from service.http.errors import STATUS
 from service.kinds import KINDS, Classifier
@@ -105,8 +105,8 @@ class Lifecycle(RuleBasedStateMachine):
         assert eventually(lambda: "unloading" not in self.states().values(), 60), self.states()
 
     def states(self) -> dict[int, str]:
-        entry = self.engine.status().get(NAME, {"versions": {}})
-        return {number: slot.state for number, slot in entry["versions"].items()}
+        entry = self.engine.status().get(NAME)
+        return {number: slot.state for number, slot in entry.versions.items()} if entry else {}
 
     def copy_in(self, number: int, good: bool) -> None:
         staging = self.root / NAME / f".{number}.partial"
@@ -265,10 +265,10 @@ class Lifecycle(RuleBasedStateMachine):
             assert not any(entry["name"] == NAME for entry in v2.repository_index(self.engine))
             return
         listed = {int(e["version"]): e["state"] for e in
-                  (version_entry(NAME, n, slot, status) for n, slot in status["versions"].items())}
+                  (version_entry(slot) for slot in status.versions.values())}
         index = {int(e["version"]): e["state"] for e in v2.repository_index(self.engine) if e["name"] == NAME}
         served = {number: state for number, state, _ in tfserving.version_status(self.engine, NAME)}
-        gauges = {number: state for number in states for state in manager_module.STATES
+        gauges = {number: state for number in states for state in VersionState
                   if prometheus_client.REGISTRY.get_sample_value(
                       "diptych_model_versions", {"model": NAME, "version": str(number), "state": state}) == 1}
         assert listed == states
@@ -280,8 +280,8 @@ class Lifecycle(RuleBasedStateMachine):
     def no_version_is_loaded_twice_and_closed_ones_are_freed(self) -> None:
         open_keys, open_ids = self.open_models()
         assert len(open_keys) == len(set(open_keys)), f"loaded twice: {sorted(open_keys)}"
-        slots = {id(slot.model) for entry in self.engine.status().values()
-                 for slot in entry["versions"].values() if slot.model is not None}
+        slots = {id(slot.model) for versions in self.engine.manager._slots.values()  # the manager's own records
+                 for slot in versions.values() if slot.model is not None}
         assert open_ids <= slots, "an open version the manager lost track of"
         gc.collect()
         held = [ref for ref in self.created if ref() is not None and ref().batcher._closed]

@@ -60,7 +60,7 @@ def classify(engine: Engine, ref: str | None = None) -> str:
 
 
 def versions(engine: Engine, name: str = "shoes") -> dict[int, str]:
-    return {number: slot.state for number, slot in engine.status()[name]["versions"].items()}
+    return {number: slot.state for number, slot in engine.status()[name].versions.items()}
 
 
 def test_the_policy_says_which_versions_are_served(repository, tiny_models):
@@ -119,7 +119,7 @@ def test_a_broken_new_version_never_serves_and_the_old_one_keeps_serving(reposit
         (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
         failures = _sample("diptych_model_loads_total", {"model": "shoes", "outcome": "failed"})
         engine.manager.reconcile()
-        slot = engine.status()["shoes"]["versions"][3]
+        slot = engine.status()["shoes"].versions[3]
         assert slot.state == "failed" and slot.reason.startswith("OSError: Cannot parse file"), slot.reason
         assert versions(engine) == {2: "available", 3: "failed"} and classify(engine) == "2"
         assert _sample("diptych_model_loads_total", {"model": "shoes", "outcome": "failed"}) == failures + 1
@@ -139,7 +139,7 @@ def test_the_memory_budget_refuses_a_load_with_the_reason(repository, tiny_model
         assert versions(engine) == {1: "available", 2: "available"}
         add_version(repository, "shoes", 3, tiny_models["classifier"])
         engine.manager.reconcile()
-        failed = [slot for slot in engine.status()["shoes"]["versions"].values() if slot.state == "failed"]
+        failed = [slot for slot in engine.status()["shoes"].versions.values() if slot.state == "failed"]
         assert failed and "would exceed memory_budget_mb" in failed[0].reason
     finally:
         engine.close()

@@ -151,7 +151,7 @@ def test_a_lying_card_fails_that_version_and_the_old_one_keeps_serving(repositor
         (lying / "model_card.json").write_text(json.dumps({**card, "image_size": [20000, 20000]}))
         engine.manager.reconcile()
         assert versions(engine) == {2: "available", 3: "failed"}
-        reason = engine.status()["shoes"]["versions"][3].reason
+        reason = engine.status()["shoes"].versions[3].reason
         assert "'image_size' is (20000, 20000)" in reason and "within 1 to 2048" in reason, reason
         assert classify(engine) == "2"
     finally:

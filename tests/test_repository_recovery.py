@@ -26,7 +26,7 @@ def test_a_broken_newest_version_at_start_up_falls_back_to_the_newest_that_loads
     try:
         assert versions(engine) == {2: "available", 3: "failed"}
         assert engine.ready and engine.alive and classify(engine) == "2"
-        assert "version 3" in engine.status()["shoes"]["versions"][2].reason
+        assert "version 3" in engine.status()["shoes"].versions[2].reason
         assert "shoes:2 serves in place of" in caplog.text
         assert [(number, state, bool(error)) for number, state, error in tfserving.version_status(engine, "shoes")] \
             == [(2, "AVAILABLE", False), (3, "END", True)]  # to TF Serving's clients, no error on the one serving
@@ -73,7 +73,7 @@ def test_a_refused_config_file_is_tried_again_on_later_passes(repository, tiny_m
         assert caplog.text.count(f"ignored {repository / 'shoes' / '01'}:") == 1, caplog.text
         add_version(repository, "shoes", 3, tiny_models["other_classifier"])
         engine.manager.reconcile()
-        assert engine.status()["shoes"]["policy"] == "specific:3"
+        assert engine.status()["shoes"].policy == "specific:3"
         assert eventually(lambda: versions(engine) == {3: "available"}, 60), versions(engine)
     finally:
         engine.close()
@@ -89,7 +89,7 @@ def test_a_store_tag_as_the_path_of_another_name_serves_under_that_name(reposito
     engine = engine_for(repository, tiny_models, store=True, repository={"boots": {"path": "classifier:1"}})
     try:
         assert versions(engine, "boots") == {1: "available"} and classify(engine, "boots") == "1"
-        assert engine.status()["boots"]["policy"] == "specific:1"
+        assert engine.status()["boots"].policy == "specific:1"
         assert versions(engine, "classifier") == {2: "available"}  # the store's own model, its newest
     finally:
         engine.close()

@@ -31,7 +31,7 @@ from contract import litert as conversion
 from contract import runtime
 from contract.card import FILE as CARD_FILE
 from contract.runtime import LITERT, TENSORFLOW, LiteRTRuntime, SavedModelRuntime
-from service.core import models as served_models
+from service.core import runtimes as served_runtimes
 from service.core.batching import Batcher
 from service.core.config import Settings
 from service.core.images import decode, resize
@@ -188,7 +188,7 @@ def test_failed_conversion_is_served_by_tensorflow_with_the_reason(tiny_models, 
         model = Classifier.load(locate(str(export)), Settings(classifier_runtime="litert", interpreters=2))
     try:
         assert model.info.runtime == TENSORFLOW
-        assert model.info.litert["verified"] is False and "no calibration sample" in model.info.litert["reason"]
+        assert model.info.conversion["verified"] is False and "no calibration sample" in model.info.conversion["reason"]
         assert any("runs on TensorFlow" in r.message and "no calibration sample" in r.message for r in caplog.records)
         scores = model.batcher.submit([(encode(fashion[0]), "images[0]")])[0].result(30)
         assert scores.shape == (10,) and abs(scores.sum() - 1) < 1e-4
@@ -218,11 +218,11 @@ def test_a_conversion_that_does_not_finish_is_stopped_with_the_reason(tiny_model
 
 
 def test_tensorflow_runtime_never_converts(tiny_models, monkeypatch):
-    monkeypatch.setattr(served_models, "convert_apart",
+    monkeypatch.setattr(served_runtimes, "convert_apart",
                         lambda *args: pytest.fail("converted although tensorflow was chosen"))
     model = Generator.load(locate(str(tiny_models["generator"])), Settings(generator_runtime="tensorflow"))
     model.close()
-    assert model.info.runtime == TENSORFLOW and model.info.litert is None
+    assert model.info.runtime == TENSORFLOW and model.info.conversion is None
 
 
 def test_runtime_settings_are_checked():
@@ -280,7 +280,7 @@ def test_classifier_pool_answers_each_request_with_its_own_scores(classifier_con
     model = Classifier.load(locate(str(tiny_models["classifier"])), Settings(classifier_runtime="litert", interpreters=2,
                                                                     max_batch_size=8))
     assert model.info.runtime == LITERT
-    assert model.info.litert["niceness"] == 19  # converted in a process of its own, at the lowest priority
+    assert model.info.conversion["niceness"] == 19  # converted in a process of its own, at the lowest priority
 
     def request(index: int) -> tuple[int, np.ndarray]:
         chosen = [(index + offset) % len(files) for offset in range(1 + index % 3)]  # 1-3 images a request

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from service.core import ServiceError, Settings
-from service.core.config import RUNTIMES
+from service.core.runtimes import RUNTIMES
 
 from .joblog import JobLog, JobLogError
 from .jobs import Classify, Generate, Job
@@ -60,7 +60,7 @@ def _common(command: argparse.ArgumentParser) -> None:
     add("--address", help="Ray: the cluster to join (default: RAY_ADDRESS, else a local cluster)")
     add("--actors", type=int, help="Ray: model replicas (default: the cluster's CPUs / --cpus-per-actor)")
     add("--cpus-per-actor", type=int, default=1, help="Ray: CPUs (and LiteRT interpreters) per replica (default: 1)")
-    add("--runtime", choices=RUNTIMES, help="the model's runtime (default: the service's setting, auto)")
+    add("--runtime", choices=sorted(RUNTIMES), help="the model's runtime (default: the service's setting, auto)")
     add("--interpreters", type=int, help="local: LiteRT interpreters and batch workers (default: one per core)")
     add("--part-size", type=int, default=PART_SIZE, help=f"items per logged part (default: {PART_SIZE})")
     add("--shard", default="0/1", help="I/N: run every N-th part from the I-th (a Kubernetes Indexed Job's "

@@ -20,6 +20,7 @@ from .errors import (
     UnsupportedMediaType,
     ValidationError,
 )
+from .manager import ModelStatus, VersionState, VersionStatus
 from .models import ModelInfo, ServedModel
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "Forbidden",
     "LimitExceeded",
     "ModelInfo",
+    "ModelStatus",
     "NotFound",
     "NotReady",
     "Overloaded",
@@ -42,4 +44,6 @@ __all__ = [
     "UnknownSignature",
     "UnsupportedMediaType",
     "ValidationError",
+    "VersionState",
+    "VersionStatus",
 ]

@@ -16,8 +16,11 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
+from contract.runtime import cores
+
+from .runtimes import runtime_named
+
 ENV_PREFIX = "DIPTYCH_"
-RUNTIMES = ("auto", "litert", "tensorflow")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +46,8 @@ class Settings:
     payload_log_files: int = 5  # ... keeping this many
     classifier_runtime: str = "auto"  # auto (LiteRT when verified and faster), litert, tensorflow
     generator_runtime: str = "auto"
-    interpreters: int = 0  # LiteRT interpreters, and batch workers, per model; 0: one per CPU core
+    interpreters: int = 0  # LiteRT interpreters per model; 0: one per CPU core
+    batch_workers: int = 0  # batch workers per model (each runs one batch at a time); 0: one per interpreter
     max_batch_size: int = 32  # items per model call
     batch_window_ms: float = 0.0  # extra wait for a fuller batch while the model is idle
     warmup_rounds: int = 3  # model calls per batch size before reporting ready
@@ -77,13 +81,18 @@ class Settings:
 
             trust(self.trusted_keys)  # a missing file, or one that holds no key, is a start-up error
         for name in ("classifier_runtime", "generator_runtime"):
-            if getattr(self, name) not in RUNTIMES:
-                raise ValueError(f"setting {name} must be one of {', '.join(RUNTIMES)}, got {getattr(self, name)!r}")
+            runtime_named(getattr(self, name), name)
 
     def defaults(self) -> dict[str, str]:
         """The default model of each shipped kind: what a request that names no model gets.
         An empty setting loads none of that kind (a bulk job loads only the model it runs)."""
         return {kind: ref for kind, ref in (("classifier", self.classifier), ("generator", self.generator)) if ref}
+
+    def batch_worker_count(self) -> int:
+        """Batch workers per model: `batch_workers`, else one per LiteRT interpreter (so a config
+        that sets only `interpreters` keeps the workers it always had). Not `workers`:
+        DIPTYCH_WORKERS is the image's count of BentoML worker processes (deploy/image)."""
+        return self.batch_workers or self.interpreters or cores()
 
     def runtime_of(self, kind: str) -> str:
         """The runtime choice for models of `kind` (a kind without a setting: auto)."""

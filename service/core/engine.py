@@ -6,7 +6,7 @@ The engine loads and warms up the repository's models in the background (so live
 answers at once and readiness turns true when every default model is available), hands
 out model versions by reference (`name`, `name:version`, `name@label`, or a kind's
 default), and admits a bounded number of requests. Which versions are loaded, and the
-switch from one to the next, is the manager's (manager.py). It knows no kind of model:
+switch from one to the next, is the manager's (manager/). It knows no kind of model:
 the kinds (`service/kinds/`) are handed to it, and the card of each model says which it is.
 """
 
@@ -24,7 +24,7 @@ from .config import Settings
 from .context import current
 from .control import SharedControl
 from .errors import NotFound, NotReady, Overloaded, Unauthenticated
-from .manager import Manager
+from .manager import Manager, ModelStatus
 from .metrics import metrics
 from .models import ModelInfo, ServedModel
 from .repository import ModelConfig, ModelRef
@@ -147,11 +147,11 @@ class Engine:
     def models(self) -> list[ModelInfo]:
         """Every available model version."""
         self._check_ready()
-        return [slot.info for entry in self.manager.status().values() for slot in entry["versions"].values()
-                if slot.model is not None]
+        return [version.info for model in self.manager.status().values() for version in model.versions.values()
+                if version.info is not None]
 
-    def status(self) -> dict[str, dict]:
-        """Every model's versions (state, reason), labels and policy, loaded or not."""
+    def status(self) -> dict[str, ModelStatus]:
+        """Every model's versions (state, reason, labels naming each), labels and policy, loaded or not."""
         return self.manager.status()
 
     def sources(self) -> dict[str, dict[str, str]]:
@@ -183,7 +183,7 @@ class Engine:
 
     async def reload_config(self, tables: Mapping[str, Mapping[str, object]]) -> None:
         """TF Serving's ReloadConfig: the list of models (path, versions, labels) replaces the
-        served ones (requests.py `reload`)."""
+        served ones (manager/control.py `reload`)."""
         await _in_own_thread(self.manager.reload, tables)
 
     def _check_ready(self) -> None:

@@ -1,12 +1,10 @@
 """A served model: where it comes from, its card, its runtime, warm-up, and its batches.
 
 A model is named by a BentoML model-store tag (`classifier:latest`) or a SavedModel folder
-(`models/classifier/3`), read through the model contract (`contract`). It runs on LiteRT or
-on TensorFlow, chosen per model by the settings: `auto` takes LiteRT when its conversion is
-verified and measured cheaper, `litert` whenever it is verified, `tensorflow` never
-converts. A conversion that fails verification is not used: the model is served by
-TensorFlow, with a warning that says why. Each model owns a `Batcher` with one worker per
-interpreter: every request's items join the next batch, which is one `Runtime.run`.
+(`models/classifier/3`), read through the model contract (`contract`). It runs on the runtime
+its kind's setting names (runtimes.py: `auto`, `litert`, `tensorflow`, or any registered one).
+Each model owns a `Batcher` with `batch_workers` workers (by default one per LiteRT interpreter):
+every request's items join the next batch, which is one `Runtime.run`.
 
 What a kind of model does with its batches and requests lives in its own module
 (`service/kinds/`): a subclass of `ServedModel`. This module knows no kind.
@@ -28,8 +26,7 @@ import numpy as np
 
 from contract.card import ModelCard
 from contract.layout import resolve
-from contract.litert import Conversion, convert_apart
-from contract.runtime import LITERT, TENSORFLOW, LiteRTRuntime, Runtime, SavedModelRuntime, cores
+from contract.runtime import TENSORFLOW, Runtime
 from contract.signatures import Signature, signature_defs, signatures_of
 from contract.signing import Provenance
 
@@ -39,6 +36,7 @@ from .context import RequestContext, current
 from .errors import DeadlineExceeded, ServiceError
 from .metrics import metrics
 from .payloads import PayloadLog
+from .runtimes import runtime_named
 
 if TYPE_CHECKING:
     from tensorflow.core.protobuf.meta_graph_pb2 import SignatureDef
@@ -57,8 +55,8 @@ class ModelInfo:
     source: str  # the tag or folder it was loaded from
     path: str  # the version folder it was read from
     card: ModelCard
-    runtime: str = TENSORFLOW  # what runs it: TENSORFLOW or LITERT
-    litert: dict[str, Any] | None = None  # the LiteRT conversion's report, when there was one
+    runtime: str = TENSORFLOW  # the name of the runtime that runs it (runtimes.py)
+    conversion: dict[str, Any] | None = None  # the report of the conversion its runtime made, when there was one
     provenance: Provenance | None = None  # what its signature proved (contract/signing.py), checked before loading
 
 
@@ -69,29 +67,10 @@ def locate(ref: str) -> ModelInfo:
     return ModelInfo(card.kind, store_name or card.name, store_version or str(card.version), ref, str(path), card)
 
 
-def load_runtime(info: ModelInfo, choice: str, interpreters: int) -> tuple[Runtime, ModelInfo]:
-    """The runtime `choice` (auto, litert, tensorflow) leads to, and `info` saying which it is."""
-    model = f"{info.kind} {info.name}:{info.version}"
-    tensorflow = lambda: SavedModelRuntime(info.path, info.card.numeric_signature)  # noqa: E731
-    if choice == TENSORFLOW:
-        log.info("%s runs on TensorFlow, as configured", model)
-        return tensorflow(), info
-    conversion = Conversion.load(info.path)
-    if conversion is None:
-        log.info("%s has no stored LiteRT conversion: converting it now, in a process of its own "
-                 "(training.publish stores one)", model)
-        conversion = convert_apart(info.path, info.card, interpreters)
-    info = dataclasses.replace(info, litert=conversion.report)
-    if not conversion.verified:
-        log.warning("%s runs on TensorFlow: its LiteRT conversion is not used: %s", model, conversion.report["reason"])
-    elif choice == LITERT or conversion.faster:
-        log.info("%s runs on LiteRT, %d single-threaded interpreters (%s; CPU ms per image as measured: %s)", model,
-                 interpreters, conversion.report["reason"], conversion.report["cpu_ms_per_image"])
-        return LiteRTRuntime(conversion.flatbuffer, interpreters), dataclasses.replace(info, runtime=LITERT)
-    else:
-        log.info("%s runs on TensorFlow: it measured cheaper than LiteRT (CPU ms per image: %s)", model,
-                 conversion.report["cpu_ms_per_image"])
-    return tensorflow(), info
+def load_runtime(info: ModelInfo, settings: Settings) -> tuple[Runtime, ModelInfo]:
+    """The runtime the kind's setting names, opened, and `info` saying which runs it and how it converted."""
+    runtime, conversion = runtime_named(settings.runtime_of(info.kind)).open(info, settings)
+    return runtime, dataclasses.replace(info, runtime=runtime.name, conversion=conversion)
 
 
 class ServedModel:
@@ -126,13 +105,13 @@ class ServedModel:
         self._queue_depth = metrics().queue_depth.labels(**self.metric_labels)
         self.batcher: Batcher = Batcher(
             self.run_batch, settings.max_batch_size, settings.batch_window_ms / 1000, name=f"{info.kind}-batcher",
-            workers=settings.interpreters or cores(),
+            workers=settings.batch_worker_count(),
             observe_wait=metrics().queue_wait.labels(**self.metric_labels).observe,
         )
 
     @classmethod
     def load(cls, info: ModelInfo, settings: Settings) -> ServedModel:
-        runtime, info = load_runtime(info, settings.runtime_of(cls.kind), settings.interpreters or cores())
+        runtime, info = load_runtime(info, settings)
         model = cls(info, runtime, settings)
         model.signature_defs = signature_defs(info.path)
         model.signatures = signatures_of(model.signature_defs)

@@ -13,7 +13,7 @@ from google.protobuf import json_format, struct_pb2
 from proto.diptych.v1 import diptych_pb2 as pb
 from proto.diptych.v1 import diptych_pb2_grpc
 
-from ..core import Engine, ModelInfo, ValidationError, validation
+from ..core import Engine, ModelInfo, ValidationError, VersionStatus, validation
 from ..core.images import encode_png, tile
 from ..kinds import Classification, Classifier, Generation, Generator
 
@@ -38,8 +38,7 @@ class DiptychServicer(diptych_pb2_grpc.DiptychServicer):
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[
-            model_entry(name, number, slot, entry["labels"])
-            for name, entry in self.engine.status().items() for number, slot in sorted(entry["versions"].items())])
+            model_entry(version) for model in self.engine.status().values() for version in model.versions.values()])
 
     async def LoadModel(self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext) -> pb.LoadModelResponse:
         await self.engine.load_model(request.name, version_of(request))
@@ -89,11 +88,10 @@ def model_ref(info: ModelInfo) -> pb.ModelRef:
     return pb.ModelRef(name=info.name, version=info.version)
 
 
-def model_entry(name: str, number: int, slot, labels: dict[str, int]) -> pb.Model:
-    """One version as ListModels reports it; its card when it was read."""
-    info = slot.info
+def model_entry(status: VersionStatus) -> pb.Model:
+    """One version as ListModels reports it; its card and runtime while it is loaded."""
+    info = status.info
     card = json_format.ParseDict(info.card.to_dict(), struct_pb2.Struct()) if info else None
-    return pb.Model(name=name, version=str(number), kind=info.kind if info else slot.version.kind or "",
-                    source=slot.version.ref, card=card, state=slot.state, reason=slot.reason,
-                    runtime=info.runtime if slot.model is not None else "",
-                    labels=sorted(label for label, version in labels.items() if version == number))
+    return pb.Model(name=status.name, version=str(status.version), kind=status.kind or "", source=status.source,
+                    card=card, state=status.state.value, reason=status.reason, runtime=info.runtime if info else "",
+                    labels=status.labels)

@@ -12,7 +12,7 @@ import pydantic
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..core import Engine, ModelInfo, NotFound
+from ..core import Engine, ModelInfo, NotFound, VersionState, VersionStatus
 from ..core.images import encode_png, tile
 from ..kinds import Classification, Classifier, Generation, Generator
 from . import schemas
@@ -56,9 +56,8 @@ async def list_models(request: Request) -> Response:
     """Every model version the service knows, with its state (loading, available, unloading,
     failed and why), the labels naming it, its model's policy, and its card once read; and the
     model sources that cannot be read now, and the folders ignored, with the reasons."""
-    return JSONResponse({"models": [version_entry(name, number, slot, entry)
-                                    for name, entry in engine().status().items()
-                                    for number, slot in sorted(entry["versions"].items())],
+    return JSONResponse({"models": [version_entry(version) for model in engine().status().values()
+                                    for version in model.versions.values()],
                          "sources": engine().sources()})
 
 
@@ -109,13 +108,15 @@ def json_response(body: pydantic.BaseModel, info: ModelInfo) -> Response:
 
 def card(info: ModelInfo) -> dict[str, Any]:
     return {"name": info.name, "version": info.version, "kind": info.kind, "source": info.source,
-            "runtime": info.runtime, "litert": info.litert, "card": info.card.to_dict(), "state": "available",
+            "runtime": info.runtime, "litert": info.conversion, "card": info.card.to_dict(),
+            "state": VersionState.AVAILABLE.value,
             "signature": info.provenance.to_dict() if info.provenance else None}
 
 
-def version_entry(name: str, number: int, slot: Any, entry: dict[str, Any]) -> dict[str, Any]:
-    labels = sorted(label for label, version in entry["labels"].items() if version == number)
-    known = card(slot.info) if slot.info is not None and slot.model is not None else {
-        "name": name, "version": str(number), "kind": slot.version.kind, "source": slot.version.ref}
-    return {**known, "state": slot.state, "since": slot.since, "reason": slot.reason, "labels": labels,
-            "policy": entry["policy"]}
+def version_entry(status: VersionStatus) -> dict[str, Any]:
+    """One version as `/models` lists it; its card while it is loaded. (`litert`: the key the
+    runtime's conversion report has always had here.)"""
+    known = card(status.info) if status.info is not None else {
+        "name": status.name, "version": str(status.version), "kind": status.kind, "source": status.source}
+    return {**known, "state": status.state.value, "since": status.since, "reason": status.reason,
+            "labels": list(status.labels), "policy": status.policy}

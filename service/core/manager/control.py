@@ -1,6 +1,7 @@
-"""The manager's side of the load/unload API and of a reloaded config: what a request (or an
-edited config file) changes in what is served, applied by the next pass over the repository
-(manager.py), and shared with the service's other workers (control.py).
+"""The manager's control half: the load/unload API (`model_control`) and a reloaded config,
+what a request (or an edited config file) changes in what is served, applied by the next pass
+over the repository (lifecycle.py), and shared with the service's other workers
+(service/core/control.py).
 
 A change is checked whole before anything changes, and then applied at once, or not at all:
 each model's table (`ModelConfig.parse`, the one check), the folders a request names (under
@@ -23,19 +24,20 @@ from typing import Any
 
 from contract.layout import is_folder_ref
 
-from .config import Settings
-from .control import Control
-from .errors import Conflict, Forbidden, NotFound, ServiceError, ValidationError
-from .repository import Found, ModelConfig, Repository, parse_configs
+from ..config import Settings
+from ..control import Control
+from ..errors import Conflict, Forbidden, NotFound, ServiceError, ValidationError
+from ..repository import Found, ModelConfig, Repository, parse_configs
+from .status import VersionState
 
 log = logging.getLogger("diptych")
 
 
-FAILED = "failed"  # a version's state after a load that failed (manager.py has them all)
+FAILED = VersionState.FAILED
 UNSAID = ("traffic", "shadow", "log_sample", "log_thumbnails")  # what TF Serving's ModelConfig cannot say
 
 
-class ControlRequests:
+class ModelControl:
     """Mixed into `Manager`, whose state it changes (`_control`, `repository`, `_slots`)."""
 
     def load(self, name: str, version: int | None = None, table: Mapping[str, Any] | None = None) -> None:

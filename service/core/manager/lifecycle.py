@@ -19,56 +19,32 @@ priority (contract/litert.py `convert_apart`).
 
 from __future__ import annotations
 
-import ctypes
-import dataclasses
-import gc
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 
-from .config import Settings
-from .control import Control, SharedControl
-from .epochs import Epochs
-from .errors import NotFound
-from .loader import BudgetExceeded, Unverified, check_budget, footprint, load_version
-from .metrics import metrics
-from .models import ModelInfo, ServedModel
-from .payloads import PayloadLog
-from .repository import Found, ModelConfig, ModelRef, Repository, Version
-from .requests import FAILED, ControlRequests, mtime
+from ..config import Settings
+from ..control import Control, SharedControl
+from ..epochs import Epochs
+from ..loader import BudgetExceeded, Unverified, check_budget, footprint, load_version, release_memory
+from ..metrics import metrics
+from ..models import ServedModel
+from ..payloads import PayloadLog
+from ..repository import Found, ModelConfig, Repository, Version
+from .control import ModelControl, mtime
+from .routing import Routing
+from .status import Slot, VersionState
 
 log = logging.getLogger("diptych")
 
-LOADING, AVAILABLE, UNLOADING = "loading", "available", "unloading"
-STATES = (LOADING, AVAILABLE, UNLOADING, FAILED)
+LOADING, AVAILABLE, UNLOADING, FAILED = (VersionState.LOADING, VersionState.AVAILABLE, VersionState.UNLOADING,
+                                         VersionState.FAILED)
 
 
-def release_memory() -> None:
-    """Give an unloaded version's memory back to the system: collect its reference cycles, then
-    ask glibc to return the freed heap (measured: without `malloc_trim`, the worker's RSS
-    stayed ~100 MiB above one version's after an unload, docs/serving.md "Hot reload")."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the memory is reused, not returned
-        pass
+class Manager(Routing, ModelControl):
+    """Which versions are loaded (the slots), which answer (the routes), and the passes that change them."""
 
-
-@dataclasses.dataclass
-class Slot:
-    """One version's state. `model` is set while it is available or unloading."""
-
-    version: Version
-    state: str = LOADING
-    reason: str = ""
-    model: ServedModel | None = None
-    footprint: int = 0  # bytes of weights on disk: the memory budget's estimate
-    info: ModelInfo | None = None
-    since: float = 0.0  # when it entered its state (Unix time)
-
-
-class Manager(ControlRequests):
     def __init__(self, settings: Settings, kinds: Mapping[str, type[ServedModel]],
                  shared: SharedControl | None = None, config_file: str | None = None) -> None:
         self.settings = settings
@@ -82,7 +58,7 @@ class Manager(ControlRequests):
                                       int(settings.payload_log_max_mb * 2**20), settings.payload_log_files) \
             if settings.payload_log else None
         self._lock = threading.Lock()
-        self._reconciling = threading.Lock()  # one pass, or one change (requests.py), at a time
+        self._reconciling = threading.Lock()  # one pass, or one change (control.py), at a time
         self._slots: dict[str, dict[int, Slot]] = {}  # every version with a state, by model
         self._routes: dict[str, dict[int, ServedModel]] = {}  # the available versions: replaced, never mutated
         self._found = Found({}, {}, {})
@@ -90,68 +66,6 @@ class Manager(ControlRequests):
         self.epochs = Epochs()  # requests hold one while admitted: a retired version waits for them
         self._stop = threading.Event()
         self.poll_died = False  # the poll loop ended by an error no pass could catch: hot reload is over
-
-    # -- requests ------------------------------------------------------------------
-    def resolve(self, ref: ModelRef, key: str = "") -> ServedModel:
-        """The available version `ref` names: its version, its label's, or, for the model's
-        name alone, the traffic split's choice for `key` (the caller), or the newest."""
-        routes = self._routes.get(ref.name)
-        if routes is None:
-            raise NotFound(f"no model named {ref.name!r}", "model")
-        number = self._number(ref)
-        if number is None and routes:
-            number = self._split(ref.name, routes, key)
-        model = routes.get(number)
-        if model is None:
-            state = self._state(ref.name, number)
-            raise NotFound(f"{ref}: version {number} is not available{f' ({state})' if state else ''}", "model")
-        return model
-
-    def _split(self, name: str, routes: Mapping[int, ServedModel], key: str) -> int:
-        config = self._found.configs.get(name)
-        return config.split(set(routes), key) if config else max(routes)
-
-    def shadow(self, name: str, primary: ServedModel) -> ServedModel | None:
-        """The version the model's `shadow` names, when it is available and not `primary`."""
-        config = self._found.configs.get(name)
-        number = config.version_of(config.shadow) if config and config.shadow else None
-        model = self._routes.get(name, {}).get(number)
-        return model if model is not primary else None
-
-    def _number(self, ref: ModelRef) -> int | None:
-        if ref.label is None:
-            return ref.version
-        labels = self._found.configs.get(ref.name, ModelConfig(ref.name)).labels
-        if ref.label not in labels:
-            raise NotFound(f"model {ref.name!r} has no label {ref.label!r}; its labels: {sorted(labels)}", "model")
-        return labels[ref.label]
-
-    def _state(self, name: str, number: int | None) -> str:
-        slot = self._slots.get(name, {}).get(number)
-        return f"{slot.state}: {slot.reason}" if slot and slot.reason else slot.state if slot else ""
-
-    def sources(self) -> dict[str, dict[str, str]]:
-        """The last scan's unavailable sources (what they served keeps serving) and ignored folders."""
-        return {"unavailable": dict(self._found.unavailable), "ignored": dict(self._found.ignored)}
-
-    def default(self, kind: str) -> str | None:
-        return self._found.defaults.get(kind)
-
-    def knows(self, name: str) -> bool:
-        """Whether any version of `name` has a state (cheap: on every request's path)."""
-        return name in self._slots
-
-    def available(self, name: str) -> bool:
-        return bool(self._routes.get(name))
-
-    def status(self) -> dict[str, dict]:
-        """Every model: its kind, versions with state and reason, labels, and policy."""
-        with self._lock:
-            slots = {name: dict(versions) for name, versions in self._slots.items()}
-        configs = self._found.configs
-        return {name: {"versions": versions, "labels": dict(configs[name].labels) if name in configs else {},
-                       "policy": str(configs[name].policy) if name in configs else ""}
-                for name, versions in slots.items()}
 
     # -- control -------------------------------------------------------------------
     def poll(self) -> None:
@@ -260,7 +174,7 @@ class Manager(ControlRequests):
         except Exception as error:
             self._failed(slot, error, time.perf_counter() - start)
             return
-        slot.model, slot.info = model, model.info
+        slot.model = model
         self._set(slot, AVAILABLE)
         self._route(version.name)
         metrics().model_loads.labels(model=version.name, outcome="loaded").inc()
@@ -324,17 +238,17 @@ class Manager(ControlRequests):
             del versions[slot.version.number]
             if not versions:
                 self._slots.pop(slot.version.name, None)
-        for state in STATES:
+        for state in VersionState:
             metrics().model_versions.labels(model=slot.version.name, version=str(slot.version.number),
                                             state=state).set(0)
         return True
 
-    def _set(self, slot: Slot, state: str = LOADING) -> None:
-        slot.state, slot.since = state, time.time()
-        for each in STATES:
+    def _set(self, slot: Slot, state: VersionState = LOADING) -> None:
+        for each in VersionState:
             metrics().model_versions.labels(model=slot.version.name, version=str(slot.version.number),
                                             state=each).set(int(each == state))
-        with self._lock:
+        with self._lock:  # a status snapshot sees the state and its time together
+            slot.state, slot.since = state, time.time()
             self._slots.setdefault(slot.version.name, {})[slot.version.number] = slot
 
     def _route(self, name: str) -> None:
