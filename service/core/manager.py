@@ -37,6 +37,7 @@ from .models import ModelInfo, ServedModel
 from .payloads import PayloadLog
 from .repository import Found, ModelConfig, ModelRef, Repository, Version
 from .requests import FAILED, ControlRequests, mtime
+from .sources import Release, nothing_to_release
 
 log = logging.getLogger("diptych")
 
@@ -66,6 +67,7 @@ class Slot:
     footprint: int = 0  # bytes of weights on disk: the memory budget's estimate
     info: ModelInfo | None = None
     since: float = 0.0  # when it entered its state (Unix time)
+    release: Release = nothing_to_release  # gives its fetched folder back (the cache may evict it)
 
 
 class Manager(ControlRequests):
@@ -173,9 +175,10 @@ class Manager(ControlRequests):
         if self.payload_log is not None:
             self.payload_log.close()
         with self._lock:
-            models = [slot.model for versions in self._slots.values() for slot in versions.values() if slot.model]
-        for model in models:
-            model.close()
+            slots = [slot for versions in self._slots.values() for slot in versions.values() if slot.model]
+        for slot in slots:
+            slot.model.close()
+            slot.release()
 
     def reconcile(self) -> None:
         """One pass: scan, load what is aspired and missing, switch, retire what is not."""
@@ -251,12 +254,13 @@ class Manager(ControlRequests):
         self._set(slot)
         start = time.perf_counter()
         try:
-            slot.footprint = footprint(version.ref)
+            folder, slot.release = self.repository.fetch(version)  # a local copy: object storage's, cached
+            slot.footprint = footprint(folder)
             with self._lock:
                 loaded = sum(other.footprint for versions in self._slots.values() for other in versions.values()
                              if other.state in (AVAILABLE, UNLOADING))
             check_budget(slot.footprint, loaded, self.settings)
-            model = load_version(version, self.kinds, self.settings)
+            model = load_version(version, folder, self.kinds, self.settings)
         except Exception as error:
             self._failed(slot, error, time.perf_counter() - start)
             return
@@ -271,6 +275,7 @@ class Manager(ControlRequests):
                  info.runtime)
 
     def _failed(self, slot: Slot, error: Exception, seconds: float) -> None:
+        slot.release()
         reason = next(iter(str(error).strip().splitlines()), "")
         slot.reason = f"{type(error).__name__}: {reason}"
         self._set(slot, FAILED)
@@ -305,6 +310,7 @@ class Manager(ControlRequests):
         # Bounded: no request outlives its timeout by much (BentoML's answers 504 at timeout_s + 10).
         self.epochs.wait_past(retired_in, self.settings.timeout_s + 10)
         slot.model.close()
+        slot.release()
         info = slot.model.info
         slot.model = None
         if self._forget(slot):  # else the same version was loaded again meanwhile: its metrics are the new copy's
