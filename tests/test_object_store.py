@@ -13,12 +13,12 @@ import pytest
 
 from contract.layout import is_folder_ref, is_location, resolve
 from service.batch.models import ModelRefError, parse
-from service.core import Engine, Settings
+from service.core import Engine, Forbidden, NotFound, Settings, ValidationError
 from service.core.repository import ModelConfig, Repository
 from service.core.sources import trusted
 from service.kinds import KINDS
 from tests.conftest import eventually
-from tests.test_repository import FAST, classify, versions
+from tests.test_repository import FAST, classify, engine_for, repository, versions  # noqa: F401
 
 BAD = {"ftp://bucket/models": "ftp:// is not a model source", "S3://bucket/models": "S3:// is not a model source",
        "s3://": "is not a bucket name", "s3://B/models": "is not a bucket name",
@@ -150,5 +150,21 @@ def test_a_fetch_that_cannot_fit_fails_that_version_leaves_nothing_and_the_old_o
         reason = engine.status()["shoes"]["versions"][2].reason
         assert "CacheFull" in reason and "cache_max_mb = 10" in reason, reason
         assert classify(engine) == "1" and cached(cache) == ([1], [])
+    finally:
+        engine.close()
+
+
+def test_a_load_request_naming_a_url_outside_the_roots_or_a_bad_one_changes_nothing(aws, repository, tiny_models):
+    """A URL is checked as a folder is: outside `model_root` and `allowed_roots`, 403; a bad one, 400."""
+    engine = engine_for(repository, tiny_models, allowed_roots=("s3://diptych-models/staging",))
+    try:
+        before = engine.status()["shoes"]["policy"]
+        with pytest.raises(Forbidden, match="outside the model roots"):
+            engine.load_model("shoes", None, {"path": "s3://diptych-models/elsewhere/shoes"})
+        with pytest.raises(ValidationError, match="ftp:// is not a model source"):
+            engine.load_model("shoes", None, {"path": "ftp://diptych-models/staging/shoes"})
+        with pytest.raises(NotFound, match="boots"):  # inside an allowed root: admitted, looked for, not there
+            engine.load_model("boots", None, {"path": "s3://diptych-models/staging/boots"})
+        assert engine.status()["shoes"]["policy"] == before and classify(engine) == "2"
     finally:
         engine.close()

@@ -1,10 +1,11 @@
 """Which model a bulk job runs: `--model`, parsed once and resolved through the engine.
 
 `--model` takes what the service's settings take (a SavedModel folder, an object-store
-URL, or a model-store tag) and the model repository's spelling: `name`, `name:version`, `name@label`. The job's
-engine serves the model repository as the service would (the settings' `model_root`, the
-store, the `[repository.<name>]` labels), with that model as the default of its kind and no
-polling; the reference is then resolved by the engine, as a request's would be.
+URL, or a model-store tag) and the model repository's spelling: `name`, `name:version`,
+`name@label`. The job's engine serves the model repository as the service would (the
+settings' `model_root`, the store, the `[repository.<name>]` labels), with that model as the
+default of its kind and no polling; the reference is then resolved by the engine, as a
+request's would be.
 """
 
 from __future__ import annotations

@@ -94,6 +94,8 @@ class ObjectSource:
 
         def download(staging: Path) -> None:
             for relative, info in files.items():
+                if any(part in ("", ".", "..") for part in relative.split("/")):  # a key may say anything
+                    raise ValueError(f"{version.ref}: object {relative[:80]!r} would be written outside the version")
                 (staging / relative).parent.mkdir(parents=True, exist_ok=True)
                 fs.get_file(info["name"], str(staging / relative))
 
@@ -101,9 +103,9 @@ class ObjectSource:
         return self.cache.fetch(f"{version.name}-{version.number}-{digest}", size, download)
 
     def _listing(self, path: str) -> dict[tuple[str, ...], dict[str, dict[str, Any]]]:
-        """Every object under `path`, by the folder above its version's files: {(name, version):
-        {path inside the version: its info}} at depth 2 (folders, as a version's own files can
-        be nested: `variables/...`, are split at the caller's depth). Raises when unreadable."""
+        """Every object under `path`, grouped by the folder it is in at depths 0, 1 and 2 below
+        `path`: {folder's parts: {the object's path below it: its info}} (`_complete` reads the
+        depth it needs: a version's own files nest, `variables/...`). Raises when unreadable."""
         fs = _filesystem(self.scheme)
         fs.invalidate_cache()
         objects = fs.find(path, detail=True)
