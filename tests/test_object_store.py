@@ -6,6 +6,7 @@ or fails the fetch (the old version serving) when it cannot."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 
@@ -13,7 +14,7 @@ import pytest
 
 from contract.layout import is_folder_ref, is_location, resolve
 from service.batch.models import ModelRefError, parse
-from service.core import Engine, Forbidden, NotFound, Settings, ValidationError
+from service.core import Conflict, Engine, Forbidden, Settings, ValidationError
 from service.core.repository import ModelConfig, Repository
 from service.core.sources import trusted
 from service.kinds import KINDS
@@ -160,11 +161,11 @@ def test_a_load_request_naming_a_url_outside_the_roots_or_a_bad_one_changes_noth
     try:
         before = engine.status()["shoes"]["policy"]
         with pytest.raises(Forbidden, match="outside the model roots"):
-            engine.load_model("shoes", None, {"path": "s3://diptych-models/elsewhere/shoes"})
+            asyncio.run(engine.load_model("shoes", None, {"path": "s3://diptych-models/elsewhere/shoes"}))
         with pytest.raises(ValidationError, match="ftp:// is not a model source"):
-            engine.load_model("shoes", None, {"path": "ftp://diptych-models/staging/shoes"})
-        with pytest.raises(NotFound, match="boots"):  # inside an allowed root: admitted, looked for, not there
-            engine.load_model("boots", None, {"path": "s3://diptych-models/staging/boots"})
+            asyncio.run(engine.load_model("shoes", None, {"path": "ftp://diptych-models/staging/shoes"}))
+        with pytest.raises(Conflict, match="boots: .* none of the versions"):  # admitted, looked for: none there
+            asyncio.run(engine.load_model("boots", None, {"path": "s3://diptych-models/staging/boots"}))
         assert engine.status()["shoes"]["policy"] == before and classify(engine) == "2"
     finally:
         engine.close()
