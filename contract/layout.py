@@ -4,14 +4,16 @@
     models/classifier/2/...
 
 A reference to a model is a folder (a version folder, or its parent for the highest
-version) or a BentoML model-store tag (`classifier:latest`, `classifier:3`), which
-`training.publish` fills from a version folder.
+version), an object-store URL laid out the same way (`s3://bucket/models/classifier`: the
+service fetches it, service/core/sources), or a BentoML model-store tag
+(`classifier:latest`, `classifier:3`), which `training.publish` fills from a version folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from pathlib import Path
 
 SAVED_MODEL = "saved_model.pb"
 MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # a scheme (RFC 3986) and `//`: never a folder, nor a tag
 
 
 def ascii_number(text: object) -> int | None:
@@ -67,6 +70,9 @@ def latest_version_dir(root: str | os.PathLike) -> Path | None:
 
 def version_dir(path: str | os.PathLike) -> Path:
     """A version folder as given, or the highest version under a folder of versions."""
+    if is_url(str(path)):  # Path() would read `s3://b/m` as the folder `s3:/b/m`
+        raise FileNotFoundError(f"{path}: a URL, not a folder: the service fetches object-store models into its "
+                                "cache; elsewhere copy the version folder here first")
     path = Path(path)
     if (path / SAVED_MODEL).is_file():
         return path
@@ -76,16 +82,26 @@ def version_dir(path: str | os.PathLike) -> Path:
     return latest
 
 
+def is_url(ref: str) -> bool:
+    """`scheme://...`: a model in object storage (whether its scheme is served, sources say)."""
+    return URL.match(ref) is not None
+
+
 def is_folder_ref(ref: str) -> bool:
-    """A path names a folder; anything else is a model-store tag (`name:version`)."""
-    return "/" in ref or Path(ref).is_dir()
+    """A path names a folder; a URL names an object store; anything else is a model-store tag."""
+    return not is_url(ref) and ("/" in ref or Path(ref).is_dir())
+
+
+def is_location(ref: str) -> bool:
+    """A folder or an object-store URL: a place holding versions, as opposed to a store tag."""
+    return is_url(ref) or is_folder_ref(ref)
 
 
 def resolve(ref: str) -> tuple[Path, str | None, str | None]:
     """A folder or a store tag → (version folder, store name, store version); the store's
     name and version are None for a folder, whose card names it."""
-    if is_folder_ref(ref):
-        return version_dir(ref), None, None
+    if is_location(ref):
+        return version_dir(ref), None, None  # a URL: refused there, with what to do
     import bentoml  # only for tags: folders need no model store
 
     model = bentoml.models.get(ref)

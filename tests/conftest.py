@@ -222,3 +222,13 @@ def toy_model(kind, settings=None, **card):
               "numeric_signature": "serving_default", "tolerance": 1.0, **card}
     info = ModelInfo(kind.kind, "toy", "1", "toy", "/nowhere", ModelCard.new(**fields))
     return kind(info, BlankRuntime(), settings or Settings())
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3 endpoint on loopback (moto's server) with one bucket, for the tests that run
+    the object-storage source in-process (one per session: a process keeps its S3 client)."""
+    from tests.object_store import s3_endpoint
+
+    with s3_endpoint(tmp_path_factory.mktemp("s3")) as endpoint:
+        yield endpoint

@@ -15,7 +15,7 @@ import pytest
 from contract.card import ModelCard
 from service.core import Engine, Settings
 from service.core.repository import Repository
-from service.core.sources import Sources
+from service.core.sources import FolderSource
 from service.kinds import KINDS
 from tests.conftest import eventually
 from tests.test_repository import FAST, _sample, add_version, classify, engine_for, repository, versions  # noqa: F401
@@ -95,12 +95,12 @@ def test_an_error_in_one_models_scan_or_load_stops_no_other(repository, tiny_mod
     add_version(repository, "hats", 1, tiny_models["classifier"])
     engine = engine_for(repository, tiny_models)
     try:
-        read = Sources.folder_versions
+        read = FolderSource.versions
 
-        def broken_boots(self, folder, *args):
-            if folder.name == "boots":
-                raise PermissionError(13, "Permission denied", str(folder))
-            return read(self, folder, *args)
+        def broken_boots(self):
+            if self.folder.name == "boots":
+                raise PermissionError(13, "Permission denied", str(self.folder))
+            return read(self)
 
         ensure = engine.manager._ensure_loaded
 
@@ -109,7 +109,7 @@ def test_an_error_in_one_models_scan_or_load_stops_no_other(repository, tiny_mod
                 raise ZeroDivisionError("a bug in one model's load")
             ensure(version)
 
-        monkeypatch.setattr(Sources, "folder_versions", broken_boots)
+        monkeypatch.setattr(FolderSource, "versions", broken_boots)
         monkeypatch.setattr(engine.manager, "_ensure_loaded", broken_hats)
         for name, number in (("boots", 2), ("hats", 2), ("shoes", 3)):
             add_version(repository, name, number, tiny_models["classifier"])

@@ -9,8 +9,7 @@ import logging
 import shutil
 
 from service import tfserving
-from service.core.repository import Repository
-from service.core.sources import Version
+from service.core.sources import StoreSource, Version
 from tests.conftest import eventually
 from tests.test_config_changes import snapshot
 from tests.test_repository import add_version, classify, engine_for, repository, versions  # noqa: F401
@@ -85,7 +84,7 @@ def test_a_store_tag_as_the_path_of_another_name_serves_under_that_name(reposito
     is served (the tag's version was ignored)."""
     store = {"classifier": [Version("classifier", 1, str(tiny_models["classifier"]), "classifier"),
                             Version("classifier", 2, str(tiny_models["other_classifier"]), "classifier")]}
-    monkeypatch.setattr(Repository, "_store_models", staticmethod(lambda: store))
+    monkeypatch.setattr(StoreSource, "models", lambda self: store)
     engine = engine_for(repository, tiny_models, store=True, repository={"boots": {"path": "classifier:1"}})
     try:
         assert versions(engine, "boots") == {1: "available"} and classify(engine, "boots") == "1"

@@ -1,10 +1,11 @@
 """Which model a bulk job runs: `--model`, parsed once and resolved through the engine.
 
-`--model` takes what the service's settings take (a SavedModel folder, or a model-store
-tag) and the model repository's spelling: `name`, `name:version`, `name@label`. The job's
-engine serves the model repository as the service would (the settings' `model_root`, the
-store, the `[repository.<name>]` labels), with that model as the default of its kind and no
-polling; the reference is then resolved by the engine, as a request's would be.
+`--model` takes what the service's settings take (a SavedModel folder, an object-store
+URL, or a model-store tag) and the model repository's spelling: `name`, `name:version`,
+`name@label`. The job's engine serves the model repository as the service would (the
+settings' `model_root`, the store, the `[repository.<name>]` labels), with that model as the
+default of its kind and no polling; the reference is then resolved by the engine, as a
+request's would be.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TypeVar
 
-from contract.layout import is_folder_ref
+from contract.layout import is_location, is_url
 from service.core import Settings
 from service.core.engine import Engine
 from service.core.models import ServedModel
@@ -37,10 +38,18 @@ class ModelArgument:
 
 
 def parse(text: str | None) -> ModelArgument:
-    """`name`, `name:version`, `name@label`, or a folder (anything with a `/`, or a folder that exists)."""
+    """`name`, `name:version`, `name@label`, or a folder (anything with a `/`, or a folder that
+    exists) or an object-store URL (`s3://bucket/models/classifier`)."""
     if text is None:
         return ModelArgument(None)
-    if is_folder_ref(text):
+    if is_url(text):
+        from service.core.sources import check_url
+
+        try:
+            check_url(text)
+        except ValueError as error:
+            raise ModelArgumentError(f"--model {error}") from None
+    if is_location(text):
         return ModelArgument(text, folder=text)
     from service.core import ValidationError
     from service.core.repository import ModelRef

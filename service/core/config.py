@@ -27,8 +27,10 @@ ENV_PREFIX = "DIPTYCH_"
 class Settings:
     classifier: str = "classifier:latest"  # the default classifier: BentoML model tag, or a SavedModel folder
     generator: str = "generator:latest"  # the default generator
-    model_root: str = ""  # a model repository folder, TF Serving's layout: <root>/<name>/<version>/
-    allowed_roots: tuple[str, ...] = ()  # folders besides model_root that a load request's path may name
+    model_root: str = ""  # a model repository, TF Serving's layout <root>/<name>/<version>/: a folder, s3:// or gs://
+    allowed_roots: tuple[str, ...] = ()  # folders (or URLs) besides model_root that a load request's path may name
+    cache_dir: str = ""  # where versions from object storage are fetched to; "": ~/.cache/diptych/models
+    cache_max_mb: float = 2048.0  # its bound: least recently used versions not served are evicted; 0: none
     store: bool = True  # also serve every model in the BentoML model store (what training.publish fills)
     repository: dict = dataclasses.field(default_factory=dict)  # per model: path, versions (policy), labels
     poll_s: float = 5.0  # how often the repository is scanned for new and removed versions; 0: never
@@ -82,6 +84,17 @@ class Settings:
             trust(self.trusted_keys)  # a missing file, or one that holds no key, is a start-up error
         for name in ("classifier_runtime", "generator_runtime"):
             runtime_named(getattr(self, name), name)
+        from .sources import check_location
+
+        for name, ref in [("classifier", self.classifier), ("generator", self.generator),
+                          ("model_root", self.model_root), *(("allowed_roots", root) for root in self.allowed_roots)]:
+            check_location(name, ref)
+
+    def cache_folder(self) -> Path:
+        """`cache_dir`, or the user's cache folder (XDG_CACHE_HOME, else ~/.cache)."""
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diptych" / "models"
 
     def defaults(self) -> dict[str, str]:
         """The default model of each shipped kind: what a request that names no model gets.

@@ -20,7 +20,7 @@ from contract.signing import Provenance, Unverified, trust
 from .config import Settings
 from .metrics import metrics
 from .models import ModelInfo, ServedModel, locate
-from .repository import Version
+from .sources import Version
 
 log = logging.getLogger("diptych")
 LOAD_NICENESS = 5  # CFS weights: a nice-5 thread gets ~1/4 of a core that a nice-0 request thread also wants
@@ -30,16 +30,18 @@ class BudgetExceeded(Exception):
     """Loading a version would pass `memory_budget_mb`."""
 
 
-def load_version(version: Version, kinds: Mapping[str, type[ServedModel]], settings: Settings) -> ServedModel:
-    """The version, loaded (converted and proven, for LiteRT) and warmed up; raises what went wrong."""
+def load_version(version: Version, folder: Path, kinds: Mapping[str, type[ServedModel]],
+                 settings: Settings) -> ServedModel:
+    """The version, loaded from `folder` (its local copy: sources' `fetch`), converted and proven
+    for LiteRT, and warmed up; raises what went wrong."""
     with _lower_priority():
-        info: ModelInfo = locate(version.ref)
+        info: ModelInfo = locate(str(folder))
         kind = kinds.get(info.kind)
         if kind is None:
             raise ValueError(f"{version.ref} holds a model of kind {info.kind!r}; this service serves {sorted(kinds)}")
+        info = dataclasses.replace(info, name=version.name, version=str(version.number), source=version.ref)
         provenance = verify(version.name, info.path, settings)
-        model = kind.load(dataclasses.replace(info, name=version.name, version=str(version.number),
-                                              provenance=provenance), settings)
+        model = kind.load(dataclasses.replace(info, provenance=provenance), settings)
         model.warm_up()
     return model
 
@@ -65,12 +67,9 @@ def check_budget(footprint: int, loaded: int, settings: Settings) -> None:
                              f"({loaded / 2**20:.1f} MiB) would exceed memory_budget_mb = {settings.memory_budget_mb:g}")
 
 
-def footprint(ref: str) -> int:
-    """Bytes of weights on disk (variables, the LiteRT flatbuffer): an estimate of the memory
-    a loaded version holds, known before loading it."""
-    from contract.layout import resolve
-
-    folder = resolve(ref)[0]
+def footprint(folder: Path) -> int:
+    """Bytes of weights on disk (variables, the LiteRT flatbuffer) in a version folder: an
+    estimate of the memory a loaded version holds, known before loading it."""
     files = [*Path(folder, "variables").glob("*"), Path(folder, "litert", "model.tflite")]
     return sum(path.stat().st_size for path in files if path.is_file())
 

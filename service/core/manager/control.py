@@ -22,12 +22,13 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from contract.layout import is_folder_ref
+from contract.layout import is_location
 
 from ..config import Settings
 from ..control import Control
 from ..errors import Conflict, Forbidden, NotFound, ServiceError, ValidationError
 from ..repository import Found, ModelConfig, Repository, parse_configs
+from ..sources import trusted
 from .status import VersionState
 
 log = logging.getLogger("diptych")
@@ -145,21 +146,19 @@ class ModelControl:
             config = ModelConfig.parse(name, table)
         except ValueError as error:
             raise ValidationError("config", str(error)) from None
-        if config.path is not None and is_folder_ref(config.path) and not self._trusted(name, config.path):
+        if config.path is not None and is_location(config.path) and not self._trusted(name, config.path):
             raise Forbidden(f"{name}: path {config.path!r} is outside the model roots (model_root, allowed_roots); "
                             "nothing was changed", "config.path")
         return config
 
     def _trusted(self, name: str, path: str) -> bool:
-        """Whether `path` resolves (symlinks followed) under `model_root` or `allowed_roots`, or
-        to the folder the model is configured with now (the operator's own config is trusted)."""
-        real = os.path.realpath(path)
+        """Whether the folder or URL `path` is under `model_root` or `allowed_roots` (symlinks
+        followed), or is what the model is configured with now (the operator's own config is trusted)."""
         current = self.repository.configs.get(name)
         configured = [ref for ref in (current.path if current else None, *self.settings.defaults().values())
-                      if ref and is_folder_ref(ref)]
-        roots = [os.path.realpath(root) for root in (self.settings.model_root, *self.settings.allowed_roots) if root]
-        return any(real == os.path.realpath(ref) for ref in configured) or any(
-            os.path.commonpath([real, root]) == root for root in roots)
+                      if ref and is_location(ref)]
+        return trusted(path, [root for root in (self.settings.model_root, *self.settings.allowed_roots) if root],
+                       configured)
 
     def _checked(self, configs: Mapping[str, ModelConfig], control: Control, named: set[str]) -> Found:
         """What the repository would serve after the change, refused (nothing changed) when a

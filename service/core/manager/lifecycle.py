@@ -87,9 +87,10 @@ class Manager(Routing, ModelControl):
         if self.payload_log is not None:
             self.payload_log.close()
         with self._lock:
-            models = [slot.model for versions in self._slots.values() for slot in versions.values() if slot.model]
-        for model in models:
-            model.close()
+            slots = [slot for versions in self._slots.values() for slot in versions.values() if slot.model]
+        for slot in slots:
+            slot.model.close()
+            slot.release()
 
     def reconcile(self) -> None:
         """One pass: scan, load what is aspired and missing, switch, retire what is not."""
@@ -165,12 +166,13 @@ class Manager(Routing, ModelControl):
         self._set(slot)
         start = time.perf_counter()
         try:
-            slot.footprint = footprint(version.ref)
+            folder, slot.release = self.repository.fetch(version)  # a local copy: object storage's, cached
+            slot.footprint = footprint(folder)
             with self._lock:
                 loaded = sum(other.footprint for versions in self._slots.values() for other in versions.values()
                              if other.state in (AVAILABLE, UNLOADING))
             check_budget(slot.footprint, loaded, self.settings)
-            model = load_version(version, self.kinds, self.settings)
+            model = load_version(version, folder, self.kinds, self.settings)
         except Exception as error:
             self._failed(slot, error, time.perf_counter() - start)
             return
@@ -185,6 +187,7 @@ class Manager(Routing, ModelControl):
                  info.runtime)
 
     def _failed(self, slot: Slot, error: Exception, seconds: float) -> None:
+        slot.release()
         reason = next(iter(str(error).strip().splitlines()), "")
         slot.reason = f"{type(error).__name__}: {reason}"
         self._set(slot, FAILED)
@@ -219,6 +222,7 @@ class Manager(Routing, ModelControl):
         # Bounded: no request outlives its timeout by much (BentoML's answers 504 at timeout_s + 10).
         self.epochs.wait_past(retired_in, self.settings.timeout_s + 10)
         slot.model.close()
+        slot.release()
         info = slot.model.info
         slot.model = None
         if self._forget(slot):  # else the same version was loaded again meanwhile: its metrics are the new copy's

@@ -10,7 +10,7 @@ import enum
 from collections.abc import Mapping
 
 from ..models import ModelInfo, ServedModel
-from ..repository import Version
+from ..sources import Release, Version, nothing_to_release
 
 
 class VersionState(enum.StrEnum):
@@ -54,6 +54,7 @@ class Slot:
     model: ServedModel | None = None
     footprint: int = 0  # bytes of weights on disk: the memory budget's estimate
     since: float = 0.0  # when it entered its state (Unix time)
+    release: Release = nothing_to_release  # gives its fetched folder back (the cache may evict it)
 
     def status(self, labels: Mapping[str, int], policy: str) -> VersionStatus:
         info = self.model.info if self.model is not None else None

@@ -1,0 +1,179 @@
+"""A model's settings: how a request names it (`ModelRef`), which of its versions are served
+(`Policy`), and its labels, traffic split, shadow and payload logging (`ModelConfig`), each
+checked whole as it is parsed. The repository (repository.py) finds the versions they choose among.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from contract.layout import MAX_VERSION, ascii_number, is_url
+
+from .errors import ValidationError
+from .sources import check_url
+from .validation import requested_version
+
+REF = re.compile(r"(?P<name>[^:@\s]+)(?::(?P<version>[0-9]+)|@(?P<label>[^:@\s]+))?")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    """`name`, `name:version` or `name@label`, as a request names a model."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
+
+    @classmethod
+    def parse(cls, text: str, field: str = "model") -> ModelRef:
+        match = REF.fullmatch(text.strip()) if isinstance(text, str) else None
+        if match is None:
+            raise ValidationError(field, f"{text!r}: name a model as name, name:version or name@label")
+        version = match["version"]
+        return cls(match["name"], requested_version(version, field) if version else None, match["label"])
+
+    def __str__(self) -> str:
+        return self.name + (f":{self.version}" if self.version is not None else "") + \
+            (f"@{self.label}" if self.label else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """Which versions to serve: the newest `latest`, every one (`latest` None), or `specific`."""
+
+    latest: int | None = 1
+    specific: tuple[int, ...] = ()
+    exact: bool = False  # a default named `name:3`: that version and no other, ever (no fall-back)
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> Policy:
+        kind, _, value = str(text).strip().partition(":")
+        if kind == "all" and not value:
+            return cls(latest=None)
+        if kind == "latest" and (count := ascii_number(value or "1")):
+            return cls(latest=count)
+        numbers = [ascii_number(part) for part in value.split(",")]
+        if kind == "specific" and value and None not in numbers:
+            return cls(latest=None, specific=tuple(sorted(set(numbers))))
+        raise ValueError(f"{where}: versions = {text!r}: use latest:N, all, or specific:V1,V2")
+
+    def choose(self, found: list[int]) -> list[int]:
+        if self.specific:
+            return [version for version in found if version in self.specific]
+        return found if self.latest is None else found[-self.latest:]
+
+    def __str__(self) -> str:
+        if self.specific:
+            return "specific:" + ",".join(map(str, self.specific))
+        return "all" if self.latest is None else f"latest:{self.latest}"
+
+
+KEYS = ("path", "versions", "labels", "traffic", "shadow", "log_sample", "log_thumbnails")
+MAX_WEIGHT = 1_000_000  # a traffic weight: enough for shares of a millionth, far from float overflow
+LABEL = re.compile(r"[^:@\s]+")  # what a request's `name@label` can name
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """One model's settings: where it is (optional), its version policy and labels, how a
+    request that names no version is split among versions (`traffic`: weights by label or
+    version number), which version gets a copy of the traffic (`shadow`), and the share of
+    its requests written to the payload log (`log_sample`, with image thumbnails or not)."""
+
+    name: str
+    path: str | None = None  # a folder of versions, a version folder, or a store tag
+    policy: Policy = Policy()
+    labels: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    traffic: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    shadow: str | None = None
+    log_sample: float = 0.0
+    log_thumbnails: bool = False
+
+    @classmethod
+    def parse(cls, name: str, table: Any) -> ModelConfig:
+        """The one check of a model's table, whole: whatever a config file, a load request or a
+        TF Serving reload says goes through here before anything changes."""
+        where = f"repository.{name}"
+        if not isinstance(table, Mapping):
+            raise ValueError(f"{where}: expected a table of {', '.join(KEYS)}")
+        if unknown := sorted(set(map(str, table)) - set(KEYS)):
+            raise ValueError(f"{where}: unknown keys {unknown}: use {', '.join(KEYS)}")
+        labels = _numbers(table.get("labels", {}), f"{where}.labels", MAX_VERSION,
+                          "map each label to a version number, e.g. {stable = 3}")
+        for label in labels:
+            if not LABEL.fullmatch(label) or ascii_number(label) is not None:
+                raise ValueError(f"{where}.labels: {label!r}: a label is a word without spaces, ':' or '@', and "
+                                 "not a number (it would hide that version number)")
+        traffic = _numbers(table.get("traffic", {}), f"{where}.traffic", MAX_WEIGHT,
+                           "map labels or version numbers to weights, e.g. {stable = 90, canary = 10}")
+        shadow = table.get("shadow")
+        if isinstance(shadow, bool) or not isinstance(shadow, (str, int, type(None))):
+            raise ValueError(f"{where}.shadow: a label or a version number, e.g. \"canary\"")
+        shadow = str(shadow) if shadow not in (None, "") else None
+        for target, key in [*((target, f"traffic.{target}") for target in traffic), (shadow, "shadow")]:
+            if target is not None and target not in labels and ascii_number(target) is None:
+                raise ValueError(f"{where}.{key}: {target!r} is neither a label of this model "
+                                 f"({', '.join(labels) or 'it has none'}) nor a version number")
+        if traffic and not sum(traffic.values()):
+            raise ValueError(f"{where}.traffic: the weights add up to 0")
+        sample = table.get("log_sample", 0.0)
+        if isinstance(sample, bool) or not isinstance(sample, (int, float)) or not 0 <= sample <= 1:
+            raise ValueError(f"{where}.log_sample: a share between 0 and 1, e.g. 0.1")
+        if not isinstance(thumbnails := table.get("log_thumbnails", False), bool):
+            raise ValueError(f"{where}.log_thumbnails: true or false")
+        if (path := table.get("path") or None) is not None and not isinstance(path, str):
+            raise ValueError(f"{where}.path: a folder, an s3:// or gs:// URL, or a model store tag")
+        if path is not None and (odd := re.search("[\x00-\x1f\x7f-\x9f\ud800-\udfff]", path)):
+            # control characters and lone surrogates: no folder or tag holds one, and file system
+            # calls raise for NUL or a lone surrogate (a 500 where they are made)
+            raise ValueError(f"{where}.path: {path[:40]!r} holds U+{ord(odd[0]):04X}, a control character: "
+                             "a folder, an s3:// or gs:// URL, or a model store tag")
+        if path is not None and is_url(path):
+            try:
+                check_url(path)
+            except ValueError as error:
+                raise ValueError(f"{where}.path: {error}") from None
+        policy = Policy.parse(table["versions"], where) if "versions" in table else Policy()
+        return cls(name, path, policy, labels, traffic, shadow, float(sample), thumbnails)
+
+    def table(self) -> dict[str, Any]:
+        """The settings table that parses back into this config."""
+        table = {"versions": str(self.policy), "labels": dict(self.labels), "traffic": dict(self.traffic),
+                 "log_sample": self.log_sample, "log_thumbnails": self.log_thumbnails}
+        return {**table, **({"path": self.path} if self.path else {}), **({"shadow": self.shadow} if self.shadow else {})}
+
+    def split(self, available: set[int], key: str) -> int:
+        """A version by the traffic weights, among the available targets only; one caller
+        (its `key`) always gets the same one while the weights stay. No weights: the newest."""
+        weights = [(number, weight) for target, weight in self.traffic.items()
+                   if (number := self.version_of(target)) in available and weight]
+        if not weights:
+            return max(available)
+        point = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32 * sum(weight for _, weight in weights)
+        for number, weight in weights:
+            point -= weight
+            if point < 0:
+                return number
+        return weights[-1][0]
+
+    def version_of(self, target: str) -> int | None:
+        """A label's version, or a version number given as text."""
+        return self.labels.get(target) if target in self.labels else ascii_number(target)
+
+
+def _numbers(value: Any, where: str, most: int, hint: str) -> dict[str, int]:
+    """A table of whole numbers from 0 to `most`, by name; the first that is not is named."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: {hint}")
+    for key, number in value.items():
+        if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= most:
+            raise ValueError(f"{where}.{key}: {number!r}: {hint} (whole numbers from 0 to {most})")
+    return {str(key): number for key, number in value.items()}
+
+
+def parse_configs(tables: Mapping[str, Any]) -> dict[str, ModelConfig]:
+    return {name: ModelConfig.parse(name, table) for name, table in tables.items()}
