@@ -17,7 +17,7 @@ import bentoml
 from . import http, logs
 from .core import Engine, Settings
 from .core.control import SharedControl
-from .kinds import KINDS
+from .kinds import registered
 
 settings = Settings.load()
 
@@ -34,7 +34,7 @@ class Diptych:
 
     def __init__(self) -> None:
         logs.configure(settings.log_format)  # here: BentoML has set up the worker's log handlers
-        self.engine = Engine(settings, KINDS, SharedControl.of_supervisor(), os.environ.get("DIPTYCH_CONFIG"))
+        self.engine = Engine(settings, registered(settings.kind_modules), SharedControl.of_supervisor(), os.environ.get("DIPTYCH_CONFIG"))
         self.engine.start()
         self.grpc = None  # a service.grpc.GrpcServer once started
 

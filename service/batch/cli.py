@@ -92,7 +92,7 @@ def settings_of(args: argparse.Namespace, kind: str) -> Settings:
     """The service's settings (DIPTYCH_* variables, DIPTYCH_CONFIG) with this command's flags on top."""
     settings = Settings.load()
     if args.runtime:
-        settings = dataclasses.replace(settings, **{f"{kind}_runtime": args.runtime})
+        settings = settings.with_kind(kind, runtime=args.runtime)
     if args.interpreters:
         settings = dataclasses.replace(settings, interpreters=args.interpreters)
     return settings
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> Summary:
     settings = settings_of(args, job.kind.kind)
     # On Ray the actors run the model; the driver loads it once to check the request and
     # name its version (TensorFlow: no conversion, no warm-up).
-    check_only = dataclasses.replace(settings, **{f"{job.kind.kind}_runtime": "tensorflow"}, warmup_rounds=0)
+    check_only = dataclasses.replace(settings.with_kind(job.kind.kind, runtime="tensorflow"), warmup_rounds=0)
     engine, model = load(job.kind, ref, check_only if args.engine == "ray" else settings)
     try:
         items, skipped = job.items(model)

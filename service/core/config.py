@@ -2,7 +2,12 @@
 
 Every field can be set either way: field `max_images` is `max_images = 8` in the file
 and `DIPTYCH_MAX_IMAGES=8` in the environment; a table (`[repository.classifier]`) is JSON
-in a variable (`DIPTYCH_REPOSITORY='{"classifier": {"versions": "latest:2"}}'`). API keys come from `DIPTYCH_API_KEYS`
+in a variable (`DIPTYCH_REPOSITORY='{"classifier": {"versions": "latest:2"}}'`). Each kind of model has
+a table of its own (`[kinds.classifier] default = "classifier:3", runtime = "litert"`;
+`DIPTYCH_KINDS` as JSON): where it is absent, the kind's module says its default
+(`ServedModel.default_model`). The settings from before the tables (`classifier`,
+`generator`, `classifier_runtime`, `generator_runtime`, and their DIPTYCH_ variables) are
+aliases of those tables' keys: set, they win. API keys come from `DIPTYCH_API_KEYS`
 (comma-separated) and/or a mounted file named by `DIPTYCH_API_KEYS_FILE` (one key a line,
 `#` comments); they are kept out of `repr()` so they never reach a log.
 """
@@ -18,12 +23,19 @@ from pathlib import Path
 
 ENV_PREFIX = "DIPTYCH_"
 RUNTIMES = ("auto", "litert", "tensorflow")
+KIND_KEYS = ("default", "runtime")  # what a [kinds.<kind>] table may set
+# The settings from before the kind tables, kept as aliases: setting -> (kind, key).
+ALIASES = {"classifier": ("classifier", "default"), "generator": ("generator", "default"),
+           "classifier_runtime": ("classifier", "runtime"), "generator_runtime": ("generator", "runtime")}
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    classifier: str = "classifier:latest"  # the default classifier: BentoML model tag, or a SavedModel folder
-    generator: str = "generator:latest"  # the default generator
+    # per kind: default (BentoML model tag, or a SavedModel folder; "": none), runtime (RUNTIMES)
+    kinds: dict = dataclasses.field(default_factory=dict)
+    kind_modules: tuple[str, ...] = ()  # modules of more kinds, each defining KIND (docs/architecture.md)
+    classifier: str | None = None  # aliases (ALIASES): read back, what the kind table says
+    generator: str | None = None
     model_root: str = ""  # a model repository folder, TF Serving's layout: <root>/<name>/<version>/
     allowed_roots: tuple[str, ...] = ()  # folders besides model_root that a load request's path may name
     store: bool = True  # also serve every model in the BentoML model store (what training.publish fills)
@@ -38,8 +50,8 @@ class Settings:
     payload_log_queue: int = 1000  # events waiting to be written; more are dropped (and counted)
     payload_log_max_mb: float = 100.0  # a log file is rotated at this size ...
     payload_log_files: int = 5  # ... keeping this many
-    classifier_runtime: str = "auto"  # auto (LiteRT when verified and faster), litert, tensorflow
-    generator_runtime: str = "auto"
+    classifier_runtime: str | None = None  # auto (LiteRT when verified and faster), litert, tensorflow
+    generator_runtime: str | None = None
     interpreters: int = 0  # LiteRT interpreters, and batch workers, per model; 0: one per CPU core
     max_batch_size: int = 32  # items per model call
     batch_window_ms: float = 0.0  # extra wait for a fuller batch while the model is idle
@@ -67,18 +79,56 @@ class Settings:
                 raise ValueError(f"setting {field.name} must not be negative, got {value}")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"setting log_format must be text or json, got {self.log_format!r}")
-        for name in ("classifier_runtime", "generator_runtime"):
-            if getattr(self, name) not in RUNTIMES:
-                raise ValueError(f"setting {name} must be one of {', '.join(RUNTIMES)}, got {getattr(self, name)!r}")
+        object.__setattr__(self, "kinds", self._kind_tables())
+        for alias, (kind, key) in ALIASES.items():  # read back as the table says, so `replace` keeps it
+            object.__setattr__(self, alias, self.kind_setting(kind, key))
+
+    def _kind_tables(self) -> dict[str, dict[str, str]]:
+        """`kinds` checked, with the aliases that are set written into it."""
+        from service.kinds import registered  # the registry: the shipped kinds and `kind_modules`'
+
+        known = registered(self.kind_modules)
+        if not isinstance(self.kinds, dict):
+            raise ValueError(f"setting kinds must be a table of kinds, got {self.kinds!r}")
+        tables = {kind: dict(table) if isinstance(table, dict) else table for kind, table in self.kinds.items()}
+        for alias, (kind, key) in ALIASES.items():
+            if getattr(self, alias) is not None:
+                tables.setdefault(kind, {})[key] = getattr(self, alias)
+        for kind, table in tables.items():
+            where = f"kinds.{kind}"
+            if kind not in known:
+                raise ValueError(f"setting kinds: unknown kind {kind!r}; known: {', '.join(known)}")
+            if not isinstance(table, dict) or set(table) - set(KIND_KEYS):
+                raise ValueError(f"setting {where}: a table of {', '.join(KIND_KEYS)}, got {table!r}")
+            if not isinstance(table.get("default", ""), str):
+                raise ValueError(f"setting {where}.default must be a model tag or folder, got {table['default']!r}")
+            if table.get("runtime", "auto") not in RUNTIMES:
+                name = f"{kind}_runtime" if f"{kind}_runtime" in ALIASES else f"{where}.runtime"
+                raise ValueError(f"setting {name} must be one of {', '.join(RUNTIMES)}, got {table['runtime']!r}")
+        return tables
+
+    def kind_setting(self, kind: str, key: str) -> str:
+        """A kind's `default` or `runtime`: its table's, else what its module declares (auto)."""
+        from service.kinds import registered
+
+        declared = {"default": registered(self.kind_modules)[kind].default_model, "runtime": "auto"}
+        return self.kinds.get(kind, {}).get(key, declared[key])
+
+    def with_kind(self, kind: str, **table: str) -> Settings:
+        """These settings with `kind`'s table updated (`default=...`, `runtime=...`)."""
+        kinds = {**self.kinds, kind: {**self.kinds.get(kind, {}), **table}}
+        return dataclasses.replace(self, kinds=kinds, **dict.fromkeys(ALIASES))
 
     def defaults(self) -> dict[str, str]:
-        """The default model of each shipped kind: what a request that names no model gets.
-        An empty setting loads none of that kind (a bulk job loads only the model it runs)."""
-        return {kind: ref for kind, ref in (("classifier", self.classifier), ("generator", self.generator)) if ref}
+        """The default model of each registered kind: what a request that names no model gets.
+        An empty default loads none of that kind (a bulk job loads only the model it runs)."""
+        from service.kinds import registered
+
+        return {kind: ref for kind in registered(self.kind_modules) if (ref := self.kind_setting(kind, "default"))}
 
     def runtime_of(self, kind: str) -> str:
         """The runtime choice for models of `kind` (a kind without a setting: auto)."""
-        return getattr(self, f"{kind}_runtime", "auto")
+        return self.kind_setting(kind, "runtime")
 
     @classmethod
     def load(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -117,6 +167,8 @@ def _coerce(field: dataclasses.Field, value: object) -> object:
             return int(value)
         if kind == "float":
             return float(value)
+        if field.name in ALIASES:  # an empty default is a choice: no model of that kind
+            return str(value)
         return None if value in ("", None) and kind.endswith("None") else str(value)
     except (TypeError, ValueError):
         raise ValueError(f"setting {field.name}: expected {kind}, got {value!r}") from None

@@ -98,6 +98,8 @@ class ServedModel:
 
     kind: ClassVar[str] = ""
     card_fields: ClassVar[tuple[str, ...]] = ()  # the optional card fields this kind needs
+    default_model: ClassVar[str] = ""  # what a request naming no model gets, unless [kinds.<kind>] says
+    wire: ClassVar[str] = ""  # the module whose WIRE (service/kinds/wire.py) puts this kind on the wire
     # The payload log, and the share of requests written to it: set by the manager from the
     # model's settings (manager.py).
     payload_log: PayloadLog | None = None

@@ -40,6 +40,7 @@ class Scores:
 
 class Classifier(ServedModel):
     kind = "classifier"
+    default_model = "classifier:latest"
     card_fields = ("labels",)
     tensor_runners = {frozenset({"image_bytes"}): "score_tensor_bytes", frozenset({"images"}): "score_tensor_pixels"}
 

@@ -50,6 +50,7 @@ class Latents:
 
 class Generator(ServedModel):
     kind = "generator"
+    default_model = "generator:latest"
     card_fields = ("latent_dim", "classes", "conditional")
     tensor_runners = {frozenset({"latents", "class_ids"}): "render_tensors",
                       frozenset({"seed", "count", "class_id"}): "render_seeded"}
