@@ -23,6 +23,7 @@ from service.core.models import ModelInfo, ServedModel
 
 Image = bytes | np.ndarray  # encoded file, or uint8 pixels [H, W, 1|3]
 THUMBNAIL = 32  # pixels a side of a payload log thumbnail
+TOP_K = 5  # labels per image when a request says none: every protocol's, and the batch job's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Scores:
 class Classifier(ServedModel):
     kind = "classifier"
     default_model = "classifier:latest"
+    wire = "service.kinds.classifier_wire"
     card_fields = ("labels",)
     tensor_runners = {frozenset({"image_bytes"}): "score_tensor_bytes", frozenset({"images"}): "score_tensor_pixels"}
 
@@ -56,7 +58,7 @@ class Classifier(ServedModel):
                                  metrics().label_drift.labels(**model).set) if counts else None
 
     # -- requests ------------------------------------------------------------------
-    async def classify(self, images: Sequence[bytes], top_k: int = 5) -> Classification:
+    async def classify(self, images: Sequence[bytes], top_k: int = TOP_K) -> Classification:
         self.check_top_k(top_k)
         result = await self.score(images)
         best = np.argsort(-result.scores, axis=1)[:, :top_k]

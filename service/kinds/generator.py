@@ -51,6 +51,7 @@ class Latents:
 class Generator(ServedModel):
     kind = "generator"
     default_model = "generator:latest"
+    wire = "service.kinds.generator_wire"
     card_fields = ("latent_dim", "classes", "conditional")
     tensor_runners = {frozenset({"latents", "class_ids"}): "render_tensors",
                       frozenset({"seed", "count", "class_id"}): "render_seeded"}
