@@ -108,10 +108,12 @@ class Settings:
         return tables
 
     def kind_setting(self, kind: str, key: str) -> str:
-        """A kind's `default` or `runtime`: its table's, else what its module declares (auto)."""
+        """A kind's `default` or `runtime`: its table's, else what its module declares (auto). A
+        kind handed to an engine without being registered (a test's) has no default model."""
         from service.kinds import registered
 
-        declared = {"default": registered(self.kind_modules)[kind].default_model, "runtime": "auto"}
+        module = registered(self.kind_modules).get(kind)
+        declared = {"default": module.default_model if module else "", "runtime": "auto"}
         return self.kinds.get(kind, {}).get(key, declared[key])
 
     def with_kind(self, kind: str, **table: str) -> Settings:

@@ -114,7 +114,7 @@ class ServedModel:
     signatures: Mapping[str, Signature] = {}
 
     def __init__(self, info: ModelInfo, runtime: Runtime, settings: Settings) -> None:
-        info.card.require(*self.card_fields)
+        self.check_card(info.card)
         self.info = info
         self.settings = settings
         self._runtime = runtime
@@ -137,6 +137,11 @@ class ServedModel:
         model.signature_defs = signature_defs(info.path)
         model.signatures = signatures_of(model.signature_defs)
         return model
+
+    @classmethod
+    def check_card(cls, card: ModelCard) -> None:
+        """Refuse a card this kind cannot serve (CardError); a kind with `kind_fields` checks them too."""
+        card.require(*cls.card_fields)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._queue_depth.set(self.batcher.depth)
