@@ -110,8 +110,12 @@ class Classify(Job):
     def spec(self, model: Classifier) -> dict[str, Any]:
         return {"job": "classify", "source": self.source, "top_k": self.top_k, **self.model_spec(model)}
 
-    def items(self, model: Classifier) -> tuple[list[Row], int]:
+    def check(self, model: Classifier) -> None:
+        """Refuse the job before it starts (a subclass for another image kind checks its own)."""
         model.check_top_k(self.top_k)
+
+    def items(self, model: Classifier) -> tuple[list[Row], int]:
+        self.check(model)
         listing = list_files(self.source)
         return [{"path": path} | ({"error": listing.errors[path]} if path in listing.errors else {})
                 for path in listing.files], listing.skipped

@@ -47,7 +47,7 @@ def routes_for(kinds: Iterable[type[ServedModel]]) -> Routes:
     async def client_schema(request: Request) -> Response:
         return JSONResponse(documented()[1])
 
-    playground = Playground([wire.panel for wire in wires if wire.panel])
+    playground = Playground([wire.panel for wire in wires if wire.panel]).serve
     table = Routes(*(route for wire in wires for route in wire.routes), *shared(docs, client_schema, playground))
     return table
 

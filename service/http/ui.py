@@ -23,7 +23,7 @@ class Playground:
         self.page = ((FOLDER / "index.html").read_text().replace("<!-- panels -->\n", "".join(p.html for p in panels))
                      .replace("<!-- panel scripts -->\n", tags))
 
-    async def __call__(self, request: Request) -> Response:
+    async def serve(self, request: Request) -> Response:
         name = request.path_params.get("file") or "index.html"
         if name == "index.html":
             return HTMLResponse(self.page, headers=NO_CACHE)
