@@ -4,8 +4,9 @@ Training writes it once, after evaluation; serving, publishing and the tools rea
 `ModelCard.read`, which checks it once: the schema version, the types, no unknown keys. A
 card it cannot read is refused with a `CardError` that names the file and the problem, so a
 model exported by an older diptych fails at load with "export it again", not later with a
-KeyError. Fields that only one kind has are optional here; a kind says which it needs
-(`require`), in its own module.
+KeyError. Fields that only some kinds have (images, labels, latents) are optional here; a
+kind says which it needs (`require`), in its own module, and a kind's own fields go in
+`kind_fields`, which that kind checks.
 """
 
 from __future__ import annotations
@@ -48,10 +49,10 @@ class ModelCard:
     kind: str  # what serves it: a registered model kind (classifier, generator)
     name: str  # the served name, and the model store's tag name
     version: int  # the version folder's number, as TF Serving counts
-    image_size: tuple[int, int]  # [H, W] of the images the model takes or makes
-    channels: int
     numeric_signature: str  # the signature TensorFlow serves and LiteRT converts: numbers in, numbers out
     tolerance: float  # the largest difference of any output that LiteRT may show against TensorFlow
+    image_size: tuple[int, int] | None = None  # [H, W] of the images the model takes or makes
+    channels: int | None = None
     created: str = ""
     schema: int = SCHEMA
     signatures: dict[str, str] = dataclasses.field(default_factory=dict)  # name → what it takes and returns
@@ -68,6 +69,8 @@ class ModelCard:
     conditional: bool | None = None
     max_batch: int | None = None
     truncation_psi: float | None = None  # the ψ a request without one gets, chosen by measurement (docs/gan.md)
+    # a kind's own section, which that kind checks (`ServedModel.check_card`): a new kind's fields
+    kind_fields: dict[str, Any] | None = None
 
     @classmethod
     def new(cls, **fields: Any) -> ModelCard:
@@ -132,7 +135,8 @@ def _checked(where: str, name: str, value: Any) -> Any:
     if not _fits(hint, value):
         spelled = str(hint).replace("typing.", "") if typing.get_args(hint) else hint.__name__
         raise CardError(f"{where}: model card field {name!r} must be {spelled}, got {value!r}")
-    return tuple(value) if typing.get_origin(hint) is tuple else value
+    fixed = any(typing.get_origin(form) is tuple for form in (hint, *typing.get_args(hint)))
+    return tuple(value) if fixed and value is not None else value
 
 
 def _bounded(where: str, name: str, value: Any) -> None:

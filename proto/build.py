@@ -16,7 +16,8 @@ from pathlib import Path
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("proto/diptych/v1/diptych.proto", "proto/inference/grpc_predict_v2.proto")
+SOURCES = ("proto/diptych/v1/diptych.proto", "proto/inference/grpc_predict_v2.proto",
+           "tests/kinds/embedder.proto")  # the last: a test kind's messages (tests/kinds/embedder.py)
 
 
 def generate(out: Path = ROOT) -> list[Path]:

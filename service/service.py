@@ -17,9 +17,10 @@ import bentoml
 from . import http, logs
 from .core import Engine, Settings
 from .core.control import SharedControl
-from .kinds import KINDS
+from .kinds import registered
 
 settings = Settings.load()
+KINDS = registered(settings.kind_modules)  # the shipped kinds and kind_modules'
 
 
 # Both off by default: measured per HTTP request, the access log costs ~0.3 ms of CPU and
@@ -50,7 +51,7 @@ class Diptych:
             # here, not above: it loads TensorFlow, which the supervisor never needs
             from .grpc.server import GrpcServer
 
-            self.grpc = GrpcServer(self.engine, settings)
+            self.grpc = GrpcServer(self.engine, settings, KINDS.values())
             await self.grpc.start()
 
     @bentoml.on_shutdown
@@ -61,5 +62,6 @@ class Diptych:
         self.engine.close()
 
 
-Diptych.add_asgi_middleware(http.Guard, routes=http.ROUTES, max_body_bytes=settings.max_body_bytes)
-Diptych.mount_asgi_app(http.ROUTES.app, path="/")
+ROUTES = http.routes_for(KINDS.values())
+Diptych.add_asgi_middleware(http.Guard, routes=ROUTES, max_body_bytes=settings.max_body_bytes)
+Diptych.mount_asgi_app(ROUTES.app, path="/")

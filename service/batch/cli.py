@@ -1,10 +1,10 @@
-"""`python -m service.batch classify|generate`: bulk jobs on the service's models, in-process.
+"""`python -m service.batch classify|generate|...`: bulk jobs on the service's models, in-process.
 
     python -m service.batch classify photos/ --out labels.parquet --model classifier:3
     python -m service.batch generate --per-class 1000 --seed 7 --out synthetic/
     python -m service.batch classify photos/ --out labels.parquet --engine ray --address HEAD:6379
 
-Both are resumable: run the same command again after a crash or a kill and it goes on
+Each registered kind adds its jobs (`Wire.jobs`). All are resumable: run the same command again after a crash or a kill and it goes on
 from the last part it logged (`jobs.py`, `joblog.py`). A mistake in the command (a bad
 flag, an unknown model or class, a log left by another job) ends with one line and
 status 2; a file that cannot be classified is a row with its error, never an exit.
@@ -18,37 +18,34 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
-from service.core import ServiceError, Settings
+from service.core import ServedModel, ServiceError, Settings
 from service.core.runtimes import RUNTIMES
 
 from .joblog import JobLog, JobLogError
-from .jobs import Classify, Generate, Job
+from .jobs import Job
 from .models import ModelArgumentError, load, parse
 from .sources import SourceError
-from .writers import check_format
 
 USER_ERRORS = (ModelArgumentError, SourceError, JobLogError, ServiceError, ValueError)
 PART_SIZE = 256  # items per logged part: a kill loses at most two parts' work; 100k images make 391 files
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(kinds: Iterable[type[ServedModel]] | None = None) -> argparse.ArgumentParser:
+    """One subcommand per bulk job of the kinds (default: the registered ones, `kind_modules` too)."""
+    from service.kinds import registered
+    from service.kinds.wire import wire_of
+
     top = argparse.ArgumentParser(prog="python -m service.batch", description=__doc__.split("\n\n")[0])
     commands = top.add_subparsers(dest="command", required=True)
-    classify = commands.add_parser("classify", help="classify every image SOURCE names")
-    classify.add_argument("source", metavar="SOURCE", help="a folder (recursive), a glob, or a .txt/.csv list of paths")
-    classify.add_argument("--out", required=True, type=Path, help="results: .parquet, .csv or .jsonl")
-    classify.add_argument("--top-k", type=int, default=5, help="labels kept per image, best first (default: 5)")
-    generate = commands.add_parser("generate", help="generate a labelled image folder: OUT/<class>/<index>.png")
-    generate.add_argument("--per-class", type=int, required=True, help="images of each class")
-    generate.add_argument("--class", dest="classes", action="extend", nargs="+", default=[], metavar="CLASS",
-                          help="class names or ids (default: every class)")
-    generate.add_argument("--seed", type=int, default=0, help="the job's seed; image i of class c is the same "
-                                                              "for the same seed, however the work is split")
-    generate.add_argument("--out", required=True, type=Path, help="the image folder (and its manifest.jsonl)")
-    for command in (classify, generate):
-        _common(command)
+    for kind in registered(Settings.load().kind_modules).values() if kinds is None else kinds:
+        for job in wire_of(kind).jobs:
+            command = commands.add_parser(job.command, help=job.help)
+            job.arguments(command)
+            _common(command)
+            command.set_defaults(job=job)
     return top
 
 
@@ -73,12 +70,7 @@ def job_of(args: argparse.Namespace) -> Job:
     shard = _shard(args.shard)
     if args.part_size < 1:
         raise ValueError("--part-size must be at least 1")
-    if args.command == "classify":
-        check_format(args.out)
-        return Classify(args.out, shard, source=args.source, top_k=args.top_k)
-    if args.per_class < 1:
-        raise ValueError("--per-class must be at least 1")
-    return Generate(args.out, shard, per_class=args.per_class, seed=args.seed, classes=tuple(args.classes))
+    return args.job.of(args, shard)
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -92,7 +84,7 @@ def settings_of(args: argparse.Namespace, kind: str) -> Settings:
     """The service's settings (DIPTYCH_* variables, DIPTYCH_CONFIG) with this command's flags on top."""
     settings = Settings.load()
     if args.runtime:
-        settings = dataclasses.replace(settings, **{f"{kind}_runtime": args.runtime})
+        settings = settings.with_kind(kind, runtime=args.runtime)
     if args.interpreters:
         settings = dataclasses.replace(settings, interpreters=args.interpreters)
     return settings
@@ -124,7 +116,7 @@ def run(args: argparse.Namespace) -> Summary:
     settings = settings_of(args, job.kind.kind)
     # On Ray the actors run the model; the driver loads it once to check the request and
     # name its version (TensorFlow: no conversion, no warm-up).
-    check_only = dataclasses.replace(settings, **{f"{job.kind.kind}_runtime": "tensorflow"}, warmup_rounds=0)
+    check_only = dataclasses.replace(settings.with_kind(job.kind.kind, runtime="tensorflow"), warmup_rounds=0)
     engine, model = load(job.kind, ref, check_only if args.engine == "ray" else settings)
     try:
         items, skipped = job.items(model)

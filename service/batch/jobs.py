@@ -19,6 +19,7 @@ request checks (`checked`, `check_top_k`) and batcher, the generator's `plan` an
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import functools
@@ -35,11 +36,12 @@ from contract.runtime import cores
 from service.core import ServedModel, ValidationError
 from service.core.images import encode_png
 from service.kinds import Classifier, Generator
+from service.kinds.classifier import TOP_K
 from service.kinds.generator import Latents
 
 from .joblog import JobLog
 from .sources import list_files, read_bytes
-from .writers import write_lines, write_rows
+from .writers import check_format, write_lines, write_rows
 
 Row = dict[str, Any]
 
@@ -49,6 +51,17 @@ class Job:
     out: Path
     shard: tuple[int, int] = (0, 1)  # (index, count): this run takes every count-th part from index-th
     kind: ClassVar[type[ServedModel]]
+    command: ClassVar[str]  # its subcommand of `python -m service.batch`
+    help: ClassVar[str]
+
+    @staticmethod
+    def arguments(command: argparse.ArgumentParser) -> None:
+        """Add this job's own arguments (the runner's are common to every job)."""
+
+    @classmethod
+    def of(cls, args: argparse.Namespace, shard: tuple[int, int]) -> Job:
+        """The job the parsed arguments describe."""
+        raise NotImplementedError
 
     @property
     def suffix(self) -> str:
@@ -68,8 +81,23 @@ class Classify(Job):
     """Every file SOURCE names → a row: path, label, score, top-k, model, version, error."""
 
     source: str = ""
-    top_k: int = 5
+    top_k: int = TOP_K
     kind: ClassVar[type[ServedModel]] = Classifier
+    command: ClassVar[str] = "classify"
+    help: ClassVar[str] = "classify every image SOURCE names"
+
+    @staticmethod
+    def arguments(command: argparse.ArgumentParser) -> None:
+        command.add_argument("source", metavar="SOURCE",
+                             help="a folder (recursive), a glob, or a .txt/.csv list of paths")
+        command.add_argument("--out", required=True, type=Path, help="results: .parquet, .csv or .jsonl")
+        command.add_argument("--top-k", type=int, default=TOP_K,
+                             help=f"labels kept per image, best first (default: {TOP_K})")
+
+    @classmethod
+    def of(cls, args: argparse.Namespace, shard: tuple[int, int]) -> Classify:
+        check_format(args.out)
+        return cls(args.out, shard, source=args.source, top_k=args.top_k)
 
     @property
     def output(self) -> Path:
@@ -82,8 +110,12 @@ class Classify(Job):
     def spec(self, model: Classifier) -> dict[str, Any]:
         return {"job": "classify", "source": self.source, "top_k": self.top_k, **self.model_spec(model)}
 
-    def items(self, model: Classifier) -> tuple[list[Row], int]:
+    def check(self, model: Classifier) -> None:
+        """Refuse the job before it starts (a subclass for another image kind checks its own)."""
         model.check_top_k(self.top_k)
+
+    def items(self, model: Classifier) -> tuple[list[Row], int]:
+        self.check(model)
         listing = list_files(self.source)
         return [{"path": path} | ({"error": listing.errors[path]} if path in listing.errors else {})
                 for path in listing.files], listing.skipped
@@ -155,6 +187,24 @@ class Generate(Job):
     seed: int = 0
     classes: tuple[str, ...] = ()  # names or ids, as --class gives them; empty: every class
     kind: ClassVar[type[ServedModel]] = Generator
+    command: ClassVar[str] = "generate"
+    help: ClassVar[str] = "generate a labelled image folder: OUT/<class>/<index>.png"
+
+    @staticmethod
+    def arguments(command: argparse.ArgumentParser) -> None:
+        add = command.add_argument
+        add("--per-class", type=int, required=True, help="images of each class")
+        add("--class", dest="classes", action="extend", nargs="+", default=[], metavar="CLASS",
+            help="class names or ids (default: every class)")
+        add("--seed", type=int, default=0, help="the job's seed; image i of class c is the same "
+                                                "for the same seed, however the work is split")
+        add("--out", required=True, type=Path, help="the image folder (and its manifest.jsonl)")
+
+    @classmethod
+    def of(cls, args: argparse.Namespace, shard: tuple[int, int]) -> Generate:
+        if args.per_class < 1:
+            raise ValueError("--per-class must be at least 1")
+        return cls(args.out, shard, per_class=args.per_class, seed=args.seed, classes=tuple(args.classes))
 
     @property
     def output(self) -> Path:

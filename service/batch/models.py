@@ -63,9 +63,12 @@ def parse(text: str | None) -> ModelArgument:
 
 def settings_for(kind: str, ref: ModelArgument, settings: Settings) -> Settings:
     """`settings` that load the one model `ref` names as the default `kind`, and no other."""
-    source = ref.folder or (f"{ref.name}:{ref.version or LATEST}" if ref.name else getattr(settings, kind))
-    others = {other: "" for other in settings.defaults() if other != kind}
-    return dataclasses.replace(settings, **{kind: source}, **others, poll_s=0)
+    source = ref.folder or (f"{ref.name}:{ref.version or LATEST}" if ref.name else
+                            settings.kind_setting(kind, "default"))
+    for other in settings.defaults():
+        if other != kind:
+            settings = settings.with_kind(other, default="")
+    return dataclasses.replace(settings.with_kind(kind, default=source), poll_s=0)
 
 
 def resolve(engine: Engine, kind: type[Kind], ref: ModelArgument) -> Kind:
@@ -86,9 +89,9 @@ def resolve(engine: Engine, kind: type[Kind], ref: ModelArgument) -> Kind:
 
 def load(kind: type[Kind], ref: ModelArgument, settings: Settings) -> tuple[Engine, Kind]:
     """An engine with the one model loaded (synchronously: a job has nothing to serve meanwhile)."""
-    from service.kinds import KINDS
+    from service.kinds import registered
 
-    engine = Engine(settings_for(kind.kind, ref, settings), KINDS)
+    engine = Engine(settings_for(kind.kind, ref, settings), registered(settings.kind_modules))
     engine.load()
     if not engine.ready:
         raise ModelArgumentError(f"the {kind.kind} {ref.text or 'default'} could not be loaded (the log above says why)")

@@ -2,7 +2,12 @@
 
 Every field can be set either way: field `max_images` is `max_images = 8` in the file
 and `DIPTYCH_MAX_IMAGES=8` in the environment; a table (`[repository.classifier]`) is JSON
-in a variable (`DIPTYCH_REPOSITORY='{"classifier": {"versions": "latest:2"}}'`). API keys come from `DIPTYCH_API_KEYS`
+in a variable (`DIPTYCH_REPOSITORY='{"classifier": {"versions": "latest:2"}}'`). Each kind of model has
+a table of its own (`[kinds.classifier] default = "classifier:3", runtime = "litert"`;
+`DIPTYCH_KINDS` as JSON): where it is absent, the kind's module says its default
+(`ServedModel.default_model`). The settings from before the tables (`classifier`,
+`generator`, `classifier_runtime`, `generator_runtime`, and their DIPTYCH_ variables) are
+aliases of those tables' keys: set, they win. API keys come from `DIPTYCH_API_KEYS`
 (comma-separated) and/or a mounted file named by `DIPTYCH_API_KEYS_FILE` (one key a line,
 `#` comments); they are kept out of `repr()` so they never reach a log.
 """
@@ -21,12 +26,19 @@ from contract.runtime import cores
 from .runtimes import runtime_named
 
 ENV_PREFIX = "DIPTYCH_"
+KIND_KEYS = ("default", "runtime")  # what a [kinds.<kind>] table may set
+# The settings from before the kind tables, kept as aliases: setting -> (kind, key).
+ALIASES = {"classifier": ("classifier", "default"), "generator": ("generator", "default"),
+           "classifier_runtime": ("classifier", "runtime"), "generator_runtime": ("generator", "runtime")}
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    classifier: str = "classifier:latest"  # the default classifier: BentoML model tag, or a SavedModel folder
-    generator: str = "generator:latest"  # the default generator
+    # per kind: default (BentoML model tag, or a SavedModel folder; "": none), runtime (a registered runtime)
+    kinds: dict = dataclasses.field(default_factory=dict)
+    kind_modules: tuple[str, ...] = ()  # modules of more kinds, each defining KIND (docs/architecture.md)
+    classifier: str | None = None  # aliases (ALIASES): read back, what the kind table says
+    generator: str | None = None
     model_root: str = ""  # a model repository, TF Serving's layout <root>/<name>/<version>/: a folder, s3:// or gs://
     allowed_roots: tuple[str, ...] = ()  # folders (or URLs) besides model_root that a load request's path may name
     cache_dir: str = ""  # where versions from object storage are fetched to; "": ~/.cache/diptych/models
@@ -46,8 +58,8 @@ class Settings:
     payload_log_queue: int = 1000  # events waiting to be written; more are dropped (and counted)
     payload_log_max_mb: float = 100.0  # a log file is rotated at this size ...
     payload_log_files: int = 5  # ... keeping this many
-    classifier_runtime: str = "auto"  # auto (LiteRT when verified and faster), litert, tensorflow
-    generator_runtime: str = "auto"
+    classifier_runtime: str | None = None  # auto (LiteRT when verified and faster), litert, tensorflow
+    generator_runtime: str | None = None
     interpreters: int = 0  # LiteRT interpreters per model; 0: one per CPU core
     batch_workers: int = 0  # batch workers per model (each runs one batch at a time); 0: one per interpreter
     max_batch_size: int = 32  # items per model call
@@ -82,12 +94,15 @@ class Settings:
             from contract.signing import trust
 
             trust(self.trusted_keys)  # a missing file, or one that holds no key, is a start-up error
-        for name in ("classifier_runtime", "generator_runtime"):
-            runtime_named(getattr(self, name), name)
+        object.__setattr__(self, "kinds", self._kind_tables())
+        for alias, (kind, key) in ALIASES.items():  # read back as the table says, so `replace` keeps it
+            object.__setattr__(self, alias, self.kind_setting(kind, key))
         from .sources import check_location
 
-        for name, ref in [("classifier", self.classifier), ("generator", self.generator),
-                          ("model_root", self.model_root), *(("allowed_roots", root) for root in self.allowed_roots)]:
+        defaults = [(kind if kind in ALIASES else f"kinds.{kind}.default", self.kind_setting(kind, "default"))
+                    for kind in self.kinds]
+        for name, ref in [*defaults, ("model_root", self.model_root),
+                          *(("allowed_roots", root) for root in self.allowed_roots)]:
             check_location(name, ref)
 
     def cache_folder(self) -> Path:
@@ -96,10 +111,49 @@ class Settings:
             return Path(self.cache_dir)
         return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diptych" / "models"
 
+    def _kind_tables(self) -> dict[str, dict[str, str]]:
+        """`kinds` checked, with the aliases that are set written into it."""
+        from service.kinds import registered  # the registry: the shipped kinds and `kind_modules`'
+
+        known = registered(self.kind_modules)
+        if not isinstance(self.kinds, dict):
+            raise ValueError(f"setting kinds must be a table of kinds, got {self.kinds!r}")
+        tables = {kind: dict(table) if isinstance(table, dict) else table for kind, table in self.kinds.items()}
+        for alias, (kind, key) in ALIASES.items():
+            if getattr(self, alias) is not None:
+                tables.setdefault(kind, {})[key] = getattr(self, alias)
+        for kind, table in tables.items():
+            where = f"kinds.{kind}"
+            if kind not in known:
+                raise ValueError(f"setting kinds: unknown kind {kind!r}; known: {', '.join(known)}")
+            if not isinstance(table, dict) or set(table) - set(KIND_KEYS):
+                raise ValueError(f"setting {where}: a table of {', '.join(KIND_KEYS)}, got {table!r}")
+            if not isinstance(table.get("default", ""), str):
+                raise ValueError(f"setting {where}.default must be a model tag or folder, got {table['default']!r}")
+            runtime_named(table.get("runtime", "auto"), f"{kind}_runtime" if f"{kind}_runtime" in ALIASES
+                          else f"{where}.runtime")
+        return tables
+
+    def kind_setting(self, kind: str, key: str) -> str:
+        """A kind's `default` or `runtime`: its table's, else what its module declares (auto). A
+        kind handed to an engine without being registered (a test's) has no default model."""
+        from service.kinds import registered
+
+        module = registered(self.kind_modules).get(kind)
+        declared = {"default": module.default_model if module else "", "runtime": "auto"}
+        return self.kinds.get(kind, {}).get(key, declared[key])
+
+    def with_kind(self, kind: str, **table: str) -> Settings:
+        """These settings with `kind`'s table updated (`default=...`, `runtime=...`)."""
+        kinds = {**self.kinds, kind: {**self.kinds.get(kind, {}), **table}}
+        return dataclasses.replace(self, kinds=kinds, **dict.fromkeys(ALIASES))
+
     def defaults(self) -> dict[str, str]:
-        """The default model of each shipped kind: what a request that names no model gets.
-        An empty setting loads none of that kind (a bulk job loads only the model it runs)."""
-        return {kind: ref for kind, ref in (("classifier", self.classifier), ("generator", self.generator)) if ref}
+        """The default model of each registered kind: what a request that names no model gets.
+        An empty default loads none of that kind (a bulk job loads only the model it runs)."""
+        from service.kinds import registered
+
+        return {kind: ref for kind in registered(self.kind_modules) if (ref := self.kind_setting(kind, "default"))}
 
     def batch_worker_count(self) -> int:
         """Batch workers per model: `batch_workers`, else one per LiteRT interpreter (so a config
@@ -109,7 +163,7 @@ class Settings:
 
     def runtime_of(self, kind: str) -> str:
         """The runtime choice for models of `kind` (a kind without a setting: auto)."""
-        return getattr(self, f"{kind}_runtime", "auto")
+        return self.kind_setting(kind, "runtime")
 
     @classmethod
     def load(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -148,6 +202,8 @@ def _coerce(field: dataclasses.Field, value: object) -> object:
             return int(value)
         if kind == "float":
             return float(value)
+        if field.name in ALIASES:  # an empty default is a choice: no model of that kind
+            return str(value)
         return None if value in ("", None) and kind.endswith("None") else str(value)
     except (TypeError, ValueError):
         raise ValueError(f"setting {field.name}: expected {kind}, got {value!r}") from None

@@ -79,6 +79,8 @@ class ServedModel:
 
     kind: ClassVar[str] = ""
     card_fields: ClassVar[tuple[str, ...]] = ()  # the optional card fields this kind needs
+    default_model: ClassVar[str] = ""  # what a request naming no model gets, unless [kinds.<kind>] says
+    wire: ClassVar[str] = ""  # the module whose WIRE (service/kinds/wire.py) puts this kind on the wire
     # The payload log, and the share of requests written to it: set by the manager from the
     # model's settings (manager.py).
     payload_log: PayloadLog | None = None
@@ -93,7 +95,7 @@ class ServedModel:
     signatures: Mapping[str, Signature] = {}
 
     def __init__(self, info: ModelInfo, runtime: Runtime, settings: Settings) -> None:
-        info.card.require(*self.card_fields)
+        self.check_card(info.card)
         self.info = info
         self.settings = settings
         self._runtime = runtime
@@ -116,6 +118,11 @@ class ServedModel:
         model.signature_defs = signature_defs(info.path)
         model.signatures = signatures_of(model.signature_defs)
         return model
+
+    @classmethod
+    def check_card(cls, card: ModelCard) -> None:
+        """Refuse a card this kind cannot serve (CardError); a kind with `kind_fields` checks them too."""
+        card.require(*cls.card_fields)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._queue_depth.set(self.batcher.depth)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,11 +26,11 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from proto.diptych.v1 import diptych_pb2, diptych_pb2_grpc
+from proto.diptych.v1 import diptych_pb2
 from proto.inference import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 
 from ..core import Engine, Settings
-from .diptych import DiptychServicer
+from . import diptych
 from .gate import Gate
 from .inference import InferenceServicer
 from .model_service import ModelServicer
@@ -48,7 +49,7 @@ SERVICES = (
 
 
 class GrpcServer:
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(self, engine: Engine, settings: Settings, kinds: Iterable[type]) -> None:
         self.engine = engine
         self.address = f"{settings.grpc_host}:{settings.grpc_port}"
         self.server = grpc.aio.server(
@@ -60,7 +61,7 @@ class GrpcServer:
                      ("grpc.max_connection_age_grace_ms", int(settings.timeout_s * 1000))],
         )
         self.health = health.aio.HealthServicer()
-        diptych_pb2_grpc.add_DiptychServicer_to_server(DiptychServicer(engine), self.server)
+        self.server.add_generic_rpc_handlers((diptych.handlers(engine, kinds),))
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(engine), self.server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(engine), self.server)
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(engine), self.server)

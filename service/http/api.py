@@ -1,10 +1,10 @@
-"""diptych's own HTTP API: /classify, /generate, /interpolate and GET /models. Each route
-parses its body (`schemas`), calls the engine, and renders the result; `errors` answers
-whatever the parsing or the engine refused."""
+"""diptych's own HTTP API: GET /models, and what the kinds' routes share (their engine,
+the model a request names, the model's headers). Each kind's routes are in its wire module
+(`service/kinds/*_wire.py`): they parse a body (`schemas`), call the engine, and render the
+result; `errors` answers whatever the parsing or the engine refused."""
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import bentoml
@@ -13,8 +13,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..core import Engine, ModelInfo, NotFound, VersionState, VersionStatus
-from ..core.images import encode_png, tile
-from ..kinds import Classification, Classifier, Generation, Generator
 from . import schemas
 from .errors import errors
 
@@ -22,28 +20,6 @@ from .errors import errors
 def engine() -> Engine:
     """The engine of this worker's service instance (created after the routes are)."""
     return bentoml.get_current_service().engine
-
-
-@errors
-async def classify(request: Request) -> Response:
-    body = await schemas.ClassifyRequest.parse(request)
-    classifier = engine().get(Classifier, model_of(request, body.model))
-    return classified(await classifier.classify(body.images, body.top_k))
-
-
-@errors
-async def generate(request: Request) -> Response:
-    body = await schemas.GenerateRequest.parse(request)
-    body.check_format()
-    generator = engine().get(Generator, model_of(request, body.model))
-    return generated(await generator.generate(body.count, body.seed, body.class_, body.latents, body.psi), body.format)
-
-
-@errors
-async def interpolate(request: Request) -> Response:
-    body = await schemas.InterpolateRequest.parse(request)
-    generator = engine().get(Generator, model_of(request, body.model))
-    return generated(await generator.interpolate(body.seeds, body.latents, body.steps, body.class_, body.psi), "strip")
 
 
 def model_of(request: Request, field: str | None) -> str | None:
@@ -71,27 +47,6 @@ async def get_model(request: Request) -> Response:
 
 
 # -- responses ----------------------------------------------------------------------------
-
-
-def classified(result: Classification) -> Response:
-    predictions = [[schemas.Label(label=label, score=score) for label, score in row] for row in result.predictions]
-    return json_response(schemas.ClassifyResponse(model=model_ref(result.model), predictions=predictions), result.model)
-
-
-def generated(result: Generation, form: str) -> Response:
-    """`form`: json (base64 PNGs and latents), grid (one PNG), strip (one PNG row); png is a grid of one."""
-    if form == "json":
-        images = [
-            schemas.GeneratedImage(png=base64.b64encode(encode_png(image)).decode(), class_id=int(class_id),
-                                   class_=name, latent=latent.tolist())
-            for image, class_id, name, latent in zip(result.images, result.class_ids, result.class_names,
-                                                     result.latents)
-        ]
-        body = schemas.GenerateResponse(model=model_ref(result.model), seed=result.seed, images=images)
-        return json_response(body, result.model)
-    grid = tile(result.images, columns=len(result.images) if form == "strip" else None)
-    seed = {} if result.seed is None else {"X-Seed": str(result.seed)}
-    return Response(encode_png(grid), media_type="image/png", headers={**model_headers(result.model), **seed})
 
 
 def model_ref(info: ModelInfo) -> schemas.ModelRef:

@@ -16,6 +16,8 @@ from .errors import Handler, server_error
 
 # A schema in the OpenAPI document: a pydantic model (its JSON Schema), or JSON Schema as is.
 Schema = type | dict[str, Any]
+INFERENCE_ERRORS = (400, 401, 404, 413, 500, 503, 504)  # 404: an unknown model, version or label
+BINARY = {"type": "string", "format": "binary"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,135 +3,132 @@ are open, the bounded `route` label of the metrics), the app diptych mounts into
 built from it, and so are the OpenAPI document and the route list of BentoML's client.
 
 Adding a route is one `Endpoint` here and its handler (docs/architecture.md, "Adding an
-HTTP route").
+HTTP route"); a kind's routes are in its wire (`Wire.routes`), and `routes_for` puts the
+registered kinds' first. `ROUTES` is the table of the shipped kinds.
 """
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
+from collections.abc import Iterable
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
+
+from service.core.models import ServedModel
+from service.kinds import KINDS
 
 from . import api, openapi, schemas, tfserving_rest, v2rest
-from .endpoints import Endpoint, Operation, Routes
+from .endpoints import BINARY, Endpoint, Operation, Routes
+from .errors import Handler
+from .ui import Playground
 
-INFERENCE_ERRORS = (400, 401, 404, 413, 500, 503, 504)  # 404: an unknown model, version or label
-BINARY = {"type": "string", "format": "binary"}
 ANY_OBJECT = {"type": "object", "additionalProperties": True}
 ANY_LIST = {"type": "array", "items": ANY_OBJECT}
-MULTIPART_CLASSIFY = {
-    "type": "object",
-    "required": ["images"],
-    "properties": {"images": {"type": "array", "items": BINARY}, "top_k": {"type": "integer", "default": 5}},
-}
-
-
-async def docs(request: Request) -> Response:
-    return JSONResponse(_documents()[0])
-
-
-async def client_schema(request: Request) -> Response:
-    return JSONResponse(_documents()[1])
-
-
-PLAYGROUND = Path(__file__).with_name("playground")
-PLAYGROUND_FILES = {path.name: path for path in PLAYGROUND.iterdir() if path.suffix in (".html", ".js", ".css")}
-
-
-async def playground(request: Request) -> Response:
-    """The playground (`/ui`, `/ui/` and its files): static, local, the API's own client."""
-    path = PLAYGROUND_FILES.get(request.path_params.get("file") or "index.html")
-    if path is None:
-        return JSONResponse({"error": f"no such file: {request.url.path}"}, status_code=404)
-    return FileResponse(path, headers={"Cache-Control": "no-cache"})
-
-
-@functools.cache
-def _documents() -> tuple[dict, dict]:
-    return openapi.document(ROUTES), openapi.client_schema(ROUTES)
 
 
 def _health(description: str) -> Operation:
     return Operation(description, infrastructure=True, answers={503: "not alive, or not ready yet"})
 
 
-ROUTES = Routes(
-    # diptych's API
-    Endpoint("POST", "/classify", api.classify, doc=Operation(
-        "Top-k labels for each image (JSON with base64 images, or multipart files in `images`).",
-        ok={"application/json": schemas.ClassifyResponse}, errors=INFERENCE_ERRORS, client_name="classify",
-        body={"application/json": schemas.ClassifyRequest, "multipart/form-data": MULTIPART_CLASSIFY})),
-    Endpoint("POST", "/generate", api.generate, doc=Operation(
-        "Images from a seed or explicit latents: one PNG, a PNG grid, or JSON (base64 PNGs and latents).",
-        ok={"application/json": schemas.GenerateResponse, "image/png": BINARY}, errors=INFERENCE_ERRORS,
-        client_name="generate", body={"application/json": schemas.GenerateRequest})),
-    Endpoint("POST", "/interpolate", api.interpolate, doc=Operation(
-        "A PNG strip walking from one latent (or seed) to another in `steps` images.",
-        ok={"image/png": BINARY}, errors=INFERENCE_ERRORS, client_name="interpolate",
-        body={"application/json": schemas.InterpolateRequest})),
-    Endpoint("GET", "/models", api.list_models, doc=Operation(
-        "every model version: its state (loading, available, unloading, failed, with the reason), labels and card",
-        ok={"application/json": ANY_OBJECT}, ok_description="the models",
-        errors=(401, 503))),
-    Endpoint("GET", "/models/{name}", api.get_model, doc=Operation(
-        "one model's card, by name or kind", ok={"application/json": ANY_OBJECT}, ok_description="the model",
-        errors=(401, 404, 503))),
-    # the Open Inference Protocol (KServe V2)
-    Endpoint("GET", "/v2", v2rest.server),
-    Endpoint("GET", "/v2/health/live", v2rest.live, open=True),
-    Endpoint("GET", "/v2/health/ready", v2rest.ready, open=True),
-    Endpoint("GET", "/v2/models/{name}", v2rest.model, doc=Operation(
-        "Open Inference Protocol: model metadata", ok={"application/json": ANY_OBJECT},
-        ok_description="the model's tensors", errors=(401, 404, 503))),
-    Endpoint("GET", "/v2/models/{name}/ready", v2rest.model_ready),
-    Endpoint("POST", "/v2/models/{name}/infer", v2rest.infer, doc=Operation(
-        "Open Inference Protocol: run the model's serving_default signature (JSON tensors, or JSON followed by "
-        "binary tensor data: Inference-Header-Content-Length)",
-        ok={"application/json": ANY_OBJECT, "application/octet-stream": BINARY}, ok_description="the outputs",
-        errors=(400, 401, 404, 413, 500, 503, 504), body={"application/json": schemas.V2InferRequest})),
-    Endpoint("GET", "/v2/models/{name}/versions/{version}", v2rest.model),
-    Endpoint("GET", "/v2/models/{name}/versions/{version}/ready", v2rest.model_ready),
-    Endpoint("POST", "/v2/models/{name}/versions/{version}/infer", v2rest.infer),
-    # the Open Inference Protocol's model repository extension (Triton's)
-    Endpoint("POST", "/v2/repository/index", v2rest.repository_index, doc=Operation(
-        "every model version and its state (READY, LOADING, UNLOADING, UNAVAILABLE)",
-        ok={"application/json": ANY_LIST}, ok_description="the index", errors=(400, 401, 415))),
-    Endpoint("POST", "/v2/repository/models/{name}/load", v2rest.repository_load, control=True, doc=Operation(
-        "load a model (again), or one more version (`parameters.version`), or set its config (`parameters.config`:"
-        " JSON of its settings table: labels, traffic, shadow, ...), all or nothing; needs an admin key and an "
-        "application/json body",
-        ok={"application/json": ANY_OBJECT}, ok_description="loaded", errors=(400, 401, 403, 404, 409, 415),
-        body={"application/json": ANY_OBJECT})),
-    Endpoint("POST", "/v2/repository/models/{name}/unload", v2rest.repository_unload, control=True, doc=Operation(
-        "stop serving a model (or `parameters.version`) once its requests have finished; needs an admin key",
-        ok={"application/json": ANY_OBJECT}, ok_description="unloaded", errors=(400, 401, 404, 409, 415),
-        body={"application/json": ANY_OBJECT})),
-    # TF Serving's REST API: the version or label in the path, or the latest
-    *(Endpoint("POST", f"/v1/models/{{name}}{where}:{verb}", handler, doc=Operation(
-        f"TF Serving REST: {verb}", ok={"application/json": ANY_OBJECT}, errors=(400, 401, 404, 413, 503, 504),
-        body={"application/json": ANY_OBJECT}) if not where else None)
-      for where in ("", "/versions/{version}", "/labels/{label}")
-      for verb, handler in (("predict", tfserving_rest.predict), ("classify", tfserving_rest.classify))),
-    *(Endpoint("GET", f"/v1/models/{{name}}{where}{what}", handler, doc=Operation(
-        f"TF Serving REST: {doc}", ok={"application/json": ANY_OBJECT}, errors=(401, 404)) if not where else None)
-      for where in ("", "/versions/{version}", "/labels/{label}")
-      for what, handler, doc in (("/metadata", tfserving_rest.metadata, "the SignatureDefMap"),
-                                 ("", tfserving_rest.status, "the versions' status"))),
-    # the documents: BentoML's, answered first otherwise, describe none of the routes above
-    Endpoint("GET", "/docs.json", docs, open=True, ahead_of_bentoml=True),
-    Endpoint("GET", "/schema.json", client_schema, open=True, ahead_of_bentoml=True),
-    # BentoML's own
-    Endpoint("GET", "/livez", open=True, doc=_health("the process is up (503 once the models failed to load)")),
-    Endpoint("GET", "/healthz", open=True, doc=_health("as /livez")),
-    Endpoint("GET", "/readyz", open=True, doc=_health("every model is loaded and warm")),
-    Endpoint("GET", "/metrics", open=True, doc=Operation(
-        "Prometheus metrics: BentoML's and diptych_* (docs/serving.md, Metrics)", infrastructure=True)),
-    Endpoint("GET", "/", open=True),  # the API explorer
-    # the playground: a page of its own calling the API above (README, "Playground")
-    Endpoint("GET", "/ui", playground, open=True),
-    Endpoint("GET", "/ui/{file:path}", playground, open=True),
-    Endpoint("GET", "/static_content/{file:path}", open=True),
-    Endpoint("GET", "/assets/{file:path}", open=True),
-)
+def routes_for(kinds: Iterable[type[ServedModel]]) -> Routes:
+    """The route table of a service serving `kinds`: their routes, then everyone's."""
+    from service.kinds.wire import wire_of
+
+    wires = [wire_of(kind) for kind in kinds]
+
+    @functools.cache
+    def documented() -> tuple[dict, dict]:  # on the first request: the table is complete by then
+        return openapi.document(table), openapi.client_schema(table)
+
+    async def docs(request: Request) -> Response:
+        return JSONResponse(documented()[0])
+
+    async def client_schema(request: Request) -> Response:
+        return JSONResponse(documented()[1])
+
+    playground = Playground([wire.panel for wire in wires if wire.panel]).serve
+    table = Routes(*(route for wire in wires for route in wire.routes), *shared(docs, client_schema, playground))
+    return table
+
+
+def shared(docs: Handler, client_schema: Handler, playground: Handler) -> tuple[Endpoint, ...]:
+    """The routes of every service, whatever its kinds."""
+    return (
+        Endpoint("GET", "/models", api.list_models, doc=Operation(
+            "every model version: its state (loading, available, unloading, failed, with the reason), labels and card",
+            ok={"application/json": ANY_OBJECT}, ok_description="the models",
+            errors=(401, 503))),
+        Endpoint("GET", "/models/{name}", api.get_model, doc=Operation(
+            "one model's card, by name or kind", ok={"application/json": ANY_OBJECT}, ok_description="the model",
+            errors=(401, 404, 503))),
+        # the Open Inference Protocol (KServe V2)
+        Endpoint("GET", "/v2", v2rest.server),
+        Endpoint("GET", "/v2/health/live", v2rest.live, open=True),
+        Endpoint("GET", "/v2/health/ready", v2rest.ready, open=True),
+        Endpoint("GET", "/v2/models/{name}", v2rest.model, doc=Operation(
+            "Open Inference Protocol: model metadata", ok={"application/json": ANY_OBJECT},
+            ok_description="the model's tensors", errors=(401, 404, 503))),
+        Endpoint("GET", "/v2/models/{name}/ready", v2rest.model_ready),
+        Endpoint("POST", "/v2/models/{name}/infer", v2rest.infer, doc=Operation(
+            "Open Inference Protocol: run the model's serving_default signature (JSON tensors, or JSON followed by "
+            "binary tensor data: Inference-Header-Content-Length)",
+            ok={"application/json": ANY_OBJECT, "application/octet-stream": BINARY}, ok_description="the outputs",
+            errors=(400, 401, 404, 413, 500, 503, 504), body={"application/json": schemas.V2InferRequest})),
+        Endpoint("GET", "/v2/models/{name}/versions/{version}", v2rest.model),
+        Endpoint("GET", "/v2/models/{name}/versions/{version}/ready", v2rest.model_ready),
+        Endpoint("POST", "/v2/models/{name}/versions/{version}/infer", v2rest.infer),
+        # the Open Inference Protocol's model repository extension (Triton's)
+        Endpoint("POST", "/v2/repository/index", v2rest.repository_index, doc=Operation(
+            "every model version and its state (READY, LOADING, UNLOADING, UNAVAILABLE)",
+            ok={"application/json": ANY_LIST}, ok_description="the index", errors=(400, 401, 415))),
+        Endpoint("POST", "/v2/repository/models/{name}/load", v2rest.repository_load, control=True, doc=Operation(
+            "load a model (again), or one more version (`parameters.version`), or set its config (`parameters.config`:"
+            " JSON of its settings table: labels, traffic, shadow, ...), all or nothing; needs an admin key and an "
+            "application/json body",
+            ok={"application/json": ANY_OBJECT}, ok_description="loaded", errors=(400, 401, 403, 404, 409, 415),
+            body={"application/json": ANY_OBJECT})),
+        Endpoint("POST", "/v2/repository/models/{name}/unload", v2rest.repository_unload, control=True, doc=Operation(
+            "stop serving a model (or `parameters.version`) once its requests have finished; needs an admin key",
+            ok={"application/json": ANY_OBJECT}, ok_description="unloaded", errors=(400, 401, 404, 409, 415),
+            body={"application/json": ANY_OBJECT})),
+        # TF Serving's REST API: the version or label in the path, or the latest
+        *(Endpoint("POST", f"/v1/models/{{name}}{where}:{verb}", handler, doc=Operation(
+            f"TF Serving REST: {verb}", ok={"application/json": ANY_OBJECT}, errors=(400, 401, 404, 413, 503, 504),
+            body={"application/json": ANY_OBJECT}) if not where else None)
+          for where in ("", "/versions/{version}", "/labels/{label}")
+          for verb, handler in (("predict", tfserving_rest.predict), ("classify", tfserving_rest.classify))),
+        *(Endpoint("GET", f"/v1/models/{{name}}{where}{what}", handler, doc=Operation(
+            f"TF Serving REST: {doc}", ok={"application/json": ANY_OBJECT}, errors=(401, 404)) if not where else None)
+          for where in ("", "/versions/{version}", "/labels/{label}")
+          for what, handler, doc in (("/metadata", tfserving_rest.metadata, "the SignatureDefMap"),
+                                     ("", tfserving_rest.status, "the versions' status"))),
+        # the documents: BentoML's, answered first otherwise, describe none of the routes above
+        Endpoint("GET", "/docs.json", docs, open=True, ahead_of_bentoml=True),
+        Endpoint("GET", "/schema.json", client_schema, open=True, ahead_of_bentoml=True),
+        # BentoML's own
+        Endpoint("GET", "/livez", open=True, doc=_health("the process is up (503 once the models failed to load)")),
+        Endpoint("GET", "/healthz", open=True, doc=_health("as /livez")),
+        Endpoint("GET", "/readyz", open=True, doc=_health("every model is loaded and warm")),
+        Endpoint("GET", "/metrics", open=True, doc=Operation(
+            "Prometheus metrics: BentoML's and diptych_* (docs/serving.md, Metrics)", infrastructure=True)),
+        Endpoint("GET", "/", open=True),  # the API explorer
+        # the playground: a page of its own calling the API above (README, "Playground")
+        Endpoint("GET", "/ui", playground, open=True),
+        Endpoint("GET", "/ui/{file:path}", playground, open=True),
+        Endpoint("GET", "/static_content/{file:path}", open=True),
+        Endpoint("GET", "/assets/{file:path}", open=True),
+    )
+
+
+@functools.cache
+def shipped() -> Routes:
+    return routes_for(KINDS.values())
+
+
+def __getattr__(name: str) -> Routes:
+    """`ROUTES`, the shipped kinds' table, made on first use: the kinds' wire modules import
+    this package, so the table cannot be made while it is being imported."""
+    if name == "ROUTES":
+        return shipped()
+    raise AttributeError(name)

@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from ..core import ValidationError
 from ..core.validation import decimal
+from ..kinds.classifier import TOP_K
 
 # Written out where pydantic's schema would be `anyOf` or lack the format OpenAPI 3.0 knows.
 Base64 = Annotated[bytes, WithJsonSchema({"type": "string", "format": "byte"})]
@@ -50,7 +51,7 @@ class ClassifyRequest(Body):
     """JSON form; the same fields also come as multipart/form-data (files in `images`)."""
 
     images: list[Base64] = Field(description="base64-encoded image files (JPEG, PNG, GIF, BMP, WebP, TIFF, ...)")
-    top_k: int = Field(5, description="labels per image, best first")
+    top_k: int = Field(TOP_K, description="labels per image, best first")
     model: ModelName = None
 
     @classmethod

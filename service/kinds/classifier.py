@@ -15,14 +15,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from service.core import image_input
 from service.core.drift import LabelDrift
-from service.core.errors import LimitExceeded, ValidationError
-from service.core.images import decode, encode_png, prepare, resize
+from service.core.errors import ValidationError
+from service.core.image_input import Image
+from service.core.images import decode, encode_png, resize
 from service.core.metrics import metrics
 from service.core.models import ModelInfo, ServedModel
 
-Image = bytes | np.ndarray  # encoded file, or uint8 pixels [H, W, 1|3]
 THUMBNAIL = 32  # pixels a side of a payload log thumbnail
+TOP_K = 5  # labels per image when a request says none: every protocol's, and the batch job's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +42,9 @@ class Scores:
 
 class Classifier(ServedModel):
     kind = "classifier"
-    card_fields = ("labels",)
+    default_model = "classifier:latest"
+    wire = "service.kinds.classifier_wire"
+    card_fields = ("labels", "image_size", "channels")
     tensor_runners = {frozenset({"image_bytes"}): "score_tensor_bytes", frozenset({"images"}): "score_tensor_pixels"}
 
     def __init__(self, *args, **kwargs) -> None:
@@ -55,7 +59,7 @@ class Classifier(ServedModel):
                                  metrics().label_drift.labels(**model).set) if counts else None
 
     # -- requests ------------------------------------------------------------------
-    async def classify(self, images: Sequence[bytes], top_k: int = 5) -> Classification:
+    async def classify(self, images: Sequence[bytes], top_k: int = TOP_K) -> Classification:
         self.check_top_k(top_k)
         result = await self.score(images)
         best = np.argsort(-result.scores, axis=1)[:, :top_k]
@@ -92,20 +96,7 @@ class Classifier(ServedModel):
 
     def checked(self, images: Sequence[Image]) -> list[tuple[Image, str]]:
         """Images → (image, field) items, after the cheap checks: count, format, pixels."""
-        if not len(images):
-            raise ValidationError("images", "no images given")
-        if len(images) > self.settings.max_images:
-            raise LimitExceeded("images", f"{len(images)} images; at most {self.settings.max_images} per request")
-        return [(self._checked(image, f"images[{i}]"), f"images[{i}]") for i, image in enumerate(images)]
-
-    def _checked(self, image: Image, field: str) -> Image:
-        if isinstance(image, bytes):
-            return prepare(image, field, self.settings.max_pixels)
-        height, width = image.shape[:2]
-        if height * width > self.settings.max_pixels:
-            raise LimitExceeded(field, f"the image has {width}x{height} pixels, more than the limit of "
-                                       f"{self.settings.max_pixels}")
-        return image
+        return image_input.checked(images, self.settings)
 
     # -- the tensor protocols' signatures --------------------------------------------
     async def score_tensor_bytes(self, image_bytes: np.ndarray) -> dict[str, np.ndarray]:
@@ -128,18 +119,7 @@ class Classifier(ServedModel):
 
     def run_batch(self, items: list[tuple[Image, str]]) -> list[np.ndarray | Exception]:
         """Decode (or resize) each image here, in this worker, then one model call."""
-        pixels: list[np.ndarray | Exception] = [self._pixels(image, field) for image, field in items]
-        good = [item for item in pixels if not isinstance(item, Exception)]
-        scores = iter(self._classify(np.stack(good)) if good else [])
-        return [item if isinstance(item, Exception) else next(scores) for item in pixels]
-
-    def _pixels(self, image: Image, field: str) -> np.ndarray | ValidationError:
-        if not isinstance(image, bytes):
-            return resize(image, self.image_size)
-        try:
-            return decode(image, self.image_size, field)
-        except ValidationError as error:
-            return error
+        return image_input.run_good(image_input.pixels(items, self.image_size), self._classify)
 
     def _classify(self, pixels: np.ndarray) -> np.ndarray:
         scores = self.run({"images": pixels})["scores"]

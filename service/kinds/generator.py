@@ -50,7 +50,9 @@ class Latents:
 
 class Generator(ServedModel):
     kind = "generator"
-    card_fields = ("latent_dim", "classes", "conditional")
+    default_model = "generator:latest"
+    wire = "service.kinds.generator_wire"
+    card_fields = ("latent_dim", "classes", "conditional", "image_size", "channels")
     tensor_runners = {frozenset({"latents", "class_ids"}): "render_tensors",
                       frozenset({"seed", "count", "class_id"}): "render_seeded"}
 

@@ -1,10 +1,11 @@
 // diptych's playground: calls the service's own HTTP API (README, "HTTP API"); no framework.
+// What every panel shares; each kind's panel (its section and script) comes from its wire
+// (service/kinds/wire.py, `Panel`), and its model list from the `select[data-kind]` in it.
 "use strict";
 
 const $ = (selector, root = document) => root.querySelector(selector);
-const STEPS = 16;  // frames in an interpolation strip: the slider's positions
-const models = {classifier: [], generator: []};
-let strip = null;  // the last interpolation strip, an Image
+const models = {};  // kind -> its available model versions, for each panel's `select[data-kind]`
+const onModels = [];  // panels' functions to call once the model lists are filled
 
 function element(tag, props = {}, ...children) {
   const node = Object.assign(document.createElement(tag), props);
@@ -68,28 +69,10 @@ async function loadModels() {
       const latest = models[kind].findLast((model) => model.labels.includes("latest")) || models[kind].at(-1);
       if (latest) $(`#${kind}`).value = `${latest.name}:${latest.version}`;
     }
-    generatorChanged();
+    onModels.forEach((changed) => changed());
   } catch (failure) {
     $("#status").textContent = `Models: ${failure.message}`;
   }
-}
-
-function generatorChanged() {
-  const card = selected("generator")?.card || {};
-  const classes = card.classes || [];
-  $("#class").replaceChildren(
-    element("option", {value: "", textContent: classes.length ? "(each in turn)" : "(unconditional)"}),
-    ...classes.map((name) => element("option", {value: name, textContent: name})));
-  if (classes.length) $("#class").value = classes[0];
-  if (card.truncation_psi) $("#psi").value = card.truncation_psi;
-  $("#psi-value").value = Number($("#psi").value).toFixed(2);
-}
-
-// The fields /generate and /interpolate share.
-function generation() {
-  const body = {model: $("#generator").value || undefined, psi: Number($("#psi").value)};
-  if ($("#class").value) body.class = $("#class").value;
-  return body;
 }
 
 function readBase64(file) {
@@ -101,73 +84,9 @@ function readBase64(file) {
   });
 }
 
-function classify(file) {
-  const section = $("#classify");
-  return guarded(section, async () => {
-    $("#preview").src = URL.createObjectURL(file);
-    $("#preview").hidden = false;
-    $("#bars").replaceChildren();
-    const result = await api("/classify", {images: [await readBase64(file)], top_k: 5,
-                                           model: $("#classifier").value || undefined});
-    $("#bars").replaceChildren(...result.predictions[0].map(({label, score}) => element("li", {},
-      element("span", {className: "label", textContent: label}),
-      element("span", {className: "bar", style: `width: ${(score * 100).toFixed(1)}%`}),
-      element("span", {className: "score", textContent: `${(score * 100).toFixed(1)}%`}))));
-  });
-}
-
-function generate() {
-  return guarded($("#generate"), async () => {
-    const result = await api("/generate", {...generation(), count: Number($("#count").value),
-                                           seed: Number($("#seed").value), format: "json"});
-    $("#grid").replaceChildren(...result.images.map((image) => element("figure", {},
-      element("img", {src: `data:image/png;base64,${image.png}`, alt: image.class ?? ""}),
-      element("figcaption", {textContent: image.class ?? ""}))));
-  });
-}
-
-function interpolate() {
-  return guarded($("#interpolate"), async () => {
-    const blob = await api("/interpolate", {...generation(), steps: STEPS,
-                                            seeds: [Number($("#seed-a").value), Number($("#seed-b").value)]});
-    const image = new Image();
-    image.src = URL.createObjectURL(blob);
-    await image.decode();
-    strip = image;
-    $("#slider").disabled = false;
-    showFrame();
-  });
-}
-
-// Draws the strip's frame under the slider.
-function showFrame() {
-  if (!strip) return;
-  const canvas = $("#frame");
-  const context = canvas.getContext("2d");
-  const width = strip.naturalWidth / STEPS;
-  context.imageSmoothingEnabled = false;
-  context.drawImage(strip, Number($("#slider").value) * width, 0, width, strip.naturalHeight,
-                    0, 0, canvas.width, canvas.height);
-}
-
-function setUp() {
-  const drop = $("#drop");
-  $("#image").addEventListener("change", (event) => event.target.files[0] && classify(event.target.files[0]));
-  drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
-  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-  drop.addEventListener("drop", (event) => {
-    event.preventDefault();
-    drop.classList.remove("over");
-    if (event.dataTransfer.files[0]) classify(event.dataTransfer.files[0]);
-  });
-  $("#generator").addEventListener("change", generatorChanged);
-  $("#psi").addEventListener("input", () => { $("#psi-value").value = Number($("#psi").value).toFixed(2); });
-  $("#go-generate").addEventListener("click", generate);
-  $("#go-interpolate").addEventListener("click", interpolate);
-  $("#slider").max = STEPS - 1;
-  $("#slider").addEventListener("input", showFrame);
+// After the panels' scripts (which follow this one) have set themselves up.
+document.addEventListener("DOMContentLoaded", () => {
+  for (const select of document.querySelectorAll("select[data-kind]")) models[select.dataset.kind] = [];
   $("#key").addEventListener("change", loadModels);
   loadModels();
-}
-
-setUp();
+});
