@@ -12,7 +12,7 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 from service.core.errors import ValidationError
-from service.core.images import decode, resize
+from service.core.images import decode, encode_png, resize
 
 PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
 SIZES = {"0.3 MP": (640, 480), "2 MP": (1632, 1224), "smaller than twice the model": (150, 100)}
@@ -79,3 +79,15 @@ def test_a_truncated_jpeg_is_refused_with_its_field():
     with pytest.raises(ValidationError) as error:
         decode(data[: len(data) // 2], 96, "images[2]")
     assert error.value.field == "images[2]"
+
+
+@pytest.mark.parametrize("shape, mode", [((28, 28), "L"), ((28, 28, 1), "L"), ((28, 28, 3), "RGB"),
+                                         ((5, 7, 4), "RGBA"), ((64, 33, 3), "RGB")])
+def test_png_encoding_is_lossless_in_every_mode(shape, mode):
+    """Generated images go out through fpng (RGB, RGBA) or Pillow (grey): the same pixels back."""
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+
+    for variant in (pixels, pixels[:, ::-1]):  # a view with negative strides too
+        image = Image.open(io.BytesIO(encode_png(variant)))
+        assert image.mode == mode
+        np.testing.assert_array_equal(np.asarray(image).reshape(shape), variant)
