@@ -17,7 +17,7 @@ SHELL := /bin/bash
 # demo hides exactly these, by their source file, and shows everything else.
 TF_NOISE := { grep --line-buffered -v -E '^WARNING: All log messages before absl::InitializeLog|^[IWE][0-9]{4} [0-9:.]+ +[0-9]+ (port|cudart_stub|cuda_platform|cuda_executor|cpu_feature_guard|reader|loader|tf_tfl_flatbuffer_helpers|flatbuffer_export)\.cc:[0-9]+\]|^To enable the following instructions:|^INFO: Created TensorFlow Lite XNNPACK delegate' || true; }
 
-.PHONY: install system-deps demo screenshot test benchmark serving-benchmark load-benchmark batch-benchmark proto clean help
+.PHONY: install system-deps demo screenshot test benchmark serving-benchmark photo-benchmark load-benchmark batch-benchmark proto clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -76,6 +76,9 @@ serving-benchmark: install  ## raw model vs HTTP and gRPC throughput/latency (De
 	@command -v hey >/dev/null 2>&1 && command -v h2load >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y -qq hey nghttp2-client >/dev/null || echo "!! install the Debian packages hey and nghttp2-client"; }
 	$(PY) -m benchmarks.serving
+
+photo-benchmark: install  ## real photos (0.3/2/12 MP, JPEG/PNG/WebP): per-image decode cost, served vs raw (Debian hey, nghttp2-client)
+	$(PY) -m benchmarks.photos
 
 # The container image (docs/deploy.md, "Image"): deploy/image/build.py makes the local base
 # image (debootstrap: root, once), the wheelhouse and the published models, then builds with
