@@ -17,7 +17,7 @@ from google.protobuf import json_format, struct_pb2
 
 from proto.diptych.v1 import diptych_pb2 as pb
 
-from ..core import Engine, ModelInfo, ValidationError, VersionStatus, validation
+from ..core import Engine, ModelInfo, VersionStatus, validation
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Diptych"].full_name
 MODEL_METHODS = ("ListModels", "LoadModel", "UnloadModel")
