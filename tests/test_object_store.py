@@ -13,7 +13,7 @@ import json
 import pytest
 
 from contract.layout import is_folder_ref, is_location, resolve
-from service.batch.models import ModelRefError, parse
+from service.batch.models import ModelArgumentError, parse
 from service.core import Conflict, Engine, Forbidden, Settings, ValidationError
 from service.core.repository import ModelConfig, Repository
 from service.core.sources import trusted
@@ -42,7 +42,7 @@ def test_a_bad_url_is_refused_with_the_reason_wherever_a_model_is_named(url):
             Settings(**{setting: url})
     with pytest.raises(ValueError, match=f"repository.shoes.path: .*{BAD[url]}"):
         ModelConfig.parse("shoes", {"path": url})
-    with pytest.raises(ModelRefError, match=BAD[url].replace("?", r"\?")):
+    with pytest.raises(ModelArgumentError, match=BAD[url].replace("?", r"\?")):
         parse(url)
 
 
