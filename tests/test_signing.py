@@ -91,6 +91,37 @@ def test_unsigned_and_unreadable_signatures(model, keys):
     assert trust.check(model).reason == "invalid"
 
 
+def linked_to_a_good_signature(path: Path, private: Path) -> None:
+    sign(path.parent, private)
+    path.rename(path.parent.parent / "elsewhere.sig")
+    path.symlink_to(path.parent.parent / "elsewhere.sig")
+
+
+MALFORMED = {
+    "material a list": lambda path, _: path.write_text(json.dumps({"verificationMaterial": []})),
+    "an empty certificate chain": lambda path, _: path.write_text(
+        json.dumps({"verificationMaterial": {"x509CertificateChain": {"certificates": []}}})),
+    "not an object": lambda path, _: path.write_text("[1, 2]"),
+    "a link, to a good signature": linked_to_a_good_signature,
+    "a folder": lambda path, _: path.mkdir(),
+    "over 1 MiB": lambda path, _: path.write_text(
+        json.dumps({"verificationMaterial": {"publicKey": {"hint": "ab"}}, "padding": " " * 2**20})),
+}
+
+
+@pytest.mark.parametrize("malformed", MALFORMED)
+def test_a_malformed_signature_is_invalid_never_a_crash(model, keys, malformed):
+    """Signing off, it is reported and the version loads; required, it is refused as invalid
+    and counted. A signature that is not a regular file, or too big to be one, is not read."""
+    MALFORMED[malformed](model / SIGNATURE, keys["trusted"][0])
+    assert Trust.load([]).check(model).reason == "invalid"
+    assert verify("shoes", str(model), Settings()).reason == "invalid"  # off: loads
+    before = refused("shoes", "invalid")
+    with pytest.raises(Unverified, match="invalid: model.sig"):
+        verify("shoes", str(model), Settings(require_signed=True, trusted_keys=(str(keys["trusted"][1]),)))
+    assert refused("shoes", "invalid") == before + 1
+
+
 def test_a_symlink_inside_a_signed_folder_is_refused(model, keys, tmp_path):
     """A link could point anywhere after signing: model-signing refuses to follow it."""
     private, public = keys["trusted"]
