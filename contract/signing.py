@@ -29,7 +29,8 @@ _EXTRA_OR_MISSING = re.compile(r"(Extra|Missing) files (?:found )?in model '[^']
 
 
 class Unverified(Exception):
-    """A version whose signature does not prove it (`reason`: unsigned, untrusted, tampered, invalid)."""
+    """A version whose signature does not prove it (`reason`: unsigned, untrusted, tampered, invalid;
+    misplaced: signed as another model's name or version than it is found as)."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")

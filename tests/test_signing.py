@@ -16,9 +16,11 @@ from pathlib import Path
 import prometheus_client
 import pytest
 
+from contract.card import ModelCard
 from contract.signing import SIGNATURE, Trust, Unverified, hashing_config, sign
 from service.core.config import Settings
-from service.core.loader import verify
+from service.core.loader import check_signed_identity, verify
+from service.core.repository import Repository, Version
 from tests.conftest import ROOT, ec_key_pair
 
 
@@ -212,6 +214,33 @@ def test_the_load_path_refuses_what_is_not_proven_only_when_required(model, keys
     with pytest.raises(Unverified, match="tampered: changed since signing: saved_model.pb"):
         verify("shoes", str(model), required)
     assert refused("shoes", "tampered") == before + 1
+
+
+def test_with_require_signed_a_version_serves_only_as_the_name_and_number_its_card_signs(model, keys, tmp_path):
+    """A signed cats:2 copied to shoes/9 verifies (the bytes are the signer's) but is refused as
+    misplaced, and counted; a `[repository.<name>] path` serving cats under another name is the
+    operator's setting: the name compared is the one the folder gives."""
+    card = ModelCard.new(kind="classifier", name="cats", version=2, numeric_signature="x", tolerance=0.0)
+    required = Settings(require_signed=True, trusted_keys=(str(keys["trusted"][1]),))
+    check_signed_identity(Version("cats", 2, "models/cats/2", "classifier"), card, required)
+    before = refused("shoes", "misplaced")
+    for name, number in (("shoes", 9), ("cats", 9), ("shoes", 2)):
+        with pytest.raises(Unverified, match=f"misplaced: signed as cats:2, found as {name}:{number}"):
+            check_signed_identity(Version(name, number, f"models/{name}/{number}", "classifier"), card, required)
+    assert refused("shoes", "misplaced") == before + 2
+    check_signed_identity(Version("shoes", 9, "models/shoes/9", "classifier"), card, Settings())  # off: loads
+
+    for number in (2, 3):
+        folder = tmp_path / "elsewhere" / "cats" / str(number)
+        shutil.copytree(model, folder)
+        ModelCard.new(kind="classifier", name="cats", version=number, numeric_signature="x", tolerance=0.0).write(
+            folder)
+    found = Repository(Settings(store=False, classifier="", generator="",
+                                repository={"pets": {"path": str(tmp_path / "elsewhere" / "cats")}})).scan()
+    pets = found.versions["pets"]
+    assert [(version.name, version.found_as, version.number) for version in pets] == [("pets", "cats", 2),
+                                                                                     ("pets", "cats", 3)]
+    check_signed_identity(pets[0], card, required)
 
 
 # -- the training side -----------------------------------------------------------------------

@@ -130,7 +130,7 @@ class Repository:
                     self.sources.ignore(ref, str(error))
                     return []
             found = self._from_store().get(store_name, [])
-        return [dataclasses.replace(version, name=name) for version in found]
+        return [dataclasses.replace(version, name=name, found_as=version.found_as or version.name) for version in found]
 
     def _from_root(self) -> dict[str, list[Version]]:
         """The repository root's models (a folder: each model folder is a source of its own)."""
