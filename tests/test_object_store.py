@@ -13,7 +13,7 @@ import json
 import pytest
 
 from contract.layout import is_folder_ref, is_location, resolve
-from service.batch.models import ModelRefError, parse
+from service.batch.models import ModelArgumentError, parse
 from service.core import Conflict, Engine, Forbidden, Settings, ValidationError
 from service.core.repository import ModelConfig, Repository
 from service.core.sources import trusted
@@ -42,7 +42,7 @@ def test_a_bad_url_is_refused_with_the_reason_wherever_a_model_is_named(url):
             Settings(**{setting: url})
     with pytest.raises(ValueError, match=f"repository.shoes.path: .*{BAD[url]}"):
         ModelConfig.parse("shoes", {"path": url})
-    with pytest.raises(ModelRefError, match=BAD[url].replace("?", r"\?")):
+    with pytest.raises(ModelArgumentError, match=BAD[url].replace("?", r"\?")):
         parse(url)
 
 
@@ -169,3 +169,20 @@ def test_a_load_request_naming_a_url_outside_the_roots_or_a_bad_one_changes_noth
         assert engine.status()["shoes"]["policy"] == before and classify(engine) == "2"
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("source", [{"model_root": "s3://bucket/models"}, {"classifier": "s3://bucket/models/shoes"},
+                                    {"allowed_roots": ("s3://bucket/staging",)},
+                                    {"repository": {"shoes": {"path": "s3://bucket/shoes"}}}])
+def test_object_storage_needs_a_writable_cache_dir_at_start_and_a_bound_is_never_none(tmp_path, source):
+    """Found at start and naming the setting, not per version (a read-only root file system);
+    without object storage the folder is not needed. A tiny positive bound is not 0 (none)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match=rf"setting cache_dir: {blocker}/cache is not a writable folder .*s3://bucket"):
+        Settings(cache_dir=str(blocker / "cache"), store=False, generator="", **{"classifier": "", **source})
+    with pytest.raises(ValueError, match="setting cache_dir"):
+        Settings.load({"DIPTYCH_MODEL_ROOT": "s3://bucket/models", "DIPTYCH_CACHE_DIR": str(blocker / "cache")})
+    Settings(cache_dir=str(blocker / "cache"), model_root=str(tmp_path), store=False)
+    settings = Settings(cache_dir=str(tmp_path / "cache"), cache_max_mb=1e-7, store=False, classifier="", generator="")
+    assert Repository(settings).cache.max_bytes == 1
