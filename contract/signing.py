@@ -16,16 +16,21 @@ import dataclasses
 import functools
 import json
 import re
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
 SIGNATURE = "model.sig"  # in the version folder; the only file the signature does not cover
+# model-signing's own signatures are a few KiB (a certificate chain: tens); a bigger file is not
+# one, and is refused before it is read into memory
+MAX_SIGNATURE_BYTES = 2**20
 _CHANGED = re.compile(r"Hash mismatch for '([^']+)'")
 _EXTRA_OR_MISSING = re.compile(r"(Extra|Missing) files (?:found )?in model '[^']*': ([^\"\]]+)")
 
 
 class Unverified(Exception):
-    """A version whose signature does not prove it (`reason`: unsigned, untrusted, tampered, invalid)."""
+    """A version whose signature does not prove it (`reason`: unsigned, untrusted, tampered, invalid;
+    misplaced: signed as another model's name or version than it is found as)."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -102,12 +107,22 @@ class Trust:
         """Verify `folder` against its `model.sig`, with each trusted key in turn."""
         folder = Path(folder).resolve()  # a version folder may be a symlink within the repository
         signature = folder / SIGNATURE
-        if not signature.is_file():
+        try:
+            found = signature.lstat()
+        except FileNotFoundError:
             return Provenance(False, None, "unsigned", f"no {SIGNATURE} in {folder}")
+        except OSError as error:
+            return Provenance(False, None, "invalid", f"{SIGNATURE} cannot be read: {error.strerror or error}")
+        if not stat.S_ISREG(found.st_mode):
+            return Provenance(False, None, "invalid", f"{SIGNATURE} is not a regular file (a link, a folder)")
+        if found.st_size > MAX_SIGNATURE_BYTES:
+            return Provenance(False, None, "invalid", f"{SIGNATURE} is {found.st_size} bytes: a signature is at "
+                                                      f"most {MAX_SIGNATURE_BYTES}")
         try:
             claimed = _claimed_signer(signature)
-        except (ValueError, KeyError, TypeError) as error:
-            return Provenance(False, None, "invalid", f"{SIGNATURE} cannot be read: {error}")
+        except Exception as error:  # noqa: BLE001 - whatever its JSON holds, it is a signature that cannot be read
+            return Provenance(False, None, "invalid", f"{SIGNATURE} cannot be read: {type(error).__name__}: "
+                                                      f"{str(error)[:200]}")
         if not self._entries:
             return Provenance(False, claimed, "untrusted", "no trusted_keys configured to verify it with")
         for entry in self._entries:

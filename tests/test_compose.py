@@ -73,6 +73,8 @@ def test_services_are_pinned_limited_and_mounted():
                 assert Path(volume["source"]).exists(), f"{name} mounts {volume['source']}, which does not exist"
     diptych = services["diptych"]
     assert diptych["read_only"] and set(diptych["tmpfs"]) == set(WRITABLE)
+    cache = {volume["target"]: volume for volume in diptych["volumes"]}["/var/cache/diptych"]  # DIPTYCH_CACHE_DIR
+    assert cache["type"] == "volume" and cache["source"] in config["volumes"]
     assert {"3000", "50051"} <= {str(port["target"]) for port in diptych["ports"]}
     assert parse_seconds(diptych["stop_grace_period"]) > 30  # DIPTYCH_TIMEOUT_S for calls in flight
     targets = {volume["target"] for volume in services["prometheus"]["volumes"]}

@@ -571,6 +571,32 @@ def test_deployment_probes_security_and_rollout(overlay):
     assert [item["path"] for item in keys["items"]] == [Path(settings["DIPTYCH_API_KEYS_FILE"]).name]
 
 
+def mebibytes(quantity: str) -> float:
+    """A Kubernetes quantity of bytes (`256Mi`, `2Gi`, `2560Mi`) in MiB."""
+    units = {"Ki": 2**-10, "Mi": 1, "Gi": 2**10, "Ti": 2**20}
+    return float(quantity[:-2]) * units[quantity[-2:]]
+
+
+def test_object_storage_fetches_into_a_volume_its_bound_fits(overlay, tmp_path):
+    """The root file system is read-only: versions from s3:// go to an emptyDir at
+    DIPTYCH_CACHE_DIR whose sizeLimit is above DIPTYCH_CACHE_MAX_MB, and the emptyDirs fit in
+    the container's ephemeral-storage limit (past either, the kubelet evicts the pod)."""
+    from service.core.config import Settings
+
+    pod, main, settings = one(overlay, "Deployment")["spec"]["template"]["spec"], container(overlay), settings_of(overlay)
+    mounts = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    cache = volumes[mounts[settings["DIPTYCH_CACHE_DIR"]]]["emptyDir"]
+    assert "medium" not in cache  # on disk: a tmpfs would count against the memory limit
+    assert 0 < float(settings["DIPTYCH_CACHE_MAX_MB"]) < mebibytes(cache["sizeLimit"])
+    on_disk = sum(mebibytes(v["emptyDir"]["sizeLimit"]) for v in volumes.values()
+                  if "emptyDir" in v and v["emptyDir"].get("medium") != "Memory")
+    assert on_disk < mebibytes(main["resources"]["limits"]["ephemeral-storage"])
+    loaded = Settings.load({**{k: v for k, v in settings.items() if k != "DIPTYCH_API_KEYS_FILE"},
+                            "DIPTYCH_CACHE_DIR": str(tmp_path / "cache"), "DIPTYCH_MODEL_ROOT": "s3://bucket/models"})
+    assert loaded.cache_max_mb == float(settings["DIPTYCH_CACHE_MAX_MB"])
+
+
 def settings_of(overlay: str) -> dict[str, str]:
     (config_map,) = [doc for (kind, _), doc in objects(overlay).items() if kind == "ConfigMap"]
     (source,) = container(overlay)["envFrom"]

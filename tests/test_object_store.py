@@ -10,16 +10,17 @@ import asyncio
 import importlib.util
 import json
 
+import prometheus_client
 import pytest
 
 from contract.layout import is_folder_ref, is_location, resolve
 from service.batch.models import ModelArgumentError, parse
 from service.core import Conflict, Engine, Forbidden, Settings, ValidationError
 from service.core.repository import ModelConfig, Repository
-from service.core.sources import trusted
-from service.kinds import KINDS
+from service.core.sources import Cache, ObjectSource, Sources, objects, trusted
+from service.kinds import KINDS, Classifier
 from tests.conftest import eventually
-from tests.test_repository import FAST, classify, engine_for, repository, versions  # noqa: F401
+from tests.test_repository import FAST, classify, engine_for, png, repository, versions  # noqa: F401
 
 BAD = {"ftp://bucket/models": "ftp:// is not a model source", "S3://bucket/models": "S3:// is not a model source",
        "s3://": "is not a bucket name", "s3://B/models": "is not a bucket name",
@@ -133,7 +134,7 @@ def test_versions_load_from_s3_beside_the_old_and_the_cache_evicts_the_least_rec
         engine.manager.reconcile()
         assert eventually(lambda: versions(engine) == {3: "available"}, 60), versions(engine)
         assert classify(engine) == "3" and cached(cache) == ([2, 3], [])
-        source = engine.status()["shoes"]["versions"][3].version.ref
+        source = engine.status()["shoes"].versions[3].source
         assert source == aws.url(root, "shoes", 3)
     finally:
         engine.close()
@@ -148,7 +149,7 @@ def test_a_fetch_that_cannot_fit_fails_that_version_leaves_nothing_and_the_old_o
         aws.upload(tiny_models["other_classifier"], f"{root}/shoes/2")
         engine.manager.reconcile()
         assert versions(engine) == {1: "available", 2: "failed"}
-        reason = engine.status()["shoes"]["versions"][2].reason
+        reason = engine.status()["shoes"].versions[2].reason
         assert "CacheFull" in reason and "cache_max_mb = 10" in reason, reason
         assert classify(engine) == "1" and cached(cache) == ([1], [])
     finally:
@@ -159,13 +160,99 @@ def test_a_load_request_naming_a_url_outside_the_roots_or_a_bad_one_changes_noth
     """A URL is checked as a folder is: outside `model_root` and `allowed_roots`, 403; a bad one, 400."""
     engine = engine_for(repository, tiny_models, allowed_roots=("s3://diptych-models/staging",))
     try:
-        before = engine.status()["shoes"]["policy"]
+        before = engine.status()["shoes"].policy
         with pytest.raises(Forbidden, match="outside the model roots"):
             asyncio.run(engine.load_model("shoes", None, {"path": "s3://diptych-models/elsewhere/shoes"}))
         with pytest.raises(ValidationError, match="ftp:// is not a model source"):
             asyncio.run(engine.load_model("shoes", None, {"path": "ftp://diptych-models/staging/shoes"}))
         with pytest.raises(Conflict, match="boots: .* none of the versions"):  # admitted, looked for: none there
             asyncio.run(engine.load_model("boots", None, {"path": "s3://diptych-models/staging/boots"}))
-        assert engine.status()["shoes"]["policy"] == before and classify(engine) == "2"
+        assert engine.status()["shoes"].policy == before and classify(engine) == "2"
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("source", [{"model_root": "s3://bucket/models"}, {"classifier": "s3://bucket/models/shoes"},
+                                    {"allowed_roots": ("s3://bucket/staging",)},
+                                    {"repository": {"shoes": {"path": "s3://bucket/shoes"}}}])
+def test_object_storage_needs_a_writable_cache_dir_at_start_and_a_bound_is_never_none(tmp_path, source):
+    """Found at start and naming the setting, not per version (a read-only root file system);
+    without object storage the folder is not needed. A tiny positive bound is not 0 (none)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match=rf"setting cache_dir: {blocker}/cache is not a writable folder .*s3://bucket"):
+        Settings(cache_dir=str(blocker / "cache"), store=False, generator="", **{"classifier": "", **source})
+    with pytest.raises(ValueError, match="setting cache_dir"):
+        Settings.load({"DIPTYCH_MODEL_ROOT": "s3://bucket/models", "DIPTYCH_CACHE_DIR": str(blocker / "cache")})
+    Settings(cache_dir=str(blocker / "cache"), model_root=str(tmp_path), store=False)
+    settings = Settings(cache_dir=str(tmp_path / "cache"), cache_max_mb=1e-7, store=False, classifier="", generator="")
+    assert Repository(settings).cache.max_bytes == 1
+
+
+def served_predictions(engine: Engine):
+    return asyncio.run(engine.get(Classifier, "shoes").classify([png()], 3)).predictions
+
+
+def test_a_served_version_uploaded_again_keeps_serving_its_copy_and_the_change_is_said_once(
+        aws, tiny_models, tmp_path):
+    """Versions are immutable: a new upload over shoes/1 (other weights) is never loaded in
+    its place nor mixed in; it is counted once per upload and shown as the version's reason."""
+    root, cache = f"{tmp_path.name}/models", tmp_path / "cache"
+    aws.upload(tiny_models["classifier"], f"{root}/shoes/1")
+    engine = s3_engine(aws, tiny_models, root, cache)
+    try:
+        before, counted = served_predictions(engine), reuploaded("shoes")
+        aws.upload(tiny_models["other_classifier"], f"{root}/shoes/1")
+        for _ in range(2):
+            engine.manager.reconcile()
+        assert versions(engine) == {1: "available"} and cached(cache) == ([1], [])
+        assert served_predictions(engine) == before
+        assert "uploaded again while it serves" in engine.status()["shoes"].versions[1].reason
+        assert reuploaded("shoes") == counted + 1
+    finally:
+        engine.close()
+
+
+def reuploaded(model: str) -> float:
+    return prometheus_client.REGISTRY.get_sample_value("diptych_model_versions_reuploaded_total",
+                                                       {"model": model}) or 0.0
+
+
+def test_a_fetch_never_mixes_two_uploads(aws, tmp_path, monkeypatch):
+    """An upload over a version while it is fetched (here, just after its first object came
+    down) fails the fetch and leaves nothing in the cache; so does a card uploaded again since
+    the scan listed it; the next scan's version is fetched whole, from the new upload alone."""
+    root, card = f"{tmp_path.name}/models", {"name": "shoes", "version": 1, "kind": "classifier"}
+    for key, body in (("saved_model.pb", b"old graph"), ("variables/variables.index", b"old index"),
+                      ("model_card.json", card)):
+        put(aws, f"{root}/shoes/1/{key}", body)
+    source = ObjectSource(aws.url(root), Sources(quiet=True), Cache(tmp_path / "cache", 0))
+    (listed,) = source.models()["shoes"]
+    filesystem = objects._filesystem
+
+    def racing(scheme: str):
+        fs = filesystem(scheme)
+        get_file = fs.get_file
+
+        def get_then_upload(remote, local, **options):
+            get_file(remote, local, **options)
+            monkeypatch.setattr(fs, "get_file", get_file)  # once
+            put(aws, f"{root}/shoes/1/variables/variables.index", b"new index")
+            put(aws, f"{root}/shoes/1/saved_model.pb", b"new graph")
+
+        monkeypatch.setattr(fs, "get_file", get_then_upload)
+        return fs
+
+    monkeypatch.setattr(objects, "_filesystem", racing)
+    with pytest.raises(objects.Reuploaded, match="changed while it was fetched"):
+        source.fetch(listed)
+    monkeypatch.setattr(objects, "_filesystem", filesystem)
+    assert [path.name for path in (tmp_path / "cache").iterdir() if path.name != ".lock"] == []
+    put(aws, f"{root}/shoes/1/model_card.json", {**card, "note": "the new upload"})
+    with pytest.raises(objects.Reuploaded, match="uploaded again since it was listed"):
+        source.fetch(listed)
+    (new,) = source.models()["shoes"]
+    folder, release = source.fetch(new)
+    assert [(folder / name).read_bytes() for name in ("saved_model.pb", "variables/variables.index")] == \
+        [b"new graph", b"new index"] and json.loads((folder / "model_card.json").read_text())["note"] == "the new upload"
+    release()

@@ -82,7 +82,7 @@ def test_a_truncated_jpeg_is_refused_with_its_field():
 
 
 @pytest.mark.parametrize("shape, mode", [((28, 28), "L"), ((28, 28, 1), "L"), ((28, 28, 3), "RGB"),
-                                         ((5, 7, 4), "RGBA"), ((64, 33, 3), "RGB")])
+                                         ((5, 7, 4), "RGBA"), ((64, 33, 3), "RGB"), ((9, 6, 2), "LA")])
 def test_png_encoding_is_lossless_in_every_mode(shape, mode):
     """Generated images go out through fpng (RGB, RGBA) or Pillow (grey): the same pixels back."""
     pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
@@ -91,3 +91,11 @@ def test_png_encoding_is_lossless_in_every_mode(shape, mode):
         image = Image.open(io.BytesIO(encode_png(variant)))
         assert image.mode == mode
         np.testing.assert_array_equal(np.asarray(image).reshape(shape), variant)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.int64])
+def test_png_encoding_refuses_pixels_it_cannot_write_rather_than_writing_others(dtype):
+    """fpng reads raw bytes as uint8 RGB(A): anything but uint8 goes to Pillow, which refuses it."""
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 3)).astype(dtype)
+    with pytest.raises((TypeError, OSError)):
+        encode_png(pixels)

@@ -16,9 +16,11 @@ from pathlib import Path
 import prometheus_client
 import pytest
 
+from contract.card import ModelCard
 from contract.signing import SIGNATURE, Trust, Unverified, hashing_config, sign
 from service.core.config import Settings
-from service.core.loader import verify
+from service.core.loader import check_signed_identity, verify
+from service.core.repository import Repository, Version
 from tests.conftest import ROOT, ec_key_pair
 
 
@@ -89,6 +91,37 @@ def test_unsigned_and_unreadable_signatures(model, keys):
     assert trust.check(model).reason == "unsigned"
     (model / SIGNATURE).write_text("not a signature")
     assert trust.check(model).reason == "invalid"
+
+
+def linked_to_a_good_signature(path: Path, private: Path) -> None:
+    sign(path.parent, private)
+    path.rename(path.parent.parent / "elsewhere.sig")
+    path.symlink_to(path.parent.parent / "elsewhere.sig")
+
+
+MALFORMED = {
+    "material a list": lambda path, _: path.write_text(json.dumps({"verificationMaterial": []})),
+    "an empty certificate chain": lambda path, _: path.write_text(
+        json.dumps({"verificationMaterial": {"x509CertificateChain": {"certificates": []}}})),
+    "not an object": lambda path, _: path.write_text("[1, 2]"),
+    "a link, to a good signature": linked_to_a_good_signature,
+    "a folder": lambda path, _: path.mkdir(),
+    "over 1 MiB": lambda path, _: path.write_text(
+        json.dumps({"verificationMaterial": {"publicKey": {"hint": "ab"}}, "padding": " " * 2**20})),
+}
+
+
+@pytest.mark.parametrize("malformed", MALFORMED)
+def test_a_malformed_signature_is_invalid_never_a_crash(model, keys, malformed):
+    """Signing off, it is reported and the version loads; required, it is refused as invalid
+    and counted. A signature that is not a regular file, or too big to be one, is not read."""
+    MALFORMED[malformed](model / SIGNATURE, keys["trusted"][0])
+    assert Trust.load([]).check(model).reason == "invalid"
+    assert verify("shoes", str(model), Settings()).reason == "invalid"  # off: loads
+    before = refused("shoes", "invalid")
+    with pytest.raises(Unverified, match="invalid: model.sig"):
+        verify("shoes", str(model), Settings(require_signed=True, trusted_keys=(str(keys["trusted"][1]),)))
+    assert refused("shoes", "invalid") == before + 1
 
 
 def test_a_symlink_inside_a_signed_folder_is_refused(model, keys, tmp_path):
@@ -181,6 +214,33 @@ def test_the_load_path_refuses_what_is_not_proven_only_when_required(model, keys
     with pytest.raises(Unverified, match="tampered: changed since signing: saved_model.pb"):
         verify("shoes", str(model), required)
     assert refused("shoes", "tampered") == before + 1
+
+
+def test_with_require_signed_a_version_serves_only_as_the_name_and_number_its_card_signs(model, keys, tmp_path):
+    """A signed cats:2 copied to shoes/9 verifies (the bytes are the signer's) but is refused as
+    misplaced, and counted; a `[repository.<name>] path` serving cats under another name is the
+    operator's setting: the name compared is the one the folder gives."""
+    card = ModelCard.new(kind="classifier", name="cats", version=2, numeric_signature="x", tolerance=0.0)
+    required = Settings(require_signed=True, trusted_keys=(str(keys["trusted"][1]),))
+    check_signed_identity(Version("cats", 2, "models/cats/2", "classifier"), card, required)
+    before = refused("shoes", "misplaced")
+    for name, number in (("shoes", 9), ("cats", 9), ("shoes", 2)):
+        with pytest.raises(Unverified, match=f"misplaced: signed as cats:2, found as {name}:{number}"):
+            check_signed_identity(Version(name, number, f"models/{name}/{number}", "classifier"), card, required)
+    assert refused("shoes", "misplaced") == before + 2
+    check_signed_identity(Version("shoes", 9, "models/shoes/9", "classifier"), card, Settings())  # off: loads
+
+    for number in (2, 3):
+        folder = tmp_path / "elsewhere" / "cats" / str(number)
+        shutil.copytree(model, folder)
+        ModelCard.new(kind="classifier", name="cats", version=number, numeric_signature="x", tolerance=0.0).write(
+            folder)
+    found = Repository(Settings(store=False, classifier="", generator="",
+                                repository={"pets": {"path": str(tmp_path / "elsewhere" / "cats")}})).scan()
+    pets = found.versions["pets"]
+    assert [(version.name, version.found_as, version.number) for version in pets] == [("pets", "cats", 2),
+                                                                                     ("pets", "cats", 3)]
+    check_signed_identity(pets[0], card, required)
 
 
 # -- the training side -----------------------------------------------------------------------

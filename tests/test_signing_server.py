@@ -7,6 +7,7 @@ trusted key file that is missing stops the start with a clear error."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.card import ModelCard
 from contract.signing import sign
 from tests.conftest import ROOT, Server, ec_key_pair, eventually
 from tests.grpc_clients import png_bytes
@@ -25,12 +27,15 @@ pytestmark = pytest.mark.slow
 
 
 def add_version(root: Path, name: str, number: int, source: Path, key: Path | None,
-                tamper: str | None = None) -> None:
-    """Copy `source` in as `root/name/number`, signed with `key`, then with one byte of `tamper`
-    (a file in it) changed; renamed into place whole, as an operator's copy would be."""
+                tamper: str | None = None, signed_as: tuple[str, int] | None = None) -> None:
+    """Copy `source` in as `root/name/number`, its card saying `signed_as` (default: that name
+    and number, as an export of it says), signed with `key`, then with one byte of `tamper` (a
+    file in it) changed; renamed into place whole, as an operator's copy would be."""
     staging = root / name / f".{number}.partial"
     shutil.copytree(source, staging)
     shutil.rmtree(staging / "litert", ignore_errors=True)
+    card_name, card_version = signed_as or (name, number)
+    dataclasses.replace(ModelCard.read(staging), name=card_name, version=card_version).write(staging)
     if key is not None:
         sign(staging, key)
     if tamper is not None:
@@ -48,6 +53,7 @@ def signed(tiny_models, tmp_path_factory):
     add_version(root, "shoes", 1, tiny_models["classifier"], trusted)
     add_version(root, "unsigned", 1, tiny_models["classifier"], None)
     add_version(root, "stranger", 1, tiny_models["classifier"], stranger)
+    add_version(root, "cats", 9, tiny_models["classifier"], trusted, signed_as=("shoes", 1))  # a copy of shoes:1
     env = {key: value for key, value in os.environ.items() if not key.startswith("DIPTYCH_")}
     env.update(BENTOML_HOME=str(tmp / "home"), BENTOML_DO_NOT_TRACK="true", TF_CPP_MIN_LOG_LEVEL="3")
     published = subprocess.run([sys.executable, "-m", "training.publish", str(tiny_models["classifier"]),
@@ -95,6 +101,17 @@ def test_unsigned_and_untrusted_versions_are_refused(signed, name, reason):
     assert metric(server, "diptych_model_verification_failures_total", model=name, reason=reason) >= 1
     answer = server.client.post("/classify", json={"model": name, "images": [base64.b64encode(png_bytes()).decode()]})
     assert answer.status_code == 404  # nothing of it serves
+
+
+def test_a_signed_version_copied_under_another_name_and_number_is_refused(signed):
+    """Its bytes are the signer's, but not as cats:9: swapped or rolled back by whoever can
+    write to the repository, it is refused, and counted."""
+    server, _, _, _ = signed
+    assert eventually(lambda: listed(server, "cats").get("9", {}).get("state") == "failed", 120), listed(server, "cats")
+    assert listed(server, "cats")["9"]["reason"] == "Unverified: misplaced: signed as shoes:1, found as cats:9"
+    assert metric(server, "diptych_model_verification_failures_total", model="cats", reason="misplaced") >= 1
+    answer = server.client.post("/classify", json={"model": "cats", "images": [base64.b64encode(png_bytes()).decode()]})
+    assert answer.status_code == 404
 
 
 def test_a_version_changed_after_signing_is_refused_on_hot_reload_and_the_old_one_keeps_serving(signed, tiny_models):

@@ -6,7 +6,8 @@
 
 The store tag is `<card name>:<card version>` (`classifier:3`), so the service's default
 `classifier:latest` picks it up; the model card becomes the tag's metadata, its kind,
-dataset and backbone its labels. Publishing the same export again changes nothing;
+dataset and backbone its labels. Published under another name (`--name`), the copy's card
+says that name: with `require_signed`, the service serves a version only as its signed card names it. Publishing the same export again changes nothing;
 a different export under a tag that exists needs --force.
 
 Beside the SavedModel goes its LiteRT conversion (`litert/model.tflite`), verified against
@@ -23,6 +24,7 @@ here: it does not cover the conversion added, so a signed export needs --sign-ke
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import shutil
 from pathlib import Path
@@ -73,8 +75,12 @@ def publish(path: str | Path, name: str | None = None, force: bool = False, sign
         bentoml.models.delete(tag)
     labels = {key: str(value) for key in ("kind", "dataset", "backbone") if (value := getattr(card, key)) is not None}
     conversion = convert_and_verify(source, card, cores())
-    with bentoml.models.create(tag, labels={**labels, DIGEST_LABEL: digest}, metadata=_without_none(card.to_dict())) as model:
+    stored = dataclasses.replace(card, name=tag.name)  # the copy's card says its tag: a signed card binds it
+    with bentoml.models.create(tag, labels={**labels, DIGEST_LABEL: digest},
+                               metadata=_without_none(stored.to_dict())) as model:
         shutil.copytree(source, model.path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(SIGNATURE))
+        if stored != card:
+            stored.write(model.path)
         conversion.save(model.path)
     if sign_key:  # after BentoML has written its model.yaml, so that it is covered too
         sign(bentoml.models.get(tag).path, sign_key)

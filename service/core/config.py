@@ -21,6 +21,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
+from contract.layout import is_url
 from contract.runtime import cores
 
 from .runtimes import runtime_named
@@ -104,6 +105,16 @@ class Settings:
         for name, ref in [*defaults, ("model_root", self.model_root),
                           *(("allowed_roots", root) for root in self.allowed_roots)]:
             check_location(name, ref)
+        self._check_cache_dir([ref for _, ref in defaults] + [self.model_root, *self.allowed_roots])
+
+    def _check_cache_dir(self, refs: list[str | None]) -> None:
+        """Where any model comes from object storage, `cache_dir` must be writable now."""
+        from .sources import check_cache_dir
+
+        tables = self.repository.values() if isinstance(self.repository, dict) else []
+        paths = [table.get("path") for table in tables if isinstance(table, dict)]
+        if url := next((ref for ref in [*refs, *paths] if isinstance(ref, str) and is_url(ref)), None):
+            check_cache_dir(self.cache_folder(), url)
 
     def cache_folder(self) -> Path:
         """`cache_dir`, or the user's cache folder (XDG_CACHE_HOME, else ~/.cache)."""

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from contract.card import ModelCard
 from contract.signing import Provenance, Unverified, trust
 
 from .config import Settings
@@ -41,6 +42,7 @@ def load_version(version: Version, folder: Path, kinds: Mapping[str, type[Served
             raise ValueError(f"{version.ref} holds a model of kind {info.kind!r}; this service serves {sorted(kinds)}")
         info = dataclasses.replace(info, name=version.name, version=str(version.number), source=version.ref)
         provenance = verify(version.name, info.path, settings)
+        check_signed_identity(version, info.card, settings)
         model = kind.load(dataclasses.replace(info, provenance=provenance), settings)
         model.warm_up()
     return model
@@ -58,6 +60,18 @@ def verify(name: str, folder: str, settings: Settings) -> Provenance:
         log.warning("%s at %s is loaded though its signature does not verify (require_signed is off): %s: %s",
                     name, folder, provenance.reason, provenance.detail)
     return provenance
+
+
+def check_signed_identity(version: Version, card: ModelCard, settings: Settings) -> None:
+    """With `require_signed`, a version serves only as the name and number its signed card
+    gives: a signed `cats/2` copied to `shoes/9` (a swap, or a roll-back under a new number)
+    is refused. The name compared is the one its source finds it under (the folder's, the
+    store tag's): a `[repository.<name>] path` that serves it under another name is the
+    operator's setting, not the bucket's."""
+    signed, found = (card.name, card.version), (version.found_as or version.name, version.number)
+    if settings.require_signed and signed != found:
+        metrics().model_verification_failures.labels(model=version.name, reason="misplaced").inc()
+        raise Unverified("misplaced", f"signed as {card.name}:{card.version}, found as {found[0]}:{found[1]}")
 
 
 def check_budget(footprint: int, loaded: int, settings: Settings) -> None:

@@ -90,7 +90,11 @@ class Metrics:
         )
         self.model_verification_failures = prom.Counter(
             "diptych_model_verification_failures", "Model versions refused by require_signed, by reason (unsigned, "
-            "untrusted, tampered, invalid)", ["model", "reason"]
+            "untrusted, tampered, invalid, misplaced)", ["model", "reason"]
+        )
+        self.model_versions_reuploaded = prom.Counter(
+            "diptych_model_versions_reuploaded", "Served object-store versions uploaded again (versions are "
+            "immutable: the loaded copy keeps serving; upload a new version number)", ["model"]
         )
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -65,7 +66,8 @@ class Repository:
         self.configs = dict(configs) if configs is not None else parse_configs(settings.repository)
         # each source's last good read: what a vanished one served keeps serving; quiet: a trial scan
         self.sources = Sources(quiet)
-        self.cache = Cache(settings.cache_folder(), int(settings.cache_max_mb * 2**20))
+        # rounded up: a positive bound, however small, is a bound (0 bytes would mean none)
+        self.cache = Cache(settings.cache_folder(), math.ceil(settings.cache_max_mb * 2**20))
 
     def scan(self) -> Found:
         """Every model's versions, from the first source that names it."""
@@ -130,7 +132,7 @@ class Repository:
                     self.sources.ignore(ref, str(error))
                     return []
             found = self._from_store().get(store_name, [])
-        return [dataclasses.replace(version, name=name) for version in found]
+        return [dataclasses.replace(version, name=name, found_as=version.found_as or version.name) for version in found]
 
     def _from_root(self) -> dict[str, list[Version]]:
         """The repository root's models (a folder: each model folder is a source of its own)."""

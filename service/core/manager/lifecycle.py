@@ -156,10 +156,23 @@ class Manager(Routing, ModelControl):
 
     def _ensure_loaded(self, version: Version) -> None:
         slot = self._slots.get(version.name, {}).get(version.number)
+        if slot is not None and slot.state == AVAILABLE and slot.version.stamp != version.stamp:
+            self._reuploaded(slot, version)
         if slot is not None and (slot.state in (AVAILABLE, LOADING) or
                                  slot.state == FAILED and slot.version == version):
             return  # a failed version is tried again only when it changes (or on a load request)
         self._load(version)
+
+    @staticmethod
+    def _reuploaded(slot: Slot, version: Version) -> None:
+        """A served version uploaded again: versions are immutable (TF Serving's rule), so the
+        loaded copy keeps serving, and the change is said once per upload (log, metric, reason)."""
+        note = (f"uploaded again while it serves (card ETag {slot.version.stamp} → {version.stamp}): versions are "
+                "immutable, this copy keeps serving; upload a new version number")
+        if slot.reason != note:
+            slot.reason = note
+            metrics().model_versions_reuploaded.labels(model=version.name).inc()
+            log.warning("%s:%s %s", version.name, version.number, note)
 
     def _load(self, version: Version) -> None:
         slot = Slot(version)

@@ -16,13 +16,13 @@ from pathlib import Path
 from contract.layout import is_folder_ref, is_url
 
 from .base import Location, Release, Source, Sources, Version, nothing_to_release
-from .cache import Cache, CacheFull
+from .cache import Cache, CacheFull, check_cache_dir
 from .folder import FolderSource
 from .objects import ObjectSource, check_url, within
 from .store import StoreSource
 
 __all__ = ["Cache", "CacheFull", "FolderSource", "Location", "ObjectSource", "Release", "Source", "Sources",
-           "StoreSource", "Version", "check_location", "check_url", "fetch", "location", "nothing_to_release", "trusted"]
+           "StoreSource", "Version", "check_cache_dir", "check_location", "check_url", "fetch", "location", "nothing_to_release", "trusted"]
 
 
 def location(ref: str, sources: Sources, cache: Cache) -> Location:

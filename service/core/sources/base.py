@@ -35,6 +35,7 @@ class Version:
     ref: str  # what its source fetches: a version folder, an object-store URL or a store tag
     kind: str | None  # from its card (None: unreadable, which the load then reports)
     stamp: str = ""  # an object-store version's card ETag: a new upload is a new version, tried again
+    found_as: str = ""  # the name its source gives it, where a setting serves it as `name` ([repository.*] path)
 
 
 class Source(Protocol):

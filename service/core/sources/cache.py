@@ -31,6 +31,17 @@ class CacheFull(Exception):
     """The version does not fit in `cache_max_mb` beside the versions in use."""
 
 
+def check_cache_dir(folder: Path, needed_by: str) -> None:
+    """A ValueError naming the setting when `folder` cannot hold fetched versions: found at
+    start, not at each version's fetch (a read-only root file system, a path through a file)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise ValueError(f"setting cache_dir: {folder} is not a writable folder ({error.strerror or error}), and "
+                         f"{needed_by} is fetched there: set DIPTYCH_CACHE_DIR to a writable volume") from None
+
+
 class Cache:
     def __init__(self, folder: Path, max_bytes: int) -> None:
         self.folder = folder

@@ -10,7 +10,9 @@ Default Credentials (GOOGLE_APPLICATION_CREDENTIALS).
 `model_card.json` is there, beside its `saved_model.pb`: upload the card last (export and
 `training.publish` write it last too). A version without one is an upload in progress, or
 one cut short: it is ignored (and reported) and never loads. The card's ETag is the
-version's stamp: a new upload of it is a new version, and never a stale cached copy.
+version's stamp. Versions are immutable (as TF Serving treats them): a fetch is of one
+upload, checked after the download, and a served version uploaded again keeps serving what
+it loaded (the manager reports the change); upload a new version number instead.
 """
 
 from __future__ import annotations
@@ -84,12 +86,19 @@ class ObjectSource:
         return sorted(self._complete(listing, depth=0 if one else 1), key=lambda version: version.number)
 
     def fetch(self, version: Version) -> tuple[Path, Release]:
-        """The version's objects, listed again now (complete, or the fetch fails), into the cache."""
+        """The version's objects, listed again now (complete, or the fetch fails), into the cache,
+        under the stamp the scan read. Versions are immutable: never a mix of two uploads, so the
+        listing is taken again after the download and any object that changed fails the fetch
+        (the staging folder is discarded; the next scan sees the new upload)."""
         path = version.ref.partition("://")[2]
         files = self._listing(path).get((), {})
         if CARD not in files or SAVED_MODEL not in files:
             raise FileNotFoundError(f"{version.ref}: no longer complete (no {CARD} or {SAVED_MODEL} there)")
-        digest = hashlib.sha256(f"{version.ref}\n{files[CARD].get('ETag', '')}".encode()).hexdigest()[:16]
+        before = _stamps(files)
+        if version.stamp and before[CARD] != version.stamp:
+            raise Reuploaded(f"{version.ref}: uploaded again since it was listed (its {CARD} changed): "
+                             "the next scan sees the new upload")
+        digest = hashlib.sha256(f"{version.ref}\n{before[CARD]}".encode()).hexdigest()[:16]
         fs = _filesystem(self.scheme)
 
         def download(staging: Path) -> None:
@@ -98,6 +107,9 @@ class ObjectSource:
                     raise ValueError(f"{version.ref}: object {relative[:80]!r} would be written outside the version")
                 (staging / relative).parent.mkdir(parents=True, exist_ok=True)
                 fs.get_file(info["name"], str(staging / relative))
+            if _stamps(self._listing(path).get((), {})) != before:
+                raise Reuploaded(f"{version.ref}: its objects changed while it was fetched (an upload over it): "
+                                 "nothing is kept, the next scan tries again")
 
         size = sum(int(info.get("size") or 0) for info in files.values())
         return self.cache.fetch(f"{version.name}-{version.number}-{digest}", size, download)
@@ -149,6 +161,15 @@ class ObjectSource:
         except ValueError as reason:
             self.sources.ignore(url, str(reason))
             return None
+
+
+class Reuploaded(Exception):
+    """A version's objects changed between its listing and its download: two uploads, never mixed."""
+
+
+def _stamps(files: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each object's ETag (its size too, where a store gives no ETag), by its path in the version."""
+    return {relative: str(info.get("ETag") or info.get("size")) for relative, info in files.items()}
 
 
 def _filesystem(scheme: str):
