@@ -45,6 +45,7 @@ class Classifier(ServedModel):
     default_model = "classifier:latest"
     wire = "service.kinds.classifier_wire"
     card_fields = ("labels", "image_size", "channels")
+    conversion_check = "top-1"  # its scores' best label is the answer: a conversion must keep it
     tensor_runners = {frozenset({"image_bytes"}): "score_tensor_bytes", frozenset({"images"}): "score_tensor_pixels"}
 
     def __init__(self, *args, **kwargs) -> None:
