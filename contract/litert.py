@@ -12,9 +12,9 @@ calibration sample (`calibration.npz`: a few dozen real inputs that the export w
 training images at the model's size, or seeded latents), and the outputs are judged by a
 check that the kind of model names (`contract.checks`: within the card's `tolerance`, and
 for a classifier the same top-1 too). Both are timed on that batch too, so `auto` can keep
-whichever costs less. `training.publish` stores the result beside the SavedModel in the model store
-(`litert/`); a model without one is converted when the service loads it, in a process of
-its own (`convert_apart`, which runs this module: `python -m contract.litert --help`).
+whichever costs less. `training.publish` stores the result beside the SavedModel in the
+model store (`litert/`); a model without one is converted when the service loads it, in a
+process of its own (`convert_apart`, which runs this module: `python -m contract.litert --help`).
 Nothing here knows a dataset or a kind of model: the card, the sample and the check say it all.
 """
 
@@ -125,16 +125,16 @@ class Conversion:
         return cls(flatbuffer, report)
 
 
-def convert_and_verify(folder: str | os.PathLike, card: ModelCard, interpreters: int,
-                       check: str = STRICTEST) -> Conversion:
-    """Convert the SavedModel in `folder`, verify it by `check` and time it; never raises for a
-    model that fails: the report's `reason` says why, and the model is then served by TensorFlow."""
+def convert_and_verify(folder: str | os.PathLike, card: ModelCard, interpreters: int) -> Conversion:
+    """Convert the SavedModel in `folder`, verify it (by the strictest check: a kind judges it
+    again by its own, `Conversion.judged`) and time it; never raises for a model that fails:
+    the report's `reason` says why, and the model is then served by TensorFlow."""
     report: dict[str, Any] = {"signature": card.numeric_signature, "converter": _version("tensorflow"),
                               "interpreter": _version("ai-edge-litert"), "interpreters": interpreters}
     try:
         inputs = calibration(folder)
         flatbuffer = convert(folder, card.numeric_signature, inputs)
-        report.update(verify(folder, card, flatbuffer, inputs, interpreters, check))
+        report.update(verify(folder, card, flatbuffer, inputs, interpreters))
     except ConversionError as error:
         return Conversion(None, {**report, "verified": False, "reason": str(error)})
     except Exception as error:  # TensorFlow and the interpreter raise many kinds
@@ -230,8 +230,9 @@ def convert(folder: str | os.PathLike, signature: str, inputs: Mapping[str, np.n
 
 
 def verify(folder: str | os.PathLike, card: ModelCard, flatbuffer: bytes, inputs: Mapping[str, np.ndarray],
-           interpreters: int, check: str = STRICTEST) -> dict[str, Any]:
-    """Run TensorFlow and a LiteRT pool on the calibration sample: judge by `check`, and time both."""
+           interpreters: int) -> dict[str, Any]:
+    """Run TensorFlow and a LiteRT pool on the calibration sample: measure and judge (by the
+    strictest check), and time both."""
     tensorflow = SavedModelRuntime(str(folder), card.numeric_signature)
     litert = LiteRTRuntime(flatbuffer, interpreters)
     described = f"the export's {len(next(iter(inputs.values())))} calibration inputs"
@@ -245,7 +246,7 @@ def verify(folder: str | os.PathLike, card: ModelCard, flatbuffer: bytes, inputs
             parts = list(threads.map(litert.run, chunks))
             return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
-        result = judge(measure(tensorflow.run(inputs), pooled(inputs)), card.tolerance, check, described)
+        result = judge(measure(tensorflow.run(inputs), pooled(inputs)), card.tolerance, STRICTEST, described)
         timings = {"tensorflow": _timed(tensorflow.run, inputs), "litert": _timed(pooled, inputs)}
     return {"calibration": described, **result,
             "images_per_second": {name: speed for name, (speed, _) in timings.items()},
