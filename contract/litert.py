@@ -9,13 +9,13 @@ flatbuffer that needs TensorFlow's kernels would gain nothing.
 
 A conversion is verified before it is used: TensorFlow and a LiteRT pool run the export's
 calibration sample (`calibration.npz`: a few dozen real inputs that the export wrote, e.g.
-training images at the model's size, or seeded latents), and every output must agree to
-the card's `tolerance`, with the same arg-max in every row of a float matrix (a
-classifier's top-1). Both are timed on that batch too, so `auto` can keep whichever costs
-less. `training.publish` stores the result beside the SavedModel in the model store
-(`litert/`); a model without one is converted when the service loads it, in a process of
-its own (`convert_apart`, which runs this module: `python -m contract.litert --help`).
-Nothing here knows a dataset or a kind of model: the card and the sample say it all.
+training images at the model's size, or seeded latents), and the outputs are judged by a
+check that the kind of model names (`contract.checks`: within the card's `tolerance`, and
+for a classifier the same top-1 too). Both are timed on that batch too, so `auto` can keep
+whichever costs less. `training.publish` stores the result beside the SavedModel in the
+model store (`litert/`); a model without one is converted when the service loads it, in a
+process of its own (`convert_apart`, which runs this module: `python -m contract.litert --help`).
+Nothing here knows a dataset or a kind of model: the card, the sample and the check say it all.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from .card import ModelCard
+from .checks import STRICTEST, judge, measure
 from .runtime import LiteRTRuntime, SavedModelRuntime
 from .signatures import signatures
 
@@ -57,8 +58,10 @@ class ConversionError(Exception):
 @dataclasses.dataclass(frozen=True)
 class Conversion:
     """A converted model (`flatbuffer`, None when it failed) and its report, which records
-    the verification (`verified`, `reason`, `max_difference`, `calibration`) and what each
-    runtime measured: `images_per_second` (wall clock) and `cpu_ms_per_image`."""
+    the verification (`verified` by which `check`, `reason`, `max_difference`,
+    `top1_agreement`, `calibration`) and what each runtime measured: `images_per_second`
+    (wall clock) and `cpu_ms_per_image`. A flatbuffer that a check refused is kept (its
+    sha256 too), since another kind's check may accept it (`judged`)."""
 
     flatbuffer: bytes | None
     report: dict[str, Any]
@@ -82,9 +85,20 @@ class Conversion:
         measured = ", ".join(f"{runtime} {value:g} images/s, {cost.get(runtime, float('nan')):.2f} CPU ms per image"
                              for runtime, value in speed.items())
         if not self.verified:
-            return f"LiteRT conversion not verified: {self.report['reason']}; the service will use TensorFlow"
+            check = f" by the {self.report['check']} check" if "check" in self.report else ""
+            return f"LiteRT conversion not verified{check}: {self.report['reason']}; the service will use " \
+                   f"TensorFlow unless its kind's check accepts it"
         return f"LiteRT verified: {self.report['reason']}, largest difference " \
                f"{self.report['max_difference']:.2g}; measured {measured}"
+
+    def judged(self, check: str) -> Conversion:
+        """This conversion as `check` (the serving kind's) judges its measurements: a stored
+        one was judged by whoever converted it, who may not have known the kind."""
+        if self.flatbuffer is None or "max_difference" not in self.report or self.report.get("check") == check:
+            return self
+        measured = {key: self.report[key] for key in ("max_difference", "top1_agreement")}
+        verdict = judge(measured, self.report["tolerance"], check, self.report["calibration"])
+        return Conversion(self.flatbuffer, {**self.report, **verdict})
 
     def save(self, model_dir: str | Path) -> None:
         folder = Path(model_dir) / FOLDER
@@ -112,8 +126,9 @@ class Conversion:
 
 
 def convert_and_verify(folder: str | os.PathLike, card: ModelCard, interpreters: int) -> Conversion:
-    """Convert the SavedModel in `folder`, verify and time it; never raises for a model that
-    fails: the report's `reason` says why, and the model is then served by TensorFlow."""
+    """Convert the SavedModel in `folder`, verify it (by the strictest check: a kind judges it
+    again by its own, `Conversion.judged`) and time it; never raises for a model that fails:
+    the report's `reason` says why, and the model is then served by TensorFlow."""
     report: dict[str, Any] = {"signature": card.numeric_signature, "converter": _version("tensorflow"),
                               "interpreter": _version("ai-edge-litert"), "interpreters": interpreters}
     try:
@@ -125,8 +140,6 @@ def convert_and_verify(folder: str | os.PathLike, card: ModelCard, interpreters:
     except Exception as error:  # TensorFlow and the interpreter raise many kinds
         first_line = next(iter(str(error).strip().splitlines()), "")
         return Conversion(None, {**report, "verified": False, "reason": f"{type(error).__name__}: {first_line}"})
-    if not report["verified"]:
-        return Conversion(None, report)
     return Conversion(flatbuffer, {**report, "sha256": _digest(flatbuffer)})
 
 
@@ -218,7 +231,8 @@ def convert(folder: str | os.PathLike, signature: str, inputs: Mapping[str, np.n
 
 def verify(folder: str | os.PathLike, card: ModelCard, flatbuffer: bytes, inputs: Mapping[str, np.ndarray],
            interpreters: int) -> dict[str, Any]:
-    """Run TensorFlow and a LiteRT pool on the calibration sample: compare, and time both."""
+    """Run TensorFlow and a LiteRT pool on the calibration sample: measure and judge (by the
+    strictest check), and time both."""
     tensorflow = SavedModelRuntime(str(folder), card.numeric_signature)
     litert = LiteRTRuntime(flatbuffer, interpreters)
     described = f"the export's {len(next(iter(inputs.values())))} calibration inputs"
@@ -232,29 +246,11 @@ def verify(folder: str | os.PathLike, card: ModelCard, flatbuffer: bytes, inputs
             parts = list(threads.map(litert.run, chunks))
             return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
-        result = compare(tensorflow.run(inputs), pooled(inputs), card.tolerance, described)
+        result = judge(measure(tensorflow.run(inputs), pooled(inputs)), card.tolerance, STRICTEST, described)
         timings = {"tensorflow": _timed(tensorflow.run, inputs), "litert": _timed(pooled, inputs)}
     return {"calibration": described, **result,
             "images_per_second": {name: speed for name, (speed, _) in timings.items()},
             "cpu_ms_per_image": {name: cost for name, (_, cost) in timings.items()}}
-
-
-def compare(expected: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], tolerance: float,
-            described: str) -> dict[str, Any]:
-    """Every output within `tolerance`; a float matrix (scores) also keeps each row's arg-max."""
-    difference, agreement, problems = 0.0, 1.0, []
-    for name, want in expected.items():
-        have = got[name]
-        difference = max(difference, float(np.abs(want.astype(np.float64) - have.astype(np.float64)).max()))
-        if want.ndim == 2 and want.dtype.kind == "f":
-            agreement = min(agreement, float(np.mean(want.argmax(axis=1) == have.argmax(axis=1))))
-    if difference > tolerance:
-        problems.append(f"largest output difference {difference:.2g} is over {tolerance:g}")
-    if agreement < 1:
-        problems.append(f"top-1 differs on {1 - agreement:.0%} of the inputs")
-    reason = "; ".join(problems) if problems else f"agrees with TensorFlow on {described}"
-    return {"max_difference": difference, "tolerance": tolerance, "top1_agreement": agreement,
-            "verified": not problems, "reason": reason}
 
 
 def _timed(run: Callable[[Mapping[str, np.ndarray]], Any], inputs: Mapping[str, np.ndarray],

@@ -4,6 +4,7 @@ plugins: a third kind, written here, is served by the unchanged core and tensor 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from contract.card import SCHEMA, CardError, ModelCard
+from contract.checks import judge, measure
 from contract.latents import check_psi, seeded_class_ids, seeded_latents, truncated_latents
 from contract.layout import latest_version_dir, new_version_folder, resolve, version_dir, versions
 from contract.litert import Conversion, save_calibration
@@ -152,6 +154,44 @@ def test_a_stored_report_without_its_digest_is_not_trusted(tmp_path):
     Conversion(b"flatbuffer", {"verified": True, "reason": "ok", "sha256": "0" * 64}).save(tmp_path)
     stored = Conversion.load(tmp_path)
     assert not stored.verified and "sha256 differs" in stored.report["reason"]
+
+
+EMBEDDING = np.array([[0.5, 0.5000001], [1.0, 2.0]], np.float32)
+SWAPPED = np.array([[0.5000002, 0.5000001], [1.0, 2.0]], np.float32)  # row 0's larger entry swaps, 1e-7 apart
+
+
+def test_the_kinds_check_judges_the_conversion_not_the_outputs_shape():
+    """An embedding is a 2-D float output like a classifier's scores: within the tolerance it
+    passes the `tolerance` check although its arg-max moved; `top-1` (a classifier's) refuses
+    that, and a difference beyond the tolerance fails both."""
+    close = measure({"embedding": EMBEDDING}, {"embedding": SWAPPED})
+    assert close["top1_agreement"] == 0.5 and close["max_difference"] < 1e-6
+    assert judge(close, 1e-6, "tolerance", "x") == {**close, "tolerance": 1e-6, "check": "tolerance",
+                                                    "verified": True, "reason": "agrees with TensorFlow on x"}
+    refused = judge(close, 1e-6, "top-1", "x")
+    assert not refused["verified"] and refused["reason"] == "top-1 differs on 50% of the inputs"
+    far = measure({"embedding": EMBEDDING}, {"embedding": EMBEDDING + np.float32(1e-3)})
+    assert far["top1_agreement"] == 1.0
+    for check in ("tolerance", "top-1"):
+        beyond = judge(far, 1e-6, check, "x")
+        assert not beyond["verified"] and beyond["reason"] == "largest output difference 0.001 is over 1e-06"
+    with pytest.raises(ValueError, match="'cosine' is not a conversion check: one of tolerance, top-1"):
+        judge(close, 1e-6, "cosine", "x")
+
+
+def test_a_stored_conversion_is_judged_again_by_the_serving_kinds_check(tmp_path):
+    """training.publish knows no kind and judges by the strictest check; the service judges the
+    stored measurements again by its kind's, and the flatbuffer a check refused was kept."""
+    measured = measure({"embedding": EMBEDDING}, {"embedding": SWAPPED})
+    report = {**judge(measured, 1e-6, "top-1", "2 inputs"), "calibration": "2 inputs", "sha256": hashlib.sha256(b"flat").hexdigest()}
+    Conversion(b"flat", report).save(tmp_path)
+    stored = Conversion.load(tmp_path)
+    assert not stored.verified and stored.judged("top-1") is stored
+    embedding = stored.judged("tolerance")
+    assert embedding.verified and embedding.flatbuffer == b"flat" and embedding.report["check"] == "tolerance"
+    assert embedding.report["reason"] == "agrees with TensorFlow on 2 inputs"
+    failed = Conversion(None, {"verified": False, "reason": "the converter failed"})  # nothing measured
+    assert failed.judged("tolerance") is failed
 
 
 # -- a third kind: the core, the registry and the tensor protocols, unchanged ---------------------

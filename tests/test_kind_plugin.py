@@ -1,6 +1,7 @@
 """A third kind with a wire of its own (tests/kinds/embedder.py), registered by one setting
 (`kind_modules`), goes through every adapter: its HTTP route on a real `bentoml serve`, its
-diptych.v1 method, its bulk job and its playground panel."""
+diptych.v1 method, its bulk job and its playground panel; and on LiteRT, verified by its own
+check (`ServedModel.conversion_check`), not a classifier's top-1."""
 
 from __future__ import annotations
 
@@ -18,22 +19,28 @@ from PIL import Image
 
 from contract.card import ModelCard
 from contract.layout import new_version_folder
+from contract.litert import convert_and_verify, save_calibration
 from tests.conftest import ROOT, repository_server
 from tests.kinds import embedder_pb2
 
 tf = pytest.importorskip("tensorflow")
-SIZE, WEIGHTS = 4, np.array([[1.0, 0.0], [0.0, 2.0], [0.5, 0.5]], np.float32)  # RGB means → 2 numbers
+SIZE = 4
 
 
 class EmbedModule(tf.Module):
+    """RGB means → 6 numbers: tanh of each, and the same again as 2σ(2x) − 1. TensorFlow and
+    LiteRT round the two forms differently, so in about half the rows the larger of a pair
+    swaps while every number agrees to 1e-6: a top-1 check would refuse the conversion."""
+
     @tf.function(input_signature=[tf.TensorSpec([None, SIZE, SIZE, 3], tf.uint8, name="images")])
     def embed(self, images):
-        means = tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2])
-        return {"embedding": tf.matmul(means, WEIGHTS)}
+        x = tf.reduce_mean(tf.cast(images, tf.float32), axis=[1, 2]) / 64 - 2
+        return {"embedding": tf.concat([tf.tanh(x), 2 * tf.sigmoid(2 * x) - 1], axis=1)}
 
 
 def expected(colour: tuple[int, int, int]) -> list[float]:
-    return (np.array(colour, np.float32) @ WEIGHTS).tolist()
+    x = np.array(colour, np.float64) / 64 - 2
+    return np.concatenate([np.tanh(x), np.tanh(x)]).tolist()
 
 
 def png(colour: tuple[int, int, int]) -> bytes:
@@ -47,8 +54,12 @@ def embedder_model(tmp_path_factory):
     with new_version_folder(tmp_path_factory.mktemp("embedder")) as (folder, version):
         module = EmbedModule()
         tf.saved_model.save(module, str(folder), signatures={"serving_default": module.embed})
-        ModelCard.new(kind="embedder", name="embedder", version=version, image_size=(SIZE, SIZE), channels=3,
-                      numeric_signature="serving_default", tolerance=1e-4, kind_fields={"dim": 2}).write(folder)
+        save_calibration(folder, {"images": np.random.default_rng(0).integers(0, 256, (64, SIZE, SIZE, 3), np.uint8)})
+        card = ModelCard.new(kind="embedder", name="embedder", version=version, image_size=(SIZE, SIZE), channels=3,
+                             numeric_signature="serving_default", tolerance=1e-4, kind_fields={"dim": 6})
+        card.write(folder)
+        kind_blind = convert_and_verify(folder, card, interpreters=1).report  # judged by the strictest check
+        assert kind_blind["top1_agreement"] < 1 and kind_blind["max_difference"] <= 1e-6, kind_blind
     return folder.parent / str(version)
 
 
@@ -56,7 +67,7 @@ def embedder_model(tmp_path_factory):
 def settings(embedder_model) -> dict[str, str]:
     """The one registration line, and the kind's table (no classifier or generator here)."""
     return {"kind_modules": "tests.kinds.embedder", "classifier": "", "generator": "",
-            "kinds": json.dumps({"embedder": {"default": str(embedder_model), "runtime": "tensorflow"}})}
+            "kinds": json.dumps({"embedder": {"default": str(embedder_model), "runtime": "litert"}})}
 
 
 def test_the_embedder_is_served_over_http_grpc_and_the_playground(settings, tmp_path_factory):
@@ -65,7 +76,9 @@ def test_the_embedder_is_served_over_http_grpc_and_the_playground(settings, tmp_
         answer = server.client.post("/embed", json={"images": [base64.b64encode(png(c)).decode()
                                                                for c in (red, blue)]})
         assert answer.status_code == 200, answer.text
-        assert answer.json()["model"]["name"] == "embedder"
+        assert answer.json()["model"] == {"name": "embedder", "version": "1", "runtime": "litert"}
+        (listed,) = server.client.get("/models").json()["models"]
+        assert listed["litert"]["verified"] and listed["litert"]["check"] == "tolerance", listed["litert"]
         np.testing.assert_allclose(answer.json()["embeddings"], [expected(red), expected(blue)], atol=1e-3)
         refused = server.client.post("/embed", json={"images": [], "extra": 1})
         assert refused.status_code == 400 and refused.json()["detail"][0]["loc"] == ["extra"]

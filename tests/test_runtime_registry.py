@@ -30,7 +30,7 @@ class CountingRuntime:
         self._tensorflow = SavedModelRuntime(path, signature)
 
     @classmethod
-    def open(cls, info, settings):
+    def open(cls, info, settings, check):
         return cls(info.path, info.card.numeric_signature), None
 
     def run(self, inputs):

@@ -252,7 +252,7 @@ def test_engine_refuses_until_ready_and_when_loading_failed():
 
 
 def test_label_drift_is_the_population_stability_index_of_a_window():
-    from service.core.drift import MIN_SAMPLES, LabelDrift, psi
+    from service.kinds.classifier_drift import MIN_SAMPLES, LabelDrift, psi
 
     assert psi([100, 100], [50, 50]) == pytest.approx(0.0)
     assert psi([100, 100], [90, 10]) == pytest.approx((0.9 - 0.5) * np.log(0.9 / 0.5) + (0.1 - 0.5) * np.log(

@@ -12,10 +12,11 @@ Four steps, each cached so that a rebuild takes seconds:
 2. Wheelhouse: every pinned dependency of pyproject.toml as wheels, fetched once by the
    host's pip into the cache. The build installs from it with `--no-index` and runs with
    `--network none`: the image build itself never touches a network.
-3. Models: `training.publish` imports the classifier and generator into a scratch BentoML
-   store, with each one's verified LiteRT conversion (calibrated on the host, where the
-   datasets are); that store's `models/` folder becomes the image's store, so the service's
-   defaults `classifier:latest` / `generator:latest` find them and nothing converts at start.
+3. Models: `training.publish` imports each registered kind's default model (`<models>/<name>/`
+   for its default tag `<name>:latest`: the classifier and the generator) into a scratch
+   BentoML store, with each one's verified LiteRT conversion (calibrated on the host, where
+   the datasets are); that store's `models/` folder becomes the image's store, so the
+   service's defaults find them and nothing converts at start.
 4. `docker build -f deploy/Dockerfile` with the repository as context (.dockerignore admits
    only the sources and the staging folder).
 
@@ -171,12 +172,20 @@ def wheelhouse(cache: Path) -> Path:
 # --- 3. the models ----------------------------------------------------------------------------
 
 
+def default_models(models: Path) -> list[Path]:
+    """The folder in `models` of each registered kind's default model: named as its store tag
+    (`classifier:latest` → models/classifier). Imported here, not above: the tests load this
+    script for its docker helpers only."""
+    from service.kinds import registered
+
+    return [models / kind.default_model.split(":")[0] for kind in registered().values() if kind.default_model]
+
+
 def publish_models(models: Path, store: Path) -> None:
-    """`training.publish` models/classifier and models/generator into a scratch store at `store`."""
+    """`training.publish` every registered kind's default model into a scratch store at `store`."""
     shutil.rmtree(store, ignore_errors=True)
     env = {**os.environ, "BENTOML_HOME": str(store), "BENTOML_DO_NOT_TRACK": "true", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    run([sys.executable, "-m", "training.publish", str(models / "classifier"), str(models / "generator")],
-        env=env, cwd=ROOT)
+    run([sys.executable, "-m", "training.publish", *map(str, default_models(models))], env=env, cwd=ROOT)
 
 
 # --- 4. the image -----------------------------------------------------------------------------
@@ -220,7 +229,8 @@ def build_image(docker: str, tags: list[str], stage_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, default=ROOT / "models",
-                        help="folder with classifier/ and generator/ (version folders, or folders of versions)")
+                        help="folder with a folder per kind's default model, named as its tag: classifier/, "
+                             "generator/ (version folders, or folders of versions)")
     parser.add_argument("--tag", action="append", dest="tags",
                         help="image name and tag, repeatable (default: diptych:<version> and diptych:latest)")
     parser.add_argument("--stage", type=Path, default=ROOT / ".cache" / "image",

@@ -1,9 +1,10 @@
 """diptych's Prometheus metrics, next to BentoML's defaults on the same /metrics.
 
-Every label is bounded: model name and version (a handful), the classifier's label set,
-a fixed list of rejection reasons, the protocol (http, grpc) and its routes or methods.
-prometheus_client is imported on first use, after BentoML has set PROMETHEUS_MULTIPROC_DIR
-in the worker, so the numbers reach /metrics.
+Every label is bounded: model name and version (a handful), a fixed list of rejection
+reasons, the protocol (http, grpc) and its routes or methods. These are the series every
+kind has; a kind's own (the classifier's predicted labels, the generator's images) are made
+in its module, the same way. prometheus_client is imported on first use, after BentoML has
+set PROMETHEUS_MULTIPROC_DIR in the worker, so the numbers reach /metrics.
 """
 
 from __future__ import annotations
@@ -24,11 +25,6 @@ class Metrics:
             "diptych_inference_seconds", "Duration of one model call (one batch)", run, buckets=LATENCY_BUCKETS
         )
         self.batch_size = prom.Histogram("diptych_batch_size", "Items per model call", run, buckets=BATCH_BUCKETS)
-        self.images_classified = prom.Counter("diptych_images_classified", "Images classified", model)
-        self.predictions = prom.Counter(
-            "diptych_predictions", "Top-1 predicted class of each classified image", [*model, "label"]
-        )
-        self.images_generated = prom.Counter("diptych_images_generated", "Images generated", model)
         self.rejected = prom.Counter("diptych_requests_rejected", "Requests refused, by reason", ["reason", "protocol"])
         call = ["protocol", "method"]
         self.requests = prom.Counter("diptych_requests", "Requests answered, by status code", [*call, "code"])
@@ -58,10 +54,6 @@ class Metrics:
         self.queue_wait = prom.Histogram(
             "diptych_batch_queue_wait_seconds", "Time an item waited in the queue before its batch ran", model,
             buckets=LATENCY_BUCKETS
-        )
-        self.label_drift = prom.Gauge(
-            "diptych_label_drift_psi", "Population stability index of the served top-1 labels (a window) against "
-            "the training set's class distribution", model, multiprocess_mode="livemax"
         )
         self.shadow_requests = prom.Counter(
             "diptych_shadow_requests", "Copies of requests a shadow version served (never returned), by outcome",

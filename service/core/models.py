@@ -67,9 +67,10 @@ def locate(ref: str) -> ModelInfo:
     return ModelInfo(card.kind, store_name or card.name, store_version or str(card.version), ref, str(path), card)
 
 
-def load_runtime(info: ModelInfo, settings: Settings) -> tuple[Runtime, ModelInfo]:
-    """The runtime the kind's setting names, opened, and `info` saying which runs it and how it converted."""
-    runtime, conversion = runtime_named(settings.runtime_of(info.kind)).open(info, settings)
+def load_runtime(info: ModelInfo, settings: Settings, check: str) -> tuple[Runtime, ModelInfo]:
+    """The runtime the kind's setting names, opened (a conversion judged by the kind's `check`),
+    and `info` saying which runs it and how it converted."""
+    runtime, conversion = runtime_named(settings.runtime_of(info.kind)).open(info, settings, check)
     return runtime, dataclasses.replace(info, runtime=runtime.name, conversion=conversion)
 
 
@@ -81,6 +82,9 @@ class ServedModel:
     card_fields: ClassVar[tuple[str, ...]] = ()  # the optional card fields this kind needs
     default_model: ClassVar[str] = ""  # what a request naming no model gets, unless [kinds.<kind>] says
     wire: ClassVar[str] = ""  # the module whose WIRE (service/kinds/wire.py) puts this kind on the wire
+    # How a LiteRT conversion's outputs must agree with TensorFlow's (contract/checks.py):
+    # within the card's tolerance, unless what the outputs mean asks for more (a classifier's top-1).
+    conversion_check: ClassVar[str] = "tolerance"
     # The payload log, and the share of requests written to it: set by the manager from the
     # model's settings (manager.py).
     payload_log: PayloadLog | None = None
@@ -113,7 +117,7 @@ class ServedModel:
 
     @classmethod
     def load(cls, info: ModelInfo, settings: Settings) -> ServedModel:
-        runtime, info = load_runtime(info, settings)
+        runtime, info = load_runtime(info, settings, cls.conversion_check)
         model = cls(info, runtime, settings)
         model.signature_defs = signature_defs(info.path)
         model.signatures = signatures_of(model.signature_defs)

@@ -1,9 +1,10 @@
 """Runtimes by name: the `classifier_runtime` / `generator_runtime` settings name a class
 registered here, and choosing one is a lookup in `RUNTIMES` (so is checking the setting).
 
-A registered class has a `name` and a class method `open(info, settings)` that returns the
-`Runtime` (contract/runtime.py) that will run the model, and the report of any conversion it
-made (shown in `ModelInfo.conversion`), or None. The runtime it returns may be another one's:
+A registered class has a `name` and a class method `open(info, settings, check)` that returns
+the `Runtime` (contract/runtime.py) that will run the model, and the report of any conversion
+it made (shown in `ModelInfo.conversion`), or None; `check` names how the model's kind compares
+a conversion's outputs with TensorFlow's (contract/checks.py). The runtime it returns may be another one's:
 `litert` falls back to TensorFlow when its conversion does not prove itself, `auto` chooses.
 A new runtime (ONNX Runtime, TensorFlow on a GPU) is one module with one such class under
 `@register`, and its import line at the end of this module, so that it registers before any
@@ -29,7 +30,7 @@ class RuntimeClass(Protocol):
     name: ClassVar[str]
 
     @classmethod
-    def open(cls, info: ModelInfo, settings: Settings) -> tuple[Runtime, dict[str, Any] | None]: ...
+    def open(cls, info: ModelInfo, settings: Settings, check: str) -> tuple[Runtime, dict[str, Any] | None]: ...
 
 
 RUNTIMES: dict[str, type[RuntimeClass]] = {}
@@ -61,7 +62,7 @@ class TensorFlow:
     name = TENSORFLOW
 
     @classmethod
-    def open(cls, info: ModelInfo, settings: Settings) -> tuple[Runtime, dict[str, Any] | None]:
+    def open(cls, info: ModelInfo, settings: Settings, check: str) -> tuple[Runtime, dict[str, Any] | None]:
         log.info("%s runs on TensorFlow, as configured", described(info))
         return cls.saved_model(info), None
 
@@ -72,20 +73,21 @@ class TensorFlow:
 
 @register
 class LiteRT:
-    """A pool of `interpreters` LiteRT interpreters whenever the conversion proves itself
-    (stored by training.publish, else made now in a process of its own); TensorFlow, with a
-    warning that says why, when it does not."""
+    """A pool of `interpreters` LiteRT interpreters whenever the conversion proves itself by
+    the kind's `check` (stored by training.publish, else made now in a process of its own);
+    TensorFlow, with a warning that says why, when it does not."""
 
     name = LITERT
 
     @classmethod
-    def open(cls, info: ModelInfo, settings: Settings) -> tuple[Runtime, dict[str, Any] | None]:
+    def open(cls, info: ModelInfo, settings: Settings, check: str) -> tuple[Runtime, dict[str, Any] | None]:
         model, interpreters = described(info), settings.interpreters or cores()
         conversion = Conversion.load(info.path)
         if conversion is None:
             log.info("%s has no stored LiteRT conversion: converting it now, in a process of its own "
                      "(training.publish stores one)", model)
             conversion = convert_apart(info.path, info.card, interpreters)
+        conversion = conversion.judged(check)
         if not conversion.verified:
             log.warning("%s runs on TensorFlow: its LiteRT conversion is not used: %s", model,
                         conversion.report["reason"])

@@ -1,26 +1,23 @@
-"""Request checks that every kind of model shares: counts, seeds, digit strings, version
+"""Request checks that every kind of model and protocol shares: digit strings, version
 numbers, JSON documents.
 
 Types are the adapters' job (JSON schema, protobuf); what is specific to a kind (label
-sets, latent shapes, image headers) is checked in that kind's module; these are the
-checks they have in common, written once. Each raises `ValidationError(field, problem)`.
+sets, latent shapes, seeds, image counts) is checked in that kind's module, image input in
+`image_input.py`; these are the checks they have in common, written once. Each raises `ValidationError(field, problem)`.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import secrets
 from typing import Any
 
 import numpy as np
 
 from contract.layout import MAX_VERSION, ascii_number
 
-from .config import Settings
 from .errors import ValidationError
 
-MAX_SEED = 2**32 - 1  # numpy's RandomState streams are frozen across versions: seeds stay reproducible
 MAX_JSON_DEPTH = 64  # arrays and objects inside each other; numpy's arrays have at most 64 dimensions
 _OPENING, _CLOSING = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes included (unrolled: no backtracking)
@@ -74,18 +71,3 @@ def json_depth(text: str) -> int:
     codes = np.frombuffer(_JSON_STRING.sub("", text).encode("utf-8", "surrogatepass"), np.uint8)
     steps = np.isin(codes, _OPENING).astype(np.int8) - np.isin(codes, _CLOSING).astype(np.int8)
     return int(np.cumsum(steps, dtype=np.int64).max(initial=0))
-
-
-def random_seed(value: int | None, field: str = "seed") -> int:
-    """A given seed, checked, or a fresh random one (reported back so the call can be repeated)."""
-    if value is None:
-        return secrets.randbelow(MAX_SEED + 1)
-    if not 0 <= value <= MAX_SEED:
-        raise ValidationError(field, f"must be between 0 and {MAX_SEED}")
-    return value
-
-
-def image_count(value: int, settings: Settings, field: str = "count") -> int:
-    if not 1 <= value <= settings.max_generate:
-        raise ValidationError(field, f"must be between 1 and {settings.max_generate} images")
-    return value

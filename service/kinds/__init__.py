@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib
 
+from contract.checks import checked
 from service.core.models import ServedModel
 
 from .classifier import Classification, Classifier, Scores
@@ -33,6 +34,10 @@ def registered(kind_modules: tuple[str, ...] = ()) -> dict[str, type[ServedModel
             raise ValueError(f"setting kind_modules: {name}: {error} (a kind module defines KIND)") from None
         if not (isinstance(kind, type) and issubclass(kind, ServedModel) and kind.kind):
             raise ValueError(f"setting kind_modules: {name}.KIND is not a ServedModel subclass with a kind")
+        try:
+            checked(kind.conversion_check)
+        except ValueError as error:
+            raise ValueError(f"setting kind_modules: {name}.KIND.conversion_check: {error}") from None
         if kind.kind in kinds and kinds[kind.kind] is not kind:
             raise ValueError(f"setting kind_modules: {name} registers the kind {kind.kind!r} again")
         kinds[kind.kind] = kind

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Sequence
 
 import numpy as np
 
 from service.core import image_input
-from service.core.drift import LabelDrift
 from service.core.errors import ValidationError
 from service.core.image_input import Image
 from service.core.images import decode, encode_png, resize
-from service.core.metrics import metrics
 from service.core.models import ModelInfo, ServedModel
+
+from .classifier_drift import LabelDrift
 
 THUMBNAIL = 32  # pixels a side of a payload log thumbnail
 TOP_K = 5  # labels per image when a request says none: every protocol's, and the batch job's
@@ -40,11 +41,36 @@ class Scores:
     scores: np.ndarray  # float32 [N, len(labels)]: every class's score, in label order
 
 
+class ClassifierMetrics:
+    """The classifier's own series, beside the core's on /metrics (service/core/metrics.py):
+    deploy/prometheus's rules and the dashboards read them by these names."""
+
+    def __init__(self) -> None:
+        import prometheus_client as prom
+
+        model = ["model", "version"]
+        self.images_classified = prom.Counter("diptych_images_classified", "Images classified", model)
+        self.predictions = prom.Counter(
+            "diptych_predictions", "Top-1 predicted class of each classified image", [*model, "label"]
+        )
+        self.label_drift = prom.Gauge(
+            "diptych_label_drift_psi", "Population stability index of the served top-1 labels (a window) against "
+            "the training set's class distribution", model, multiprocess_mode="livemax"
+        )
+
+
+@functools.cache
+def metrics() -> ClassifierMetrics:
+    """Made once, on first use (as the core's are: Prometheus refuses duplicate names)."""
+    return ClassifierMetrics()
+
+
 class Classifier(ServedModel):
     kind = "classifier"
     default_model = "classifier:latest"
     wire = "service.kinds.classifier_wire"
     card_fields = ("labels", "image_size", "channels")
+    conversion_check = "top-1"  # its scores' best label is the answer: a conversion must keep it
     tensor_runners = {frozenset({"image_bytes"}): "score_tensor_bytes", frozenset({"images"}): "score_tensor_pixels"}
 
     def __init__(self, *args, **kwargs) -> None:

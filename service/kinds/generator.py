@@ -14,17 +14,21 @@ does (`contract.latents.seeded_latents`, no truncation), whatever runtime serves
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import secrets
 from collections.abc import Sequence
 
 import numpy as np
 
 from contract.card import CardError
 from contract.latents import check_psi, seeded_class_ids, seeded_latents, truncated_latents
+from service.core.config import Settings
 from service.core.errors import ValidationError
-from service.core.metrics import metrics
 from service.core.models import ModelInfo, ServedModel
-from service.core.validation import decimal, image_count, random_seed, shown
+from service.core.validation import decimal, shown
+
+MAX_SEED = 2**32 - 1  # numpy's RandomState streams are frozen across versions: seeds stay reproducible
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +52,30 @@ class Latents:
     psi: float | None = None  # set when they were drawn (from seeds) with a truncation
 
 
+@functools.cache
+def images_generated():
+    """The generator's own series, beside the core's on /metrics (service/core/metrics.py), made
+    once on first use: deploy/prometheus's rules and the dashboards read it by this name."""
+    import prometheus_client as prom
+
+    return prom.Counter("diptych_images_generated", "Images generated", ["model", "version"])
+
+
+def random_seed(value: int | None, field: str = "seed") -> int:
+    """A given seed, checked, or a fresh random one (reported back so the call can be repeated)."""
+    if value is None:
+        return secrets.randbelow(MAX_SEED + 1)
+    if not 0 <= value <= MAX_SEED:
+        raise ValidationError(field, f"must be between 0 and {MAX_SEED}")
+    return value
+
+
+def image_count(value: int, settings: Settings, field: str = "count") -> int:
+    if not 1 <= value <= settings.max_generate:
+        raise ValidationError(field, f"must be between 1 and {settings.max_generate} images")
+    return value
+
+
 class Generator(ServedModel):
     kind = "generator"
     default_model = "generator:latest"
@@ -64,7 +92,7 @@ class Generator(ServedModel):
         self.classes: list[str] = list(card.classes)
         self._class_count = len(self.classes) if self.conditional else 1  # an unconditional model has class 0
         self.default_psi = self._card_psi()
-        self._generated = metrics().images_generated.labels(model=self.info.name, version=self.info.version)
+        self._generated = images_generated().labels(model=self.info.name, version=self.info.version)
 
     # -- requests ------------------------------------------------------------------
     async def generate(self, count: int | None = None, seed: int | None = None, class_: int | str | None = None,
