@@ -82,7 +82,7 @@ class ServedModel:
     default_model: ClassVar[str] = ""  # what a request naming no model gets, unless [kinds.<kind>] says
     wire: ClassVar[str] = ""  # the module whose WIRE (service/kinds/wire.py) puts this kind on the wire
     # The payload log, and the share of requests written to it: set by the manager from the
-    # model's settings (manager.py).
+    # model's settings (manager/lifecycle.py).
     payload_log: PayloadLog | None = None
     log_sample: float = 0.0
     log_thumbnails: bool = False
