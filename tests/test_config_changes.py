@@ -166,6 +166,28 @@ def test_a_config_file_that_would_retire_the_default_is_not_applied(repository, 
         engine.close()
 
 
+def test_a_config_file_of_the_wrong_type_is_refused_and_the_pass_goes_on(repository, tiny_models, tmp_path, caplog):
+    """A list where a runtime's name goes raised TypeError out of the pass, before its scan,
+    on every pass after: hot reload stopped for good, and nothing said which setting."""
+    config = tmp_path / "diptych.toml"
+    config.write_text("")
+    engine = engine_for(repository, tiny_models, config_file=config)
+    try:
+        config.write_text('[repository.shoes]\nversions = "specific:1"\n[kinds.classifier]\nruntime = ["litert"]\n')
+        add_version(repository, "shoes", 3, tiny_models["classifier"])
+        engine.manager.reconcile()
+        assert "was not applied: setting kinds.classifier.runtime must be a runtime's name" in caplog.text
+        assert versions(engine)[3] == "available" and 1 not in versions(engine)  # scanned; latest:1 kept
+        config.write_text("versions = " + "[" * 100_000 + "]" * 100_000)  # RecursionError in tomllib
+        engine.manager.reconcile()
+        assert "(DIPTYCH_CONFIG) is not TOML: maximum recursion depth" in caplog.text
+        config.write_text('[repository.shoes]\nversions = "specific:1"\n')
+        engine.manager.reconcile()
+        assert eventually(lambda: versions(engine) == {1: "available"}), versions(engine)  # the fix applies
+    finally:
+        engine.close()
+
+
 def body_request(content_type: str | None, authorization: str | None = None) -> Request:
     headers = [(b"content-type", content_type.encode())] if content_type else []
     headers += [(b"authorization", authorization.encode())] if authorization else []

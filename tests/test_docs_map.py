@@ -8,7 +8,8 @@ under one of the project's folders (`service/core/engine.py`, `service/kinds/`, 
 then the name defined in it, then the attribute defined in that class), the file trees in
 fenced blocks (serving.md's `service/` tree), and every `DIPTYCH_*` variable and every
 TOML-looking span (`max_images = 8`) as a field of `service.core.config.Settings`. Each
-failure names the document, the line and what is missing.
+failure names the document, the line and what is missing. The serving side's code is a map
+too: a file its comments and docstrings name is there.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ FILE_SUFFIX = re.compile(r"\.(py|json|md|toml|ya?ml|proto|txt|cfg|sh|npz|tflite|
 PATH = re.compile(rf"(?:{'|'.join(FOLDERS)})/[\w./-]*(?:::\w+)?")
 DOTTED = re.compile(rf"(?<![\w/.-])(?:{'|'.join(FOLDERS)})(?:\.\w+)+")
 PATH_WITH_NAME = re.compile(r"`([\w./-]+\.py)` \(`(\w+)`\)")
+CODE_FILE = re.compile(r"(?<![\w/.*-])[A-Za-z][\w/.-]*\.py\b")  # `manager.py`, `core/manager/control.py`
 VARIABLE = re.compile(r"\bDIPTYCH_([A-Z][A-Z0-9_]*[A-Z0-9])|`\.\.\._([A-Z][A-Z0-9_]*)`")
 
 
@@ -192,4 +194,20 @@ def doc_problems(doc: str) -> list[str]:
 @pytest.mark.parametrize("doc", DOCS)
 def test_every_path_name_and_setting_a_map_names_exists(doc):
     problems = doc_problems(doc)
+    assert not problems, "\n".join(problems)
+
+
+def code_problems(path: Path) -> list[str]:
+    """The files `path` names (`x.py`, `a/b.py`) that are in none of its folders, from its own up
+    to the repository's: a name left behind when a file moved."""
+    folders = [folder for folder in path.parents if folder == ROOT or ROOT in folder.parents]
+    return [f"{path.relative_to(ROOT)}:{number}: `{name}` does not exist"
+            for number, line in enumerate(path.read_text().splitlines(), 1)
+            for name in CODE_FILE.findall(line) if not any((folder / name).is_file() for folder in folders)]
+
+
+@pytest.mark.parametrize("package", ["service", "contract"])
+def test_every_file_the_code_names_exists(package):
+    problems = [problem for path in sorted((ROOT / package).rglob("*.py")) if "_pb2" not in path.name
+                for problem in code_problems(path)]
     assert not problems, "\n".join(problems)

@@ -1,6 +1,6 @@
 """Adaptive batching, shared by every protocol adapter.
 
-A model's worker threads (one per LiteRT interpreter, see runtime.py) take whatever items
+A model's worker threads (one per LiteRT interpreter, see contract/runtime.py) take whatever items
 are queued whenever one of them is free, and each runs its items in one model call. Alone,
 a request runs at once; under load, items pile up while the workers are busy and the next
 free one takes them, so the batch size follows the traffic. A worker takes its fair share

@@ -7,7 +7,8 @@ a table of its own (`[kinds.classifier] default = "classifier:3", runtime = "lit
 `DIPTYCH_KINDS` as JSON): where it is absent, the kind's module says its default
 (`ServedModel.default_model`). The settings from before the tables (`classifier`,
 `generator`, `classifier_runtime`, `generator_runtime`, and their DIPTYCH_ variables) are
-aliases of those tables' keys: set, they win. API keys come from `DIPTYCH_API_KEYS`
+aliases of those tables' keys: an alias and its key set to different values are refused.
+API keys come from `DIPTYCH_API_KEYS`
 (comma-separated) and/or a mounted file named by `DIPTYCH_API_KEYS_FILE` (one key a line,
 `#` comments); they are kept out of `repr()` so they never reach a log.
 """
@@ -31,6 +32,13 @@ KIND_KEYS = ("default", "runtime")  # what a [kinds.<kind>] table may set
 # The settings from before the kind tables, kept as aliases: setting -> (kind, key).
 ALIASES = {"classifier": ("classifier", "default"), "generator": ("generator", "default"),
            "classifier_runtime": ("classifier", "runtime"), "generator_runtime": ("generator", "runtime")}
+
+
+class Derived(str):
+    """A value the settings copied from another setting: an alias into its kind table, a kind
+    table's key back into its alias. `dataclasses.replace` hands it on; a value set directly,
+    in its place or in the other, takes precedence (`replace(settings, kinds=...)` kept
+    the old aliases' values before)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,12 +103,13 @@ class Settings:
             from contract.signing import trust
 
             trust(self.trusted_keys)  # a missing file, or one that holds no key, is a start-up error
-        object.__setattr__(self, "kinds", self._kind_tables())
-        for alias, (kind, key) in ALIASES.items():  # read back as the table says, so `replace` keeps it
-            object.__setattr__(self, alias, self.kind_setting(kind, key))
+        tables, named = self._kind_tables()
+        object.__setattr__(self, "kinds", tables)
+        for alias, (kind, key) in ALIASES.items():  # read back as the table says; `replace` ignores these
+            object.__setattr__(self, alias, Derived(self.kind_setting(kind, key)))
         from .sources import check_location
 
-        defaults = [(kind if kind in ALIASES else f"kinds.{kind}.default", self.kind_setting(kind, "default"))
+        defaults = [(named.get((kind, "default"), f"kinds.{kind}.default"), self.kind_setting(kind, "default"))
                     for kind in self.kinds]
         for name, ref in [*defaults, ("model_root", self.model_root),
                           *(("allowed_roots", root) for root in self.allowed_roots)]:
@@ -122,28 +131,40 @@ class Settings:
             return Path(self.cache_dir)
         return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diptych" / "models"
 
-    def _kind_tables(self) -> dict[str, dict[str, str]]:
-        """`kinds` checked, with the aliases that are set written into it."""
+    def _kind_tables(self) -> tuple[dict[str, dict[str, str]], dict[tuple[str, str], str]]:
+        """`kinds` checked, with the aliases that are set written into it; and, for the errors,
+        which setting gave each (kind, key): its alias, or `kinds.<kind>.<key>`."""
         from service.kinds import registered  # the registry: the shipped kinds and `kind_modules`'
 
         known = registered(self.kind_modules)
         if not isinstance(self.kinds, dict):
             raise ValueError(f"setting kinds must be a table of kinds, got {self.kinds!r}")
-        tables = {kind: dict(table) if isinstance(table, dict) else table for kind, table in self.kinds.items()}
-        for alias, (kind, key) in ALIASES.items():
-            if getattr(self, alias) is not None:
-                tables.setdefault(kind, {})[key] = getattr(self, alias)
-        for kind, table in tables.items():
-            where = f"kinds.{kind}"
+        tables, named = {}, {}
+        for kind, table in self.kinds.items():
             if kind not in known:
                 raise ValueError(f"setting kinds: unknown kind {kind!r}; known: {', '.join(known)}")
             if not isinstance(table, dict) or set(table) - set(KIND_KEYS):
-                raise ValueError(f"setting {where}: a table of {', '.join(KIND_KEYS)}, got {table!r}")
-            if not isinstance(table.get("default", ""), str):
-                raise ValueError(f"setting {where}.default must be a model tag or folder, got {table['default']!r}")
-            runtime_named(table.get("runtime", "auto"), f"{kind}_runtime" if f"{kind}_runtime" in ALIASES
-                          else f"{where}.runtime")
-        return tables
+                raise ValueError(f"setting kinds.{kind}: a table of {', '.join(KIND_KEYS)}, got {table!r}")
+            tables[kind] = dict(table)
+            named |= {(kind, key): f"kinds.{kind}.{key}" for key in table}
+        for alias, (kind, key) in ALIASES.items():
+            value = getattr(self, alias)
+            if value is None or isinstance(value, Derived):  # unset, or read back by an earlier check
+                continue
+            table = tables.setdefault(kind, {})
+            if key in table and not isinstance(table[key], Derived) and table[key] != value:
+                raise ValueError(f"settings {alias} ({value!r}) and kinds.{kind}.{key} ({table[key]!r}) disagree: "
+                                 f"{alias} is the old name of kinds.{kind}.{key}; set one of them")
+            table[key], named[(kind, key)] = Derived(value), alias
+        for (kind, key), setting in named.items():
+            value = tables[kind][key]
+            if key == "default" and not isinstance(value, str):
+                raise ValueError(f"setting {setting} must be a model tag or folder, got {value!r}")
+            if key == "runtime":
+                if not isinstance(value, str):
+                    raise ValueError(f"setting {setting} must be a runtime's name, got {value!r}")
+                runtime_named(value, setting)
+        return tables, named
 
     def kind_setting(self, kind: str, key: str) -> str:
         """A kind's `default` or `runtime`: its table's, else what its module declares (auto). A
@@ -156,8 +177,7 @@ class Settings:
 
     def with_kind(self, kind: str, **table: str) -> Settings:
         """These settings with `kind`'s table updated (`default=...`, `runtime=...`)."""
-        kinds = {**self.kinds, kind: {**self.kinds.get(kind, {}), **table}}
-        return dataclasses.replace(self, kinds=kinds, **dict.fromkeys(ALIASES))
+        return dataclasses.replace(self, kinds={**self.kinds, kind: {**self.kinds.get(kind, {}), **table}})
 
     def defaults(self) -> dict[str, str]:
         """The default model of each registered kind: what a request that names no model gets.
@@ -180,7 +200,10 @@ class Settings:
     def load(cls, environ: Mapping[str, str] = os.environ) -> Settings:
         values: dict[str, object] = {}
         if path := environ.get(ENV_PREFIX + "CONFIG"):
-            values.update(tomllib.loads(Path(path).read_text()))
+            try:
+                values.update(tomllib.loads(Path(path).read_text()))
+            except (tomllib.TOMLDecodeError, RecursionError) as error:  # arrays nested thousands deep: recursion
+                raise ValueError(f"the config file {path} ({ENV_PREFIX}CONFIG) is not TOML: {error}") from None
         for field in dataclasses.fields(cls):
             if (raw := environ.get(ENV_PREFIX + field.name.upper())) is not None:
                 values[field.name] = raw

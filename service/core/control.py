@@ -4,7 +4,7 @@ BentoML runs each worker in a process of its own, each with its own engine and m
 an API call reaches one of them. So the change is not kept in that worker alone: it is
 written to a small JSON file that every worker of the same `bentoml serve` reads at the
 start of its next pass over the repository (within `poll_s`), and that a worker's own change
-starts from (requests.py). The file is named by the supervisor's pid and start time, in the
+starts from (manager/control.py). The file is named by the supervisor's pid and start time, in the
 temp folder they share (an emptyDir in a pod), beside the lock file that orders the changes.
 """
 

@@ -86,7 +86,7 @@ class ServedModel:
     # within the card's tolerance, unless what the outputs mean asks for more (a classifier's top-1).
     conversion_check: ClassVar[str] = "tolerance"
     # The payload log, and the share of requests written to it: set by the manager from the
-    # model's settings (manager.py).
+    # model's settings (manager/lifecycle.py).
     payload_log: PayloadLog | None = None
     log_sample: float = 0.0
     log_thumbnails: bool = False

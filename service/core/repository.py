@@ -15,7 +15,7 @@ Each place is a `Source` (sources/): a folder, the store, object storage through
 A version policy per model (model_settings.py) says which of its versions are *aspired* (TF Serving's word):
 `latest:N` (the default, N = 1), `all`, or `specific:3,4`. Labels name versions
 (`stable = 3`). `Repository.scan()` is pure bookkeeping: it reads folders, the store and
-cards' kinds, never a model; the manager (manager.py) has a version `fetch`ed as a local
+cards' kinds, never a model; the manager (manager/lifecycle.py) has a version `fetch`ed as a local
 folder (object storage: into the cache) and loads it.
 """
 
@@ -36,9 +36,6 @@ from .sources import Cache, Release, Sources, StoreSource, Version, fetch, locat
 __all__ = ["Found", "ModelConfig", "ModelRef", "Policy", "Repository", "Version", "parse_configs"]
 
 log = logging.getLogger("diptych")
-
-# A version is ASCII digits: `\d` also takes other scripts' digits, which `int()` reads ("١" is 1).
-
 
 @dataclasses.dataclass(frozen=True)
 class Found:

@@ -43,14 +43,20 @@ class DiptychServicer:
 
 
 def handlers(engine: Engine, kinds: Iterable[type]) -> grpc.GenericRpcHandler:
-    """diptych.v1.Diptych: the models calls, and every registered kind's methods."""
+    """diptych.v1.Diptych: the models calls, and every registered kind's methods. A kind's method
+    may not take a name already served (it would replace ListModels, or another kind's method)."""
     from ..kinds.wire import wire_of
 
     servicer = DiptychServicer(engine)
     methods = {name: unary(getattr(servicer, name), getattr(pb, f"{name}Request"), getattr(pb, f"{name}Response"))
                for name in MODEL_METHODS}
+    owners = dict.fromkeys(MODEL_METHODS, "the models calls")
     for kind in kinds:
         for method in wire_of(kind).grpc:
+            if method.name in owners:
+                raise ValueError(f"the gRPC method {SERVICE}/{method.name} of kind {kind.kind!r} is already "
+                                 f"served, by {owners[method.name]}: a method has one name")
+            owners[method.name] = f"kind {kind.kind!r}"
             methods[method.name] = unary(functools.partial(method.handler, engine), method.request, method.response)
     return grpc.method_handlers_generic_handler(SERVICE, methods)
 

@@ -6,7 +6,7 @@ the served models: each `ModelConfig` gives a model's `base_path`, `model_versio
 `version_labels` (its traffic, shadow and payload log, which the list cannot say, stay), and
 a model the list leaves out is unloaded; leaving out a default model is refused
 (FAILED_PRECONDITION), as is any change the core refuses, with nothing changed
-(requests.py `reload`). Privileged: the `Gate` asks for an admin key.
+(`ModelControl.reload`, core/manager/control.py). Privileged: the `Gate` asks for an admin key.
 """
 
 from __future__ import annotations

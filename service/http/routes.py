@@ -25,6 +25,7 @@ from .ui import Playground
 
 ANY_OBJECT = {"type": "object", "additionalProperties": True}
 ANY_LIST = {"type": "array", "items": ANY_OBJECT}
+SHARED = "the shared routes"
 
 
 def _health(description: str) -> Operation:
@@ -35,6 +36,7 @@ def routes_for(kinds: Iterable[type[ServedModel]]) -> Routes:
     """The route table of a service serving `kinds`: their routes, then everyone's."""
     from service.kinds.wire import wire_of
 
+    kinds = list(kinds)
     wires = [wire_of(kind) for kind in kinds]
 
     @functools.cache
@@ -48,8 +50,24 @@ def routes_for(kinds: Iterable[type[ServedModel]]) -> Routes:
         return JSONResponse(documented()[1])
 
     playground = Playground([wire.panel for wire in wires if wire.panel]).serve
-    table = Routes(*(route for wire in wires for route in wire.routes), *shared(docs, client_schema, playground))
+    owned = [*((f"kind {kind.kind!r}", route) for kind, wire in zip(kinds, wires) for route in wire.routes),
+             *((SHARED, route) for route in shared(docs, client_schema, playground))]
+    _refuse_clashes(owned)
+    table = Routes(*(route for _, route in owned))
     return table
+
+
+def _refuse_clashes(owned: list[tuple[str, Endpoint]]) -> None:
+    """A kind's route may not take a path another route answers: the first route a path fills
+    answers it (`Routes.find`), so a kind's `GET /models` would replace the shared one, guard
+    and all. The shared routes are ordered on purpose (`:predict` before the status) and not checked."""
+    for index, (owner, route) in enumerate(owned):
+        for other_owner, other in owned[index + 1:]:
+            if owner == other_owner == SHARED:
+                continue
+            if route.pattern.match(other.path) or other.pattern.match(route.path):
+                raise ValueError(f"the route {route.method} {route.path} of {owner} takes the path of "
+                                 f"{other.method} {other.path} of {other_owner}: a path has one route")
 
 
 def shared(docs: Handler, client_schema: Handler, playground: Handler) -> tuple[Endpoint, ...]:

@@ -25,13 +25,16 @@ KINDS: dict[str, type[ServedModel]] = {kind.kind: kind for kind in (Classifier, 
 
 @functools.cache
 def registered(kind_modules: tuple[str, ...] = ()) -> dict[str, type[ServedModel]]:
-    """The shipped kinds, then the kind each of `kind_modules` defines as `KIND`."""
+    """The shipped kinds, then the kind each of `kind_modules` defines as `KIND`. A module that
+    cannot be imported, whatever it raises, and a kind whose `wire` module cannot, are a
+    ValueError naming the setting, checked with the settings (not at the first request)."""
     kinds = dict(KINDS)
     for name in kind_modules:
         try:
             kind = importlib.import_module(name).KIND
-        except (ImportError, AttributeError) as error:
-            raise ValueError(f"setting kind_modules: {name}: {error} (a kind module defines KIND)") from None
+        except Exception as error:
+            raise ValueError(f"setting kind_modules: {name}: {type(error).__name__}: {error} "
+                             "(a kind module defines KIND)") from None
         if not (isinstance(kind, type) and issubclass(kind, ServedModel) and kind.kind):
             raise ValueError(f"setting kind_modules: {name}.KIND is not a ServedModel subclass with a kind")
         try:
@@ -40,8 +43,21 @@ def registered(kind_modules: tuple[str, ...] = ()) -> dict[str, type[ServedModel
             raise ValueError(f"setting kind_modules: {name}.KIND.conversion_check: {error}") from None
         if kind.kind in kinds and kinds[kind.kind] is not kind:
             raise ValueError(f"setting kind_modules: {name} registers the kind {kind.kind!r} again")
+        _check_wire(name, kind)
         kinds[kind.kind] = kind
     return kinds
+
+
+def _check_wire(name: str, kind: type[ServedModel]) -> None:
+    from .wire import Wire, wire_of
+
+    try:
+        wire = wire_of(kind)
+    except Exception as error:
+        raise ValueError(f"setting kind_modules: {name}: the wire of kind {kind.kind!r}, {kind.wire}: "
+                         f"{type(error).__name__}: {error} (a wire module defines WIRE)") from None
+    if not isinstance(wire, Wire):
+        raise ValueError(f"setting kind_modules: {name}: {kind.wire}.WIRE is not a service.kinds.wire.Wire")
 
 
 __all__ = ["KINDS", "Classification", "Classifier", "Generation", "Generator", "Scores", "registered"]

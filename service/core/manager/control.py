@@ -213,10 +213,12 @@ class ModelControl:
         try:
             configs = parse_configs(Settings.load({**os.environ, "DIPTYCH_CONFIG": self._config_file}).repository)
             self._checked(configs, self._control, set())
-        except (OSError, ValueError, ServiceError) as error:  # a half-saved or mistyped file: keep serving
-            if str(error) != self._config_refused:
-                log.error("the config file %s was not applied: %s", self._config_file, error)
-            self._config_refused = str(error)
+        except Exception as error:  # a half-saved or mistyped file, whatever it raises: keep serving and scanning
+            reason = str(error) if isinstance(error, (OSError, ValueError, ServiceError)) \
+                else f"{type(error).__name__}: {error}"
+            if reason != self._config_refused:
+                log.error("the config file %s was not applied: %s", self._config_file, reason)
+            self._config_refused = reason
             return
         self._config_seen, self._config_refused = seen, None
         self.repository.configs = configs

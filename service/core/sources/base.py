@@ -66,7 +66,7 @@ class Sources:
         self.unavailable: dict[str, str] = {}  # source → why it cannot be read now
         self.ignored: dict[str, str] = {}  # folder → why it is not a version (or a model), this scan
         self._logged: set[str] = set()
-        self._quiet = quiet  # a change's trial scan (requests.py): the served scan logs and counts
+        self._quiet = quiet  # a change's trial scan (manager/control.py): the served scan logs and counts
 
     def begin(self) -> None:
         """A new scan: what it ignores is what it finds again."""
