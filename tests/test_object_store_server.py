@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 
-import httpx
 import pytest
 
 from tests.conftest import Server, eventually
 from tests.object_store import s3_endpoint
 from tests.reliability import metric
-from tests.test_reload_under_load import CLIENTS, MAX_REQUESTS, body, scores, versions
+from tests.test_reload_under_load import body, switch_under_load, versions
 
 pytestmark = pytest.mark.slow
 ROOT = "models"
@@ -57,45 +55,12 @@ def test_a_version_in_s3_is_served(served):
 
 def test_a_version_uploaded_under_load_fails_no_request_and_answers_from_the_version_it_names(served):
     server, s3, tiny_models = served
-    expected = {"1": scores(server.client.post("/classify", json=body()))}
-    answers: list[tuple[int, str, dict[str, float] | str]] = []
-    stop = threading.Event()
 
-    def client() -> None:
-        with httpx.Client(base_url=server.url, timeout=60) as http:
-            for _ in range(MAX_REQUESTS):
-                if stop.is_set():
-                    return
-                try:
-                    answer = http.post("/classify", json=body())
-                except httpx.TransportError as error:
-                    answers.append((0, "", repr(error)))
-                    continue
-                ok = answer.status_code == 200
-                answers.append((answer.status_code, answer.headers.get("x-model-version", ""),
-                                scores(answer) if ok else answer.text))
-
-    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    try:
-        assert eventually(lambda: len(answers) >= 20, 120), "the clients got no answers"
+    def switch() -> None:
         s3.upload(tiny_models["other_classifier"], f"{ROOT}/shoes/2")  # other weights: a wrong answer shows
         assert eventually(lambda: versions(server) == {"2": "available"}, 240), versions(server)
-        before = len(answers)
-        assert eventually(lambda: len(answers) >= before + 20, 120), "no answers after the switch"
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(120)
-    assert not any(thread.is_alive() for thread in threads)
-    expected["2"] = scores(server.client.post("/classify", json=body()))
-    assert expected["1"] != expected["2"], "the two versions must differ for this test to see a wrong answer"
-    failed = [answer for answer in answers if answer[0] != 200]
-    assert not failed, f"{len(failed)} of {len(answers)} requests failed, e.g. {failed[:3]}"
-    assert {version for _, version, _ in answers} == {"1", "2"}  # both answered: the switch happened under load
-    for _, version, got in answers:
-        assert got == pytest.approx(expected[version], abs=1e-5), f"version {version} answered another's scores"
+
+    switch_under_load(server, switch)
 
 
 def test_a_partial_upload_never_loads(served):

@@ -9,6 +9,7 @@ import base64
 import json
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -61,6 +62,19 @@ def served(server_env, tiny_models, tmp_path_factory):
 
 def test_a_version_switched_under_load_fails_no_request_and_answers_from_the_version_it_names(served):
     server, root, tiny_models = served
+
+    def switch() -> None:
+        add_version(root, 2, tiny_models["other_classifier"])  # other weights: a wrong answer shows
+        assert eventually(lambda: versions(server) == {"2": "available"}, 240), versions(server)
+        shutil.rmtree(root / "shoes" / "1")
+
+    switch_under_load(server, switch)
+
+
+def switch_under_load(server: Server, switch: Callable[[], None]) -> None:
+    """Clients classify without pause while `switch` rolls version 2 out (it returns once 2 is
+    available): not one request may fail, both versions must have answered, and every answer
+    must be the one the version it names computes. Version 1 is served when it is called."""
     expected = {"1": scores(server.client.post("/classify", json=body()))}
     answers: list[tuple[int, str, dict[str, float] | str]] = []
     stop = threading.Event()
@@ -84,9 +98,7 @@ def test_a_version_switched_under_load_fails_no_request_and_answers_from_the_ver
         thread.start()
     try:
         assert eventually(lambda: len(answers) >= 20, 120), "the clients got no answers"
-        add_version(root, 2, tiny_models["other_classifier"])  # other weights: a wrong answer shows
-        assert eventually(lambda: versions(server) == {"2": "available"}, 240), versions(server)
-        shutil.rmtree(root / "shoes" / "1")
+        switch()
         before = len(answers)
         assert eventually(lambda: len(answers) >= before + 20, 120), "no answers after the switch"
     finally:
