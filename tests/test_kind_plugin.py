@@ -15,6 +15,7 @@ import sys
 import grpc
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from contract.card import ModelCard
@@ -23,7 +24,6 @@ from contract.litert import convert_and_verify, save_calibration
 from tests.conftest import ROOT, repository_server
 from tests.kinds import embedder_pb2
 
-tf = pytest.importorskip("tensorflow")
 SIZE = 4
 
 
