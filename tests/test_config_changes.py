@@ -45,11 +45,32 @@ SHOES = {"versions": "all", "labels": {"stable": 1, "canary": 2}, "traffic": {"s
     ({"path": "/m/\x00"}, "path: '/m/\\x00' holds U+0000, a control character"),  # realpath() raised: a 500
     ({"path": "/m/\ud800"}, "path: '/m/\\ud800' holds U+D800"),
     ({"colour": "red"}, "unknown keys ['colour']"),
+    ({**SHOES, "promote": 500}, "promote: a table {after = 500, max_p = 0.05}"),
+    ({**SHOES, "promote": {"after": 500, "alpha": 0.05}}, "promote: a table {after = 500, max_p = 0.05}: "
+                                                          "labelled answers per look, and the chance of a wrong "
+                                                          "decision (unknown keys ['alpha'])"),
+    ({**SHOES, "promote": {"after": 0}}, "promote.after: 0: a whole number of labelled answers from 1"),
+    ({**SHOES, "promote": {"after": 10.5}}, "promote.after: 10.5"),
+    ({**SHOES, "promote": {"after": True}}, "promote.after: True"),
+    ({**SHOES, "promote": {"max_p": 0}}, "promote.max_p: 0: a chance between 0 and 1 (exclusive)"),
+    ({**SHOES, "promote": {"max_p": 1.5}}, "promote.max_p: 1.5"),
+    ({**SHOES, "promote": {"max_p": float("nan")}}, "promote.max_p: nan"),
+    ({"labels": {"canary": 2}, "promote": {}}, "promote: promotion moves the `stable` label"),
+    ({**SHOES, "traffic": {"1": 90, "canary": 10}, "promote": {}}, "promote: traffic and shadow must name labels, "
+                                                                   "not version numbers ('1')"),
+    ({**SHOES, "shadow": 2, "promote": {}}, "promote: traffic and shadow must name labels, not version numbers ('2')"),
 ])
 def test_a_model_table_is_refused_naming_the_key(table, where):
     with pytest.raises(ValueError) as refused:
         ModelConfig.parse("shoes", table)
     assert str(refused.value).startswith("repository.shoes") and where in str(refused.value)
+
+
+def test_a_promote_table_parses_and_round_trips():
+    config = ModelConfig.parse("shoes", {**SHOES, "shadow": "canary", "promote": {"after": 200}})
+    assert (config.promote.after, config.promote.max_p) == (200, 0.05)
+    assert ModelConfig.parse("shoes", config.table()) == config
+    assert ModelConfig.parse("shoes", SHOES).promote is None and "promote" not in ModelConfig.parse("shoes", SHOES).table()
 
 
 def test_version_numbers_are_ascii_digits_within_int64():
@@ -90,6 +111,8 @@ def test_a_refused_change_changes_nothing(folders, tiny_models):
             (lambda: engine.load_model("boots", None, {"versions": "specific:7"}), Conflict,
              "boots: versions = specific:7"),
             (lambda: engine.load_model("shoes", None, {"traffic": {"nothing": 1}}), ValidationError, "traffic.nothing"),
+            (lambda: engine.load_model("shoes", None, {**SHOES, "promote": {"max_p": 2}}), ValidationError,
+             "repository.shoes.promote.max_p: 2"),
             (lambda: engine.load_model("shoes", None, {**SHOES, "path": str(folders["outside"])}), Forbidden,
              "outside the model roots"),
             (lambda: engine.load_model("shoes", None, {**SHOES, "path": str(folders["link"])}), Forbidden,

@@ -27,6 +27,7 @@ from .errors import NotFound, NotReady, Overloaded, Unauthenticated
 from .manager import Manager, ModelStatus
 from .metrics import metrics
 from .models import ModelInfo, ServedModel
+from .promotion import Promotion
 from .repository import ModelConfig, ModelRef
 
 log = logging.getLogger("diptych")
@@ -42,6 +43,7 @@ class Engine:
         self.admin_keys = ApiKeys(settings.admin_keys)
         # shared: with the service's other workers; config_file: read again when it changes
         self.manager = Manager(settings, kinds, shared, config_file)
+        self.promotion: Promotion | None = None  # with the feedback store, which calls its evaluate()
         self._loaded = threading.Event()  # the first pass over the repository is done
         self._ever_ready = False
         self._in_flight = 0
@@ -153,6 +155,10 @@ class Engine:
     def status(self) -> dict[str, ModelStatus]:
         """Every model's versions (state, reason, labels naming each), labels and policy, loaded or not."""
         return self.manager.status()
+
+    def promotions(self) -> dict[str, dict[str, object]]:
+        """Each model's last promotion or rollback by evidence (none without a feedback store)."""
+        return self.promotion.decisions() if self.promotion is not None else {}
 
     def sources(self) -> dict[str, dict[str, str]]:
         """Model sources that cannot be read now, and folders ignored, with the reasons."""

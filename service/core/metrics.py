@@ -88,6 +88,10 @@ class Metrics:
             "diptych_model_versions_reuploaded", "Served object-store versions uploaded again (versions are "
             "immutable: the loaded copy keeps serving; upload a new version number)", ["model"]
         )
+        self.promotion_decisions = prom.Counter(
+            "diptych_promotion_decisions", "Candidates promoted or rolled back by labelled evidence (promoted, "
+            "rolled_back; refused: the change was not applied)", ["model", "decision"]
+        )
 
 
 @functools.cache

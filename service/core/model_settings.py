@@ -72,9 +72,38 @@ class Policy:
         return "all" if self.latest is None else f"latest:{self.latest}"
 
 
-KEYS = ("path", "versions", "labels", "traffic", "shadow", "log_sample", "log_thumbnails")
+KEYS = ("path", "versions", "labels", "traffic", "shadow", "log_sample", "log_thumbnails", "promote")
 MAX_WEIGHT = 1_000_000  # a traffic weight: enough for shares of a millionth, far from float overflow
+MAX_LABELS = 10_000_000  # promote.after: labels per look
 LABEL = re.compile(r"[^:@\s]+")  # what a request's `name@label` can name
+
+
+@dataclasses.dataclass(frozen=True)
+class Promote:
+    """`promote = {after = 500, max_p = 0.05}`: decide between the stable version and its
+    candidate once each has `after` labelled answers, and again after each `after` more, with
+    at most `max_p` chance of any wrong decision over all those looks (promotion.py)."""
+
+    after: int = 500
+    max_p: float = 0.05
+
+    @classmethod
+    def parse(cls, table: Any, where: str, labels: Mapping[str, int], targets: list[str]) -> Promote:
+        hint = "a table {after = 500, max_p = 0.05}: labelled answers per look, and the chance of a wrong decision"
+        if not isinstance(table, Mapping) or (unknown := sorted(set(map(str, table)) - {"after", "max_p"})):
+            raise ValueError(f"{where}: {hint}" + (f" (unknown keys {unknown})" if isinstance(table, Mapping) else ""))
+        after, max_p = table.get("after", cls.after), table.get("max_p", cls.max_p)
+        if isinstance(after, bool) or not isinstance(after, int) or not 1 <= after <= MAX_LABELS:
+            raise ValueError(f"{where}.after: {after!r}: a whole number of labelled answers from 1 to {MAX_LABELS}")
+        if isinstance(max_p, bool) or not isinstance(max_p, (int, float)) or not 0 < max_p < 1:
+            raise ValueError(f"{where}.max_p: {max_p!r}: a chance between 0 and 1 (exclusive), e.g. 0.05")
+        if "stable" not in labels:
+            raise ValueError(f"{where}: promotion moves the `stable` label: give the model one, e.g. labels = "
+                             "{stable = 3, canary = 4}")
+        if numbered := [target for target in targets if target not in labels]:
+            raise ValueError(f"{where}: traffic and shadow must name labels, not version numbers "
+                             f"({numbered[0]!r}), so that moving `stable` moves the traffic")
+        return cls(after, float(max_p))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +111,8 @@ class ModelConfig:
     """One model's settings: where it is (optional), its version policy and labels, how a
     request that names no version is split among versions (`traffic`: weights by label or
     version number), which version gets a copy of the traffic (`shadow`), and the share of
-    its requests written to the payload log (`log_sample`, with image thumbnails or not)."""
+    its requests written to the payload log (`log_sample`, with image thumbnails or not), and
+    whether labelled evidence promotes or rolls back a candidate (`promote`)."""
 
     name: str
     path: str | None = None  # a folder of versions, a version folder, or a store tag
@@ -92,6 +122,7 @@ class ModelConfig:
     shadow: str | None = None
     log_sample: float = 0.0
     log_thumbnails: bool = False
+    promote: Promote | None = None
 
     @classmethod
     def parse(cls, name: str, table: Any) -> ModelConfig:
@@ -138,13 +169,16 @@ class ModelConfig:
             except ValueError as error:
                 raise ValueError(f"{where}.path: {error}") from None
         policy = Policy.parse(table["versions"], where) if "versions" in table else Policy()
-        return cls(name, path, policy, labels, traffic, shadow, float(sample), thumbnails)
+        promote = Promote.parse(table["promote"], f"{where}.promote", labels, [*traffic, *filter(None, [shadow])]) \
+            if table.get("promote") is not None else None
+        return cls(name, path, policy, labels, traffic, shadow, float(sample), thumbnails, promote)
 
     def table(self) -> dict[str, Any]:
         """The settings table that parses back into this config."""
         table = {"versions": str(self.policy), "labels": dict(self.labels), "traffic": dict(self.traffic),
                  "log_sample": self.log_sample, "log_thumbnails": self.log_thumbnails}
-        return {**table, **({"path": self.path} if self.path else {}), **({"shadow": self.shadow} if self.shadow else {})}
+        return {**table, **({"path": self.path} if self.path else {}), **({"shadow": self.shadow} if self.shadow else {}),
+                **({"promote": dataclasses.asdict(self.promote)} if self.promote else {})}
 
     def split(self, available: set[int], key: str) -> int:
         """A version by the traffic weights, among the available targets only; one caller

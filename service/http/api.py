@@ -30,11 +30,12 @@ def model_of(request: Request, field: str | None) -> str | None:
 @errors
 async def list_models(request: Request) -> Response:
     """Every model version the service knows, with its state (loading, available, unloading,
-    failed and why), the labels naming it, its model's policy, and its card once read; and the
-    model sources that cannot be read now, and the folders ignored, with the reasons."""
+    failed and why), the labels naming it, its model's policy, and its card once read; the
+    model sources that cannot be read now, and the folders ignored, with the reasons; and each
+    model's last promotion or rollback by evidence (core/promotion.py)."""
     return JSONResponse({"models": [version_entry(version) for model in engine().status().values()
                                     for version in model.versions.values()],
-                         "sources": engine().sources()})
+                         "sources": engine().sources(), "promotions": engine().promotions()})
 
 
 @errors

@@ -35,7 +35,7 @@ log = logging.getLogger("diptych")
 
 
 FAILED = VersionState.FAILED
-UNSAID = ("traffic", "shadow", "log_sample", "log_thumbnails")  # what TF Serving's ModelConfig cannot say
+UNSAID = ("traffic", "shadow", "log_sample", "log_thumbnails", "promote")  # what TF Serving's ModelConfig cannot say
 
 
 class ModelControl:
@@ -122,6 +122,23 @@ class ModelControl:
         Serving's config cannot say, stay), and every other model is unloaded, as by an unload
         request. Leaving a default model out is a `Conflict`: a reload never retires one."""
         self._change(tables, replace=True)
+
+    def config(self, name: str) -> ModelConfig | None:
+        """`name`'s settings now (those `amend` compares with)."""
+        return self.repository.configs.get(name)
+
+    def amend(self, name: str, decided_on: ModelConfig, table: Mapping[str, Any]) -> None:
+        """`name`'s settings `table`, whole, if they are still those a decision was taken on
+        (`decided_on`: promotion.py); else a `Conflict` and nothing changes. Checked and applied
+        as a load's table is, the versions loaded on request kept."""
+        with self._changing():
+            if self.repository.configs.get(name) != decided_on:
+                raise Conflict("config", f"{name}: its settings changed since the decision; nothing was changed")
+            configs = {**self.repository.configs, name: self._admitted(name, table)}
+            control = copy.deepcopy(self._control)
+            self._checked(configs, control, {name})
+            self._apply(configs, control)
+        self.reconcile()
 
     def _change(self, tables: Mapping[str, Mapping[str, Any]], replace: bool) -> None:
         with self._changing():

@@ -67,6 +67,9 @@ class Routing:
     def available(self, name: str) -> bool:
         return bool(self._routes.get(name))
 
+    def available_versions(self, name: str) -> set[int]:
+        return set(self._routes.get(name, {}))
+
     def status(self) -> dict[str, ModelStatus]:
         """Every model with a version that has a state: its versions' snapshots, labels, policy."""
         configs = self._found.configs

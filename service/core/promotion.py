@@ -1,0 +1,191 @@
+"""Promotion and rollback by evidence (#27): is the candidate better than the stable version,
+on the labels fed back?
+
+A model whose table says `promote = {after = 500, max_p = 0.05}` has a *candidate*: its
+`shadow` (which answers the same requests as the version it shadows: paired answers, McNemar's
+test), else the one version other than `stable` that the traffic split gives requests to (a
+canary: other requests, the two-proportion test). `evaluate(model)` looks at the evidence
+(the feedback path calls it after each batch of labels): once stable and candidate each have
+`after` labelled answers, and again each time `after` more have arrived, it tests.
+
+**Repeated looks.** Look k (k = labelled answers // `after`) rejects "equally good" at
+p ≤ max_p / 2**k. Whatever happens at the looks before, the chance that *any* look wrongly
+rejects is at most the sum of these, max_p·(1/2 + 1/4 + ...) < max_p (Bonferroni over every
+look there could ever be); a look skipped (labels arriving in a large batch) only spends less.
+Looks are counted per (model, stable, candidate, test) and never reset, so undoing a decision
+and looking again on the same labels spends a new, smaller share.
+
+Significantly better: the `stable` label moves to the candidate (a shadow stops shadowing: it
+serves now). Significantly worse: its traffic weights go to 0 (a shadow stops shadowing).
+Neither while stable or candidate is unavailable. The change goes through the manager's control
+path (`Manager.amend`: checked whole, applied at once, and only if the settings are still those
+the evidence was weighed under). Each decision is logged, counted
+(`diptych_promotion_decisions_total{model,decision}`), and kept as the model's last decision for
+`GET /models`, with the table before it: a load with that table (`parameters.config`) undoes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any, Protocol
+
+from .errors import ServiceError
+from .evidence import Paired, Tally, mcnemar, two_proportions
+from .metrics import metrics
+from .model_settings import ModelConfig
+
+log = logging.getLogger("diptych")
+
+PROMOTED, ROLLED_BACK, REFUSED = "promoted", "rolled_back", "refused"  # REFUSED: the control path said no
+SHADOW, SPLIT = "shadow", "split"
+
+
+class Evidence(Protocol):
+    """The labelled answers per version (the feedback store, feedback.py)."""
+
+    def tally(self, model: str, version: int, role: str = "predictor") -> Tally: ...
+
+    def paired(self, model: str, stable: int, candidate: int) -> Paired: ...
+
+
+class Controlled(Protocol):
+    """What promotion needs of the manager (manager/): settings, availability, the control path."""
+
+    def config(self, name: str) -> ModelConfig | None: ...
+
+    def available_versions(self, name: str) -> set[int]: ...
+
+    def amend(self, name: str, decided_on: ModelConfig, table: dict[str, Any]) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    stable: int
+    version: int
+    test: str  # SHADOW (paired: McNemar) or SPLIT (independent: two proportions)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """One decision, as `GET /models` shows it; `undo` is the table it replaced."""
+
+    model: str
+    decision: str
+    test: str
+    stable: int
+    candidate: int
+    p: float
+    alpha: float  # the level look `look` tested at: max_p / 2**look
+    look: int
+    stable_tally: Tally
+    candidate_tally: Tally
+    at: float  # Unix time
+    undo: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "stable_tally": dataclasses.asdict(self.stable_tally),
+                "candidate_tally": dataclasses.asdict(self.candidate_tally)}
+
+
+def candidate_of(config: ModelConfig) -> Candidate | None:
+    """The shadow, else the one non-stable version the split weighs; None when there is neither
+    or the split weighs several (no single candidate to decide on)."""
+    stable = config.labels["stable"]
+    if config.shadow and (shadow := config.version_of(config.shadow)) not in (None, stable):
+        return Candidate(stable, shadow, SHADOW)
+    weighed = {config.version_of(target) for target, weight in config.traffic.items() if weight} - {stable, None}
+    return Candidate(stable, weighed.pop(), SPLIT) if len(weighed) == 1 else None
+
+
+def alpha(max_p: float, look: int) -> float:
+    """The level of look `look` (1, 2, ...): the levels of all looks add up to less than max_p."""
+    return max_p / 2**look
+
+
+def verdict(stable: Tally, candidate: Tally, p: float, level: float) -> str | None:
+    """PROMOTED or ROLLED_BACK when p is at most `level`, by which version is ahead; else None."""
+    if p > level or candidate.correct * stable.labelled == stable.correct * candidate.labelled:
+        return None
+    return PROMOTED if candidate.correct * stable.labelled > stable.correct * candidate.labelled else ROLLED_BACK
+
+
+def weigh(evidence: Evidence, model: str, candidate: Candidate) -> tuple[Tally, Tally, float, int]:
+    """(stable's tally, the candidate's, the p-value, how many labelled answers each has at least)."""
+    if candidate.test == SHADOW:
+        paired = evidence.paired(model, candidate.stable, candidate.version)
+        stable = Tally(paired.labelled, paired.both_right + paired.stable_only)
+        return stable, Tally(paired.labelled, paired.both_right + paired.candidate_only), mcnemar(paired), \
+            paired.labelled
+    stable, other = evidence.tally(model, candidate.stable), evidence.tally(model, candidate.version)
+    return stable, other, two_proportions(stable, other), min(stable.labelled, other.labelled)
+
+
+def decided_table(config: ModelConfig, candidate: Candidate, decision: str) -> dict[str, Any]:
+    """The model's table after `decision`: `stable` on the candidate, or the candidate's weights at 0;
+    a shadow stops shadowing either way (promoted, it serves)."""
+    table = config.table()
+    if candidate.test == SHADOW:
+        table.pop("shadow")
+    if decision == PROMOTED:
+        table["labels"] = {**table["labels"], "stable": candidate.version}
+    elif candidate.test == SPLIT:
+        table["traffic"] = {target: 0 if config.version_of(target) == candidate.version else weight
+                            for target, weight in table["traffic"].items()}
+    return table
+
+
+class Promotion:
+    """Decides for each model with `promote`, on `evidence`, and changes it through `manager`."""
+
+    def __init__(self, manager: Controlled, evidence: Evidence) -> None:
+        self.manager = manager
+        self.evidence = evidence
+        self._looks: dict[tuple[str, int, int, str], int] = {}  # the last look taken, per pairing
+        self._last: dict[str, Decision] = {}
+        self._lock = threading.Lock()  # one evaluation at a time: a look is spent once
+
+    def evaluate(self, model: str) -> Decision | None:
+        """Look at `model`'s evidence, and decide if it is enough (the feedback path calls this
+        after each batch of labels; it may run a manager pass: call it off the event loop)."""
+        with self._lock:
+            config = self.manager.config(model)
+            candidate = candidate_of(config) if config is not None and config.promote is not None else None
+            if candidate is None or not {candidate.stable, candidate.version} <= self.manager.available_versions(model):
+                return None
+            stable, other, p, labelled = weigh(self.evidence, model, candidate)
+            key = (model, candidate.stable, candidate.version, candidate.test)
+            look = labelled // config.promote.after
+            if look <= self._looks.get(key, 0):
+                return None  # too few labels, or no `after` more since the last look
+            self._looks[key] = look
+            level = alpha(config.promote.max_p, look)
+            if (decision := verdict(stable, other, p, level)) is None:
+                return None
+            record = Decision(model, decision, candidate.test, candidate.stable, candidate.version, p, level, look,
+                              stable, other, time.time(), config.table())
+            return self._apply(config, candidate, record)
+
+    def _apply(self, config: ModelConfig, candidate: Candidate, record: Decision) -> Decision | None:
+        try:
+            self.manager.amend(record.model, config, decided_table(config, candidate, record.decision))
+        except ServiceError as error:
+            metrics().promotion_decisions.labels(record.model, REFUSED).inc()
+            log.warning("promotion of %s version %d not applied (%s): %s", record.model, record.candidate,
+                        record.decision, error.problem)
+            return None
+        metrics().promotion_decisions.labels(record.model, record.decision).inc()
+        log.info("promotion: %s version %d %s against stable version %d (%s test, look %d, p=%.3g <= %.3g; "
+                 "accuracy %d/%d vs %d/%d); undo: load it with the table %s", record.model, record.candidate,
+                 record.decision, record.stable, record.test, record.look, record.p, record.alpha,
+                 record.candidate_tally.correct, record.candidate_tally.labelled, record.stable_tally.correct,
+                 record.stable_tally.labelled, record.undo)
+        self._last[record.model] = record
+        return record
+
+    def decisions(self) -> dict[str, dict[str, Any]]:
+        """Each model's last decision (`GET /models`)."""
+        with self._lock:
+            return {model: decision.to_dict() for model, decision in self._last.items()}
