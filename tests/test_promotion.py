@@ -1,6 +1,6 @@
 """Promotion and rollback by evidence (service/core/promotion.py), on a fake feedback store and
-a fake manager whose `amend` parses the table as the real one does (the real control path:
-tests/test_promotion_manager.py). Pure Python, no server: a canary or a shadow that is known
+`Detached` settings, whose `amend` parses the table whole as the manager's does (the real
+control path: tests/test_promotion_manager.py). Pure Python, no server: a canary or a shadow that is known
 better is promoted, known worse is rolled back, nothing happens on too few labels or on an
 unavailable version, the looks' levels halve; and, over many simulated runs of two equally
 good versions, the share of runs with any decision stays within max_p."""
@@ -16,7 +16,7 @@ from scipy.stats import binom
 from service.core.evidence import Paired, Tally, two_proportions
 from service.core.metrics import metrics
 from service.core.model_settings import ModelConfig
-from service.core.promotion import PROMOTED, ROLLED_BACK, SHADOW, SPLIT, Promotion, alpha
+from service.core.promotion import PROMOTED, REFUSED, ROLLED_BACK, SHADOW, SPLIT, Detached, Promotion, alpha
 
 CANARY = {"versions": "all", "labels": {"stable": 3, "canary": 4}, "traffic": {"stable": 90, "canary": 10},
           "promote": {"after": 500, "max_p": 0.05}}
@@ -37,24 +37,6 @@ class FakeStore:
         return self.pairs
 
 
-class FakeManager:
-    """One model's settings; `amend` parses the new table whole, as Manager.amend does."""
-
-    def __init__(self, table: dict, available: set[int] | None = None) -> None:
-        self.configs = {"shoes": ModelConfig.parse("shoes", table)}
-        self.available = {3, 4} if available is None else available
-
-    def config(self, name: str) -> ModelConfig | None:
-        return self.configs.get(name)
-
-    def available_versions(self, name: str) -> set[int]:
-        return set(self.available)
-
-    def amend(self, name: str, decided_on: ModelConfig, table: dict) -> None:
-        assert self.configs[name] == decided_on
-        self.configs[name] = ModelConfig.parse(name, table)
-
-
 def decisions_counted(decision: str) -> float:
     import prometheus_client
 
@@ -64,7 +46,7 @@ def decisions_counted(decision: str) -> float:
 
 
 def test_a_better_canary_is_promoted_and_the_decision_is_recorded_with_its_undo():
-    manager, store = FakeManager(CANARY), FakeStore()
+    manager, store = Detached({"shoes": CANARY}), FakeStore()
     store.tallies = {3: Tally(500, 400), 4: Tally(500, 460)}
     counted = decisions_counted(PROMOTED)
     decision = Promotion(manager, store).evaluate("shoes")
@@ -78,7 +60,7 @@ def test_a_better_canary_is_promoted_and_the_decision_is_recorded_with_its_undo(
 
 
 def test_a_worse_canary_gets_no_more_traffic():
-    manager, store = FakeManager(CANARY), FakeStore()
+    manager, store = Detached({"shoes": CANARY}), FakeStore()
     store.tallies = {3: Tally(600, 460), 4: Tally(500, 330)}
     promotion = Promotion(manager, store)
     assert promotion.evaluate("shoes").decision == ROLLED_BACK
@@ -92,7 +74,7 @@ def test_a_worse_canary_gets_no_more_traffic():
 
 @pytest.mark.parametrize("pairs, decision", [(Paired(400, 10, 60, 30), PROMOTED), (Paired(400, 60, 10, 30), ROLLED_BACK)])
 def test_a_shadow_is_judged_on_its_paired_answers_and_stops_shadowing(pairs, decision):
-    manager, store = FakeManager(SHADOWED), FakeStore()
+    manager, store = Detached({"shoes": SHADOWED}), FakeStore()
     store.pairs = pairs
     store.tallies = {3: Tally(500, 500), 4: Tally(500, 0)}  # the split's tallies: not what a shadow is judged on
     made = Promotion(manager, store).evaluate("shoes")
@@ -102,7 +84,7 @@ def test_a_shadow_is_judged_on_its_paired_answers_and_stops_shadowing(pairs, dec
 
 
 def test_nothing_is_decided_on_too_few_labels():
-    manager, store = FakeManager(CANARY), FakeStore()
+    manager, store = Detached({"shoes": CANARY}), FakeStore()
     store.tallies = {3: Tally(5000, 1000), 4: Tally(499, 499)}  # a glaring difference, one label short
     promotion = Promotion(manager, store)
     assert promotion.evaluate("shoes") is None and manager.configs["shoes"] == ModelConfig.parse("shoes", CANARY)
@@ -112,12 +94,24 @@ def test_nothing_is_decided_on_too_few_labels():
 
 @pytest.mark.parametrize("available", [{3}, {4}, set()])
 def test_nothing_is_decided_while_a_version_is_unavailable(available):
-    manager, store = FakeManager(CANARY, available), FakeStore()
+    manager, store = Detached({"shoes": CANARY}, available), FakeStore()
     store.tallies = {3: Tally(500, 400), 4: Tally(500, 480)}
     promotion = Promotion(manager, store)
     assert promotion.evaluate("shoes") is None and manager.configs["shoes"] == ModelConfig.parse("shoes", CANARY)
     manager.available = {3, 4}
     assert promotion.evaluate("shoes").decision == PROMOTED
+
+
+def test_a_decision_on_settings_that_changed_since_is_refused_and_counted():
+    manager, store = Detached({"shoes": CANARY}), FakeStore()
+    store.tallies = {3: Tally(500, 400), 4: Tally(500, 460)}
+    changed = ModelConfig.parse("shoes", {**CANARY, "traffic": {"stable": 100}})
+    manager.amend = lambda name, decided_on, table: (manager.configs.update(shoes=changed),
+                                                     Detached.amend(manager, name, decided_on, table))
+    refused = decisions_counted(REFUSED)
+    promotion = Promotion(manager, store)
+    assert promotion.evaluate("shoes") is None and promotion.decisions() == {}
+    assert manager.configs["shoes"] == changed and decisions_counted(REFUSED) == refused + 1
 
 
 def test_without_promote_or_a_single_candidate_nothing_is_decided():
@@ -126,9 +120,9 @@ def test_without_promote_or_a_single_candidate_nothing_is_decided():
     table = {key: value for key, value in CANARY.items() if key != "promote"}
     several = {**CANARY, "labels": {"stable": 3, "canary": 4, "other": 5}, "traffic": {"stable": 8, "canary": 1,
                                                                                        "other": 1}}
-    for manager in FakeManager(table), FakeManager(several, {3, 4, 5}):
+    for manager in Detached({"shoes": table}), Detached({"shoes": several}, {3, 4, 5}):
         assert Promotion(manager, store).evaluate("shoes") is None
-    assert Promotion(FakeManager(CANARY), store).evaluate("other model") is None
+    assert Promotion(Detached({"shoes": CANARY}), store).evaluate("other model") is None
 
 
 def test_each_look_tests_at_half_the_level_of_the_one_before():
@@ -137,13 +131,13 @@ def test_each_look_tests_at_half_the_level_of_the_one_before():
     store = FakeStore()
     store.tallies = {3: Tally(1000, 800), 4: Tally(1000, 840)}  # p between the first look's and the second's level
     assert alpha(0.05, 2) < two_proportions(store.tallies[3], store.tallies[4]) < alpha(0.05, 1)
-    as_first_look = Promotion(FakeManager({**CANARY, "promote": {"after": 1000}}), store).evaluate("shoes")
+    as_first_look = Promotion(Detached({"shoes": {**CANARY, "promote": {"after": 1000}}}), store).evaluate("shoes")
     assert as_first_look.decision == PROMOTED and as_first_look.look == 1
-    assert Promotion(FakeManager(CANARY), store).evaluate("shoes") is None  # after = 500: 1000 labels is look 2
+    assert Promotion(Detached({"shoes": CANARY}), store).evaluate("shoes") is None  # after = 500: 1000 labels is look 2
 
 
 def test_a_look_is_spent_once_and_an_undone_decision_needs_new_labels():
-    manager, store = FakeManager(CANARY), FakeStore()
+    manager, store = Detached({"shoes": CANARY}), FakeStore()
     store.tallies = {3: Tally(500, 400), 4: Tally(500, 400)}
     promotion = Promotion(manager, store)
     assert promotion.evaluate("shoes") is None  # look 1: no difference
@@ -168,7 +162,7 @@ def simulated_runs(test: str, accuracy: float, agreement: float, after: int, max
     wrong = 0
     for _ in range(runs):
         table = SHADOWED if test == SHADOW else CANARY
-        manager, store = FakeManager({**table, "promote": {"after": after, "max_p": max_p}}), FakeStore()
+        manager, store = Detached({"shoes": {**table, "promote": {"after": after, "max_p": max_p}}}), FakeStore()
         promotion = Promotion(manager, store)
         counts, tallies = np.zeros(4, int), {3: np.zeros(2, int), 4: np.zeros(2, int)}
         for _ in range(looks):

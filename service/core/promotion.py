@@ -32,7 +32,7 @@ import threading
 import time
 from typing import Any, Protocol
 
-from .errors import ServiceError
+from .errors import Conflict, ServiceError, ValidationError
 from .evidence import Paired, Tally, mcnemar, two_proportions
 from .metrics import metrics
 from .model_settings import ModelConfig
@@ -59,6 +59,31 @@ class Controlled(Protocol):
     def available_versions(self, name: str) -> set[int]: ...
 
     def amend(self, name: str, decided_on: ModelConfig, table: dict[str, Any]) -> None: ...
+
+
+class Detached:
+    """Models' settings outside a manager, every version available unless said otherwise: what
+    the replay benchmark and the tests decide on. `amend` parses the table whole, as the
+    manager's does, and refuses a decision taken on settings that changed since."""
+
+    def __init__(self, tables: dict[str, dict[str, Any]], available: set[int] | None = None) -> None:
+        self.configs = {name: ModelConfig.parse(name, table) for name, table in tables.items()}
+        self.available = available  # None: every version
+
+    def config(self, name: str) -> ModelConfig | None:
+        return self.configs.get(name)
+
+    def available_versions(self, name: str) -> set[int]:
+        config = self.configs[name]
+        return set(config.labels.values()) if self.available is None else set(self.available)
+
+    def amend(self, name: str, decided_on: ModelConfig, table: dict[str, Any]) -> None:
+        if self.configs.get(name) != decided_on:
+            raise Conflict("config", f"{name}: its settings changed since the decision; nothing was changed")
+        try:
+            self.configs[name] = ModelConfig.parse(name, table)
+        except ValueError as error:
+            raise ValidationError("config", str(error)) from None
 
 
 @dataclasses.dataclass(frozen=True)

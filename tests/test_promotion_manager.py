@@ -1,0 +1,65 @@
+"""Promotion through the real control path (service/core/promotion.py, Manager.amend), on a
+real engine over the tiny models: the decision moves what is served, the load API undoes it,
+and a decision taken on settings that changed since is refused and changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from service.core import Conflict, context
+from service.core.evidence import Tally
+from service.core.promotion import PROMOTED, ROLLED_BACK, Promotion
+from service.kinds import Classifier
+from tests.test_promotion import FakeStore
+from tests.test_repository import classify, engine_for, repository  # noqa: F401
+
+SHOES = {"versions": "all", "labels": {"stable": 1, "canary": 2}, "traffic": {"stable": 50, "canary": 50},
+         "promote": {"after": 50, "max_p": 0.05}}
+
+
+def served_by(engine, callers: int = 200) -> set[str]:
+    """The versions that answer requests naming no version, over many callers."""
+    chosen = set()
+    for index in range(callers):
+        context.begin(caller=f"caller-{index}")
+        chosen.add(engine.get(Classifier).info.version)
+    return chosen
+
+
+def test_a_promotion_and_a_rollback_change_what_serves_and_the_load_api_undoes_them(repository, tiny_models):
+    engine = engine_for(repository, tiny_models, repository={"shoes": SHOES})
+    store = FakeStore()
+    promotion = Promotion(engine.manager, store)
+    try:
+        assert served_by(engine) == {"1", "2"}
+        store.tallies = {1: Tally(50, 30), 2: Tally(50, 48)}
+        decision = promotion.evaluate("shoes")
+        assert decision.decision == PROMOTED
+        assert engine.status()["shoes"].labels == {"stable": 2, "canary": 2}
+        assert classify(engine, "shoes@stable") == "2" and served_by(engine) == {"2"}
+
+        asyncio.run(engine.load_model("shoes", None, decision.undo))  # the documented undo
+        assert engine.status()["shoes"].labels == {"stable": 1, "canary": 2} and served_by(engine) == {"1", "2"}
+        assert promotion.evaluate("shoes") is None  # the same labels are not looked at twice
+
+        store.tallies = {1: Tally(100, 90), 2: Tally(100, 40)}  # look 2: the canary is worse
+        assert promotion.evaluate("shoes").decision == ROLLED_BACK
+        assert served_by(engine) == {"1"} and engine.manager.config("shoes").traffic == {"stable": 50, "canary": 0}
+        assert promotion.decisions()["shoes"]["decision"] == ROLLED_BACK
+    finally:
+        engine.close()
+
+
+def test_a_decision_on_settings_that_changed_since_changes_nothing(repository, tiny_models):
+    engine = engine_for(repository, tiny_models, repository={"shoes": SHOES})
+    try:
+        weighed = engine.manager.config("shoes")
+        asyncio.run(engine.load_model("shoes", None, {**SHOES, "traffic": {"stable": 100}}))
+        changed = engine.manager.config("shoes")
+        with pytest.raises(Conflict, match="its settings changed since the decision"):
+            engine.manager.amend("shoes", weighed, {**SHOES, "labels": {"stable": 2, "canary": 2}})
+        assert engine.manager.config("shoes") == changed and served_by(engine) == {"1"}
+    finally:
+        engine.close()
