@@ -1,10 +1,10 @@
 """A corpus of photos as apps send them, made at run time from real photos into a cache folder.
 
-scikit-image's sample photos (bundled with it, no download) re-encoded at a phone camera's
-4:3 at 0.3, 2 and 12 megapixels: JPEG at quality 85 with 4:2:0 chroma (what phones and
+scikit-image's and scikit-learn's sample photos (bundled with them, no download) re-encoded
+at a phone camera's 4:3 at 0.3, 2 and 12 megapixels: JPEG at quality 85 with 4:2:0 chroma (what phones and
 browsers write), and one photo also as PNG, WebP (quality 80), a JPEG stored sideways with
 EXIF orientation 6 (as phones store portrait shots) and a greyscale JPEG. The sample photos
-are 0.14-0.26 megapixels: enlarged, they would be smoother than a camera's and decode
+are 0.14-0.27 megapixels: enlarged, they would be smoother than a camera's and decode
 faster, so sizes above the source get a sensor's grain (Gaussian, sigma 2 grey levels,
 seeded). The files are megabytes: never committed, made once per cache folder.
 """
@@ -20,7 +20,9 @@ import numpy as np
 from PIL import Image
 
 SIZES = {"0.3MP": (640, 480), "2MP": (1632, 1224), "12MP": (4032, 3024)}
-PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")  # skimage.data: RGB photos of 0.14-0.26 MP
+SKIMAGE_PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")  # skimage.data: RGB photos of 0.14-0.26 MP
+SKLEARN_PHOTOS = ("china", "flower")  # sklearn.datasets.load_sample_image: 640x427 JPEGs
+PHOTOS = SKIMAGE_PHOTOS + SKLEARN_PHOTOS
 ODD_ONE = "coffee"  # the photo also written in the other formats
 FORMATS = ("jpeg", "png", "webp", "jpeg-exif", "jpeg-grey")
 ORIENTATION = 0x0112
@@ -61,9 +63,7 @@ def corpus(cache: Path | None = None) -> list[Photo]:
 
 def source(name: str, size: tuple[int, int]) -> Image.Image:
     """The sample photo cropped to 4:3 and resized to `size` (width, height), grain added when enlarged."""
-    import skimage.data
-
-    pixels = getattr(skimage.data, name)()
+    pixels = sample_photo(name)
     height, width = pixels.shape[:2]
     crop_height, crop_width = (height, height * 4 // 3) if width * 3 >= height * 4 else (width * 3 // 4, width)
     top, left = (height - crop_height) // 2, (width - crop_width) // 2
@@ -72,6 +72,17 @@ def source(name: str, size: tuple[int, int]) -> Image.Image:
         grain = np.random.default_rng(sum(map(ord, name))).normal(0, 2, (size[1], size[0], 3))
         image = Image.fromarray(np.clip(np.asarray(image) + grain, 0, 255).round().astype(np.uint8))
     return image
+
+
+def sample_photo(name: str) -> np.ndarray:
+    """One of PHOTOS as uint8 RGB [H, W, 3], from the package that ships it."""
+    if name in SKLEARN_PHOTOS:
+        from sklearn.datasets import load_sample_image
+
+        return load_sample_image(f"{name}.jpg")
+    import skimage.data
+
+    return getattr(skimage.data, name)()
 
 
 def encode(image: Image.Image, format: str) -> bytes:

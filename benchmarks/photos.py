@@ -9,10 +9,14 @@
    machine change it far less than the wall clock), beside Pillow's draft + float resize
    (the path before #26) for JPEGs, and the largest and mean pixel difference of each against
    the graph's own preprocessing (`tf.io.decode_image` + antialiased resize, EXIF aside).
-2. Served (unless --no-serve), for each size's JPEGs: HTTP (`hey`) and gRPC diptych.v1
+2. What the service's decoding changes in the classifier's answers (benchmarks/photo_accuracy.py;
+   unless --no-accuracy).
+3. Served (unless --no-serve), for each size's first JPEG: HTTP (`hey`) and gRPC diptych.v1
    `Classify` (`h2load`) at concurrency 1 and 32, one photo a request, against raw TensorFlow
    (`serving_default` on the same bytes, batch 32) and the raw LiteRT pool fed by the same
    decode, each row the best of --rounds interleaved rounds (benchmarks/serving.py measures).
+   With --profile, then py-spy samples the service under HTTP at concurrency 32 on the
+   0.3-MP photo: where its CPU time goes.
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ import functools
 import io
 import json
 import os
+import re
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,7 +39,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from benchmarks import serving
+from benchmarks import photo_accuracy, serving
+from benchmarks.photo_accuracy import graph_pixels
 from benchmarks.photo_corpus import SIZES, corpus
 from contract.runtime import LITERT, SavedModelRuntime, cores
 from service.core.images import decode, prepare, resize
@@ -57,15 +65,6 @@ def pillow_path(data: bytes, size: int) -> np.ndarray:
     image = Image.open(io.BytesIO(data))
     image.draft("RGB", (2 * size, 2 * size))
     return resize(np.asarray(ImageOps.exif_transpose(image).convert("RGB")), size)
-
-
-def graph_pixels(data: bytes, size: int, upright: bool) -> np.ndarray:
-    import tensorflow as tf
-
-    image = tf.image.resize(tf.io.decode_image(data, channels=3, expand_animations=False), (size, size),
-                            antialias=True)
-    pixels = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8).numpy()
-    return pixels if upright else np.rot90(pixels, -1)  # the corpus' EXIF file is stored turned by 90°
 
 
 def per_image(size: int, budget_s: float) -> None:
@@ -95,7 +94,8 @@ def per_image(size: int, budget_s: float) -> None:
             print(f"| {size_name} | {format} | {len(group)} | {kib:.0f} | {header:.3f} | {' | '.join(cells)} |")
 
 
-def served(classifier: str, generator: str, rounds: int, seconds: float) -> None:
+def served(classifier: str, generator: str, sizes: list[str], rounds: int, seconds: float,
+           profile: Path | None) -> None:
     hey, h2load = shutil.which("hey"), shutil.which("h2load")
     if hey is None or h2load is None:
         raise SystemExit("a load generator is missing: apt-get install hey nghttp2-client")
@@ -107,9 +107,9 @@ def served(classifier: str, generator: str, rounds: int, seconds: float) -> None
     measures: dict[tuple[str, str, int], Callable[[], dict[str, float]]] = {}
     try:
         service.wait_ready()
-        for size_name in SIZES:
+        for size_name in sizes:
             photos = [photo.data for photo in corpus() if photo.size == size_name and photo.format == "jpeg"]
-            batch = (photos * 32)[:32]
+            batch = photos[:1] * 32  # every row on the same bytes
             body = work / f"{size_name}.json"
             body.write_text(json.dumps({"images": [base64.b64encode(photos[0]).decode()], "top_k": 1}))
             grpc_body = serving.grpc_bodies(photos[0], work)["grpc diptych.v1"].rename(work / f"{size_name}.grpc")
@@ -128,33 +128,68 @@ def served(classifier: str, generator: str, rounds: int, seconds: float) -> None
                 result = measure()
                 if row not in best or result["images/s"] > best[row]["images/s"]:
                     best[row] = result
+        if profile:
+            record(service, hey, work / f"{sizes[0]}.json", seconds, profile)
     finally:
         service.close()
-    print(f"\nServed at {size} px on LiteRT, one JPEG a request (load average {os.getloadavg()[0]:.1f}); log in {work}")
-    print("| photos | path | batch / concurrency | images/s | p50 ms | p99 ms | × raw TF | of raw LiteRT | CPU ms / image |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    load_before = os.getloadavg()[0]
+    print(f"\nServed at {size} px on LiteRT, one JPEG a request (load average {load_before:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after); log in {work}")
+    # images/s on free cores: what the CPU time per image allows, which other jobs on the machine change least
+    print("| photos | path | batch / concurrency | images/s | p50 ms | p99 ms | × raw TF | of raw LiteRT | CPU ms / image "
+          f"| images/s on {cores()} free cores | × raw TF | of raw LiteRT |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (size_name, kind, n), result in best.items():
-        raw_tf = best[(size_name, "raw tensorflow", 32)]["images/s"]
-        raw_litert = best[(size_name, "raw litert pool", cores())]["images/s"]
+        raw_tf, raw_litert = best[(size_name, "raw tensorflow", 32)], best[(size_name, "raw litert pool", cores())]
+        free = 1000 * cores() / result["cpu ms"]
         print(f"| {size_name} | {kind} | {n} | {result['images/s']:.1f} | {result['p50 ms']:.1f} | "
-              f"{result['p99 ms']:.1f} | {result['images/s'] / raw_tf:.2f}× | {result['images/s'] / raw_litert:.0%} | "
-              f"{result['cpu ms']:.2f} |")
+              f"{result['p99 ms']:.1f} | {result['images/s'] / raw_tf['images/s']:.2f}× | "
+              f"{result['images/s'] / raw_litert['images/s']:.0%} | {result['cpu ms']:.2f} | {free:.0f} | "
+              f"{raw_tf['cpu ms'] / result['cpu ms']:.2f}× | {raw_litert['cpu ms'] / result['cpu ms']:.0%} |")
+
+
+def record(service: serving.Service, hey: str, body: Path, seconds: float, out: Path) -> None:
+    """py-spy samples of the service's processes (on CPU only) while `hey` posts `body` at
+    concurrency 32; prints the functions the most samples pass through."""
+    load = subprocess.Popen([hey, "-c", "32", "-m", "POST", "-T", "application/json", "-D", str(body),
+                             "-z", f"{seconds + 2:g}s", service.url + "/classify"], stdout=subprocess.DEVNULL)
+    subprocess.run([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(service.process.pid),
+                    "--subprocesses", "--nonblocking", "--format", "raw", "--duration", f"{seconds:g}",
+                    "--output", str(out)], capture_output=True, check=True)
+    load.wait()
+    stacks = [(line.rsplit(" ", 1)[0].split(";"), int(line.rsplit(" ", 1)[1]))
+              for line in out.read_text().splitlines() if line.strip()]
+    total = sum(count for _, count in stacks)
+    through: dict[str, int] = {}
+    for frames, count in stacks:
+        # "name (file:line)" with the lines merged; py-spy's process and thread frames left out
+        for function in {re.sub(r":\d+\)$", ")", frame) for frame in frames if not frame.startswith("process ")}:
+            through[function] = through.get(function, 0) + count
+    print(f"\npy-spy, HTTP at concurrency 32 on {body.stem}: {total} samples on CPU in {seconds:g} s; raw stacks in {out}")
+    print("| function (file) | share of the samples |\n|---|---:|")
+    for function, count in sorted(through.items(), key=lambda item: -item[1])[:25]:
+        print(f"| `{function}` | {count / total:.0%} |")
 
 
 def main() -> None:
     parser = serving.models_parser("python -m benchmarks.photos", __doc__, "the service needs one to start")
     parser.add_argument("--sizes", default="96", help="model input sizes for the per-image table")
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of repetitions per file and path")
-    parser.add_argument("--no-serve", action="store_true", help="the per-image table only")
+    parser.add_argument("--no-serve", action="store_true", help="no served rows")
+    parser.add_argument("--no-accuracy", action="store_true", help="no accuracy measurement")
+    parser.add_argument("--served-sizes", default=",".join(SIZES), help="corpus sizes of the served rows")
+    parser.add_argument("--profile", type=Path, help="py-spy's raw stacks of the service at HTTP c=32, into this file")
     parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per served row and round")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-    for size in map(int, args.sizes.split(",")):
+    for size in map(int, filter(None, args.sizes.split(","))):  # "": no per-image table
         per_image(size, args.budget)
+    if not args.no_accuracy:
+        photo_accuracy.report(args.classifier)
     if not args.no_serve:
-        served(args.classifier, args.generator, args.rounds, args.seconds)
+        served(args.classifier, args.generator, args.served_sizes.split(","), args.rounds, args.seconds, args.profile)
 
 
 if __name__ == "__main__":
