@@ -42,6 +42,7 @@ class Engine:
         self.admin_keys = ApiKeys(settings.admin_keys)
         # shared: with the service's other workers; config_file: read again when it changes
         self.manager = Manager(settings, kinds, shared, config_file)
+        self.feedback = self.manager.feedback  # answers waiting for labels (POST /feedback), accuracy per version
         self._loaded = threading.Event()  # the first pass over the repository is done
         self._ever_ready = False
         self._in_flight = 0
