@@ -276,8 +276,8 @@ def test_dashboard_queries_are_valid_promql(tmp_path):
 
 @pytest.fixture(scope="module")
 def served(grpc_servers):
-    """The open test server after 100 images classified, a generate and a refused request (so
-    every labelled metric has a sample), and the sample names on its /metrics."""
+    """The open test server after 100 images classified (one labelled), a generate and a refused
+    request (so every labelled metric has a sample), and the sample names on its /metrics."""
     from PIL import Image
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -286,7 +286,10 @@ def served(grpc_servers):
     Image.new("RGB", (40, 30), (90, 30, 200)).save(buffer, format="PNG")
     image = base64.b64encode(buffer.getvalue()).decode()
     for _ in range(4):  # 100 predictions: the label drift gauge reports from 100 on
-        assert server.client.post("/classify", json={"images": [image] * 25, "top_k": 1}).status_code == 200
+        answer = server.client.post("/classify", json={"images": [image] * 25, "top_k": 1})
+        assert answer.status_code == 200
+    label = {"request_id": answer.headers["x-request-id"], "label": 0}  # the accuracy per version
+    assert server.client.post("/feedback", json={"items": [label]}).json()["items"][0]["status"] == "ok"
     assert server.client.post("/generate", json={"seed": 1, "count": 1, "format": "json"}).status_code == 200
     assert server.client.post("/generate", json={"count": 0}).status_code == 400
     samples: set[str] = set()
@@ -294,7 +297,8 @@ def served(grpc_servers):
     while time.monotonic() < deadline:
         text = server.client.get("/metrics").text
         samples = {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
-        if {"diptych_images_generated_total", "diptych_requests_rejected_total", "diptych_label_drift_psi"} <= samples:
+        if {"diptych_images_generated_total", "diptych_requests_rejected_total", "diptych_label_drift_psi",
+                "diptych_feedback_accuracy"} <= samples:
             break
         time.sleep(0.2)
     return server, samples
