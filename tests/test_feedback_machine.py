@@ -135,3 +135,19 @@ def test_the_feedback_store_agrees_with_a_simple_model():
     run_state_machine_as_test(FeedbackMachine, settings=settings(
         max_examples=150, stateful_step_count=40, derandomize=True, deadline=None,
         suppress_health_check=[HealthCheck.too_slow]))
+
+
+def test_calibration_error_and_confusion_follow_the_last_label():
+    store = FeedbackStore()
+    store.record("a", "shoes", 1, PREDICTOR, LABELS, [(2, 0.95), (2, 0.95), (0, 0.35)])
+    for index, truth in enumerate(["sneaker", "boot", "boot"]):
+        store.label("a", truth, index)
+    report = store.report("shoes", 1)
+    # bin 9: two answers scored 0.95, one right (|1 - 1.9|); bin 3: one scored 0.35, right (|1 - 0.35|)
+    assert report["ece"] == pytest.approx((0.9 + 0.65) / 3)
+    assert report["confusion"] == [[1, 0, 1], [0, 0, 0], [0, 0, 1]] and report["accuracy"] == pytest.approx(2 / 3)
+    assert store.label("a", 2, 1)  # the second answer was right after all: replaced
+    report = store.report("shoes", 1)
+    assert report["ece"] == pytest.approx((0.1 + 0.65) / 3) and report["accuracy"] == 1.0
+    assert report["confusion"] == [[1, 0, 0], [0, 0, 0], [0, 0, 2]]
+    assert store.report("shoes", 2) is None and "shadow" not in report

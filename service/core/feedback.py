@@ -4,7 +4,7 @@ Labels arrive late (a review, a return, a click), keyed by the `x-request-id` th
 carried. For every request of a model with feedback on, the version that answered
 ("predictor") and its shadow, which saw the same request, each leave one small `Answer` per
 item: the predicted class and its score, nothing of the input. `label()` joins a true label
-to them and counts each version's labelled answers (`Tally`: promotion.py reads it), the
+to them and counts each version's labelled answers (`Tally`, which promotion by evidence reads), the
 confusion matrix, the calibration bins, and, for a request both a stable version and its
 shadow answered, the pair (`Paired`).
 
