@@ -417,7 +417,22 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_dashboard_and_alerts(s
                        for key, result in results.items() if key.startswith("Label drift") for found in result}
         assert drift and shown_drift.keys() == drift.keys(), (drift, shown_drift)  # the gauge, as exported
         assert all(abs(shown_drift[key] - value) < 1e-9 for key, value in drift.items())
-        assert set(expected) | {"Label drift (PSI) by model version"} == {title for title, _ in panel_queries()}
+        def gauges(name: str) -> list[tuple[tuple, float]]:  # one pod: the mean over pods is the gauge itself
+            return sorted((tuple(sorted((key, sample.labels[key]) for key in ("model", "role", "version"))),
+                           sample.value) for sample in samples if sample.name == name)
+
+        fed_back = {"Accuracy on labels fed back": [gauges("diptych_feedback_accuracy")],  # per panel target
+                    "Calibration error and labels by model version": [gauges("diptych_feedback_ece"),
+                                                                      gauges("diptych_feedback_labelled")]}
+        for title, wanted in fed_back.items():
+            shown = [sorted((tuple(sorted(found["metric"].items())), float(found["value"][1])) for found in result)
+                     for key, result in results.items() if key.startswith(title + ":")]
+            assert wanted[0] and [[key for key, _ in rows] for rows in shown] == \
+                [[key for key, _ in rows] for rows in wanted], (title, shown, wanted)
+            assert all(abs(got - value) < 1e-9 for rows, expected_rows in zip(shown, wanted)
+                       for (_, got), (_, value) in zip(rows, expected_rows)), (title, shown, wanted)
+        assert set(expected) | {"Label drift (PSI) by model version"} | set(fed_back) == \
+            {title for title, _ in panel_queries()}
         for title, series in expected.items():
             shown = [(tuple(sorted(found["metric"].items())), found["value"][1])
                      for key, result in results.items() if key.startswith(title + ":") for found in result]

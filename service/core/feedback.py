@@ -94,6 +94,8 @@ class Counts:
 
 
 class FeedbackMetrics:
+    """Per version and role: gauges, since a second label can take a count back; deploy/prometheus reads them."""
+
     def __init__(self) -> None:
         import prometheus_client as prom
 
@@ -115,6 +117,7 @@ class FeedbackMetrics:
 
 @functools.cache
 def metrics() -> FeedbackMetrics:
+    """Made once, on first use (as the core's are: Prometheus refuses duplicate names)."""
     return FeedbackMetrics()
 
 
