@@ -175,7 +175,7 @@ GRPC_KEYS = ("grpc-key-from-env", "grpc-key-from-file")
 @pytest.fixture(scope="session")
 def grpc_servers(server_env, tiny_models, tmp_path_factory):
     """Two servers for the gRPC and V2 tests, started once: an open one with the defaults
-    (models from the store) and a locked-down one (API keys, small limits, one request slot,
+    (models from the store; feedback on) and a locked-down one (API keys, small limits, one request slot,
     a 1 s batch window that holds every inference call in flight; models from folders, and a
     BENTOML_HOME of its own: `bentoml serve` empties the home's metrics folder as it starts).
     The open one also records what its APIs said while the models were still loading."""
@@ -183,7 +183,7 @@ def grpc_servers(server_env, tiny_models, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("grpc-servers")
     (tmp / "keys").write_text(f"# mounted secret\n{GRPC_KEYS[1]}\n")
-    open_server = Server(server_env, tmp / "open.log")
+    open_server = Server({**server_env, "DIPTYCH_FEEDBACK": "true"}, tmp / "open.log")  # labels: the accuracy metrics
     locked = Server({**server_env, "BENTOML_HOME": str(tmp / "locked-home"),
                      "DIPTYCH_API_KEYS": GRPC_KEYS[0], "DIPTYCH_API_KEYS_FILE": str(tmp / "keys"),
                      "DIPTYCH_MAX_IMAGES": "2", "DIPTYCH_MAX_BODY_BYTES": "200000", "DIPTYCH_MAX_GENERATE": "4",

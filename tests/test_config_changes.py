@@ -41,6 +41,7 @@ SHOES = {"versions": "all", "labels": {"stable": 1, "canary": 2}, "traffic": {"s
     ({"versions": "latest:" + "9" * 30}, "versions = 'latest:999"),
     ({"log_sample": 2}, "log_sample"),
     ({"log_thumbnails": "false"}, "log_thumbnails: true or false"),
+    ({"feedback": 1}, "feedback: true or false"),
     ({"path": 5}, "path: a folder"),
     ({"path": "/m/\x00"}, "path: '/m/\\x00' holds U+0000, a control character"),  # realpath() raised: a 500
     ({"path": "/m/\ud800"}, "path: '/m/\\ud800' holds U+D800"),

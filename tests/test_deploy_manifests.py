@@ -276,8 +276,8 @@ def test_dashboard_queries_are_valid_promql(tmp_path):
 
 @pytest.fixture(scope="module")
 def served(grpc_servers):
-    """The open test server after 100 images classified, a generate and a refused request (so
-    every labelled metric has a sample), and the sample names on its /metrics."""
+    """The open test server after 100 images classified (one labelled), a generate and a refused
+    request (so every labelled metric has a sample), and the sample names on its /metrics."""
     from PIL import Image
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -286,7 +286,10 @@ def served(grpc_servers):
     Image.new("RGB", (40, 30), (90, 30, 200)).save(buffer, format="PNG")
     image = base64.b64encode(buffer.getvalue()).decode()
     for _ in range(4):  # 100 predictions: the label drift gauge reports from 100 on
-        assert server.client.post("/classify", json={"images": [image] * 25, "top_k": 1}).status_code == 200
+        answer = server.client.post("/classify", json={"images": [image] * 25, "top_k": 1})
+        assert answer.status_code == 200
+    label = {"request_id": answer.headers["x-request-id"], "label": 0}  # the accuracy per version
+    assert server.client.post("/feedback", json={"items": [label]}).json()["items"][0]["status"] == "ok"
     assert server.client.post("/generate", json={"seed": 1, "count": 1, "format": "json"}).status_code == 200
     assert server.client.post("/generate", json={"count": 0}).status_code == 400
     samples: set[str] = set()
@@ -294,7 +297,8 @@ def served(grpc_servers):
     while time.monotonic() < deadline:
         text = server.client.get("/metrics").text
         samples = {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
-        if {"diptych_images_generated_total", "diptych_requests_rejected_total", "diptych_label_drift_psi"} <= samples:
+        if {"diptych_images_generated_total", "diptych_requests_rejected_total", "diptych_label_drift_psi",
+                "diptych_feedback_accuracy"} <= samples:
             break
         time.sleep(0.2)
     return server, samples
@@ -413,7 +417,22 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_dashboard_and_alerts(s
                        for key, result in results.items() if key.startswith("Label drift") for found in result}
         assert drift and shown_drift.keys() == drift.keys(), (drift, shown_drift)  # the gauge, as exported
         assert all(abs(shown_drift[key] - value) < 1e-9 for key, value in drift.items())
-        assert set(expected) | {"Label drift (PSI) by model version"} == {title for title, _ in panel_queries()}
+        def gauges(name: str) -> list[tuple[tuple, float]]:  # one pod: the mean over pods is the gauge itself
+            return sorted((tuple(sorted((key, sample.labels[key]) for key in ("model", "role", "version"))),
+                           sample.value) for sample in samples if sample.name == name)
+
+        fed_back = {"Accuracy on labels fed back": [gauges("diptych_feedback_accuracy")],  # per panel target
+                    "Calibration error and labels by model version": [gauges("diptych_feedback_ece"),
+                                                                      gauges("diptych_feedback_labelled")]}
+        for title, wanted in fed_back.items():
+            shown = [sorted((tuple(sorted(found["metric"].items())), float(found["value"][1])) for found in result)
+                     for key, result in results.items() if key.startswith(title + ":")]
+            assert wanted[0] and [[key for key, _ in rows] for rows in shown] == \
+                [[key for key, _ in rows] for rows in wanted], (title, shown, wanted)
+            assert all(abs(got - value) < 1e-9 for rows, expected_rows in zip(shown, wanted)
+                       for (_, got), (_, value) in zip(rows, expected_rows)), (title, shown, wanted)
+        assert set(expected) | {"Label drift (PSI) by model version"} | set(fed_back) == \
+            {title for title, _ in panel_queries()}
         for title, series in expected.items():
             shown = [(tuple(sorted(found["metric"].items())), found["value"][1])
                      for key, result in results.items() if key.startswith(title + ":") for found in result]

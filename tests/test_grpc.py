@@ -120,7 +120,7 @@ def test_reflection_describes_every_service(channel):
     assert {*SERVICES, "grpc.health.v1.Health"} <= set(database.get_services())
     pool = DescriptorPool(database)
     assert [method.name for method in pool.FindServiceByName("diptych.v1.Diptych").methods] == \
-        ["Classify", "Generate", "ListModels", "LoadModel", "UnloadModel"]
+        ["Classify", "Generate", "ListModels", "LoadModel", "UnloadModel", "Feedback"]
     predict = pool.FindServiceByName("tensorflow.serving.PredictionService").methods_by_name["Predict"]
     assert predict.input_type.full_name == "tensorflow.serving.PredictRequest"
     infer = pool.FindServiceByName("inference.GRPCInferenceService").methods_by_name["ModelInfer"]

@@ -34,6 +34,7 @@ SERVED = sorted(
 # requests) take none, nor do health, reflection and V2 liveness/readiness.
 ADMITTED = [
     "/diptych.v1.Diptych/Classify",
+    "/diptych.v1.Diptych/Feedback",  # as HTTP's POST /feedback
     "/diptych.v1.Diptych/Generate",
     "/inference.GRPCInferenceService/ModelInfer",
     "/tensorflow.serving.PredictionService/Classify",

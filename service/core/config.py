@@ -67,6 +67,9 @@ class Settings:
     payload_log_queue: int = 1000  # events waiting to be written; more are dropped (and counted)
     payload_log_max_mb: float = 100.0  # a log file is rotated at this size ...
     payload_log_files: int = 5  # ... keeping this many
+    feedback: bool = False  # keep every model's answers for labels (POST /feedback); else a model's `feedback = true`
+    feedback_max_entries: int = 100_000  # answers kept for labels (one per image); the oldest fall out first ...
+    feedback_max_age_s: float = 86_400.0  # ... as do those older than this (both counted: diptych_feedback_evicted)
     classifier_runtime: str | None = None  # auto (LiteRT when verified and faster), litert, tensorflow
     generator_runtime: str | None = None
     interpreters: int = 0  # LiteRT interpreters per model; 0: one per CPU core

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 from .auth import ApiKeys
@@ -24,6 +24,7 @@ from .config import Settings
 from .context import current
 from .control import SharedControl
 from .errors import NotFound, NotReady, Overloaded, Unauthenticated
+from .feedback import Labelled
 from .manager import Manager, ModelStatus
 from .metrics import metrics
 from .models import ModelInfo, ServedModel
@@ -43,7 +44,8 @@ class Engine:
         self.admin_keys = ApiKeys(settings.admin_keys)
         # shared: with the service's other workers; config_file: read again when it changes
         self.manager = Manager(settings, kinds, shared, config_file)
-        self.promotion: Promotion | None = None  # with the feedback store, which calls its evaluate()
+        self.feedback = self.manager.feedback  # answers waiting for labels (POST /feedback), accuracy per version
+        self.promotion = Promotion(self.manager, self.feedback)  # weighs the labels of models with `promote`
         self._loaded = threading.Event()  # the first pass over the repository is done
         self._ever_ready = False
         self._in_flight = 0
@@ -157,8 +159,22 @@ class Engine:
         return self.manager.status()
 
     def promotions(self) -> dict[str, dict[str, object]]:
-        """Each model's last promotion or rollback by evidence (none without a feedback store)."""
-        return self.promotion.decisions() if self.promotion is not None else {}
+        """Each model's last promotion or rollback by evidence."""
+        return self.promotion.decisions()
+
+    async def feed_back(self, items: Sequence[tuple[str, str | int, int]]) -> list[Labelled]:
+        """Labels (request id, label, item index) joined to the answers they are for; then each
+        model that promotes by evidence weighs what it has (a decision is a manager pass: in
+        its own thread, as a load is)."""
+        labelled = self.feedback.label_items(items)
+        if any(each.error is None for each in labelled):
+            await _in_own_thread(self._weigh_evidence)
+        return labelled
+
+    def _weigh_evidence(self) -> None:
+        for name in self.manager.status():
+            if (config := self.manager.config(name)) is not None and config.promote is not None:
+                self.promotion.evaluate(name)
 
     def sources(self) -> dict[str, dict[str, str]]:
         """Model sources that cannot be read now, and folders ignored, with the reasons."""

@@ -72,7 +72,7 @@ class Policy:
         return "all" if self.latest is None else f"latest:{self.latest}"
 
 
-KEYS = ("path", "versions", "labels", "traffic", "shadow", "log_sample", "log_thumbnails", "promote")
+KEYS = ("path", "versions", "labels", "traffic", "shadow", "log_sample", "log_thumbnails", "promote", "feedback")
 MAX_WEIGHT = 1_000_000  # a traffic weight: enough for shares of a millionth, far from float overflow
 MAX_LABELS = 10_000_000  # promote.after: labels per look
 LABEL = re.compile(r"[^:@\s]+")  # what a request's `name@label` can name
@@ -112,7 +112,8 @@ class ModelConfig:
     request that names no version is split among versions (`traffic`: weights by label or
     version number), which version gets a copy of the traffic (`shadow`), and the share of
     its requests written to the payload log (`log_sample`, with image thumbnails or not), and
-    whether labelled evidence promotes or rolls back a candidate (`promote`)."""
+    whether every answer is kept for labels fed back (`feedback`, feedback.py), and whether labelled
+    evidence promotes or rolls back a candidate (`promote`, which needs `feedback`)."""
 
     name: str
     path: str | None = None  # a folder of versions, a version folder, or a store tag
@@ -123,6 +124,7 @@ class ModelConfig:
     log_sample: float = 0.0
     log_thumbnails: bool = False
     promote: Promote | None = None
+    feedback: bool = False
 
     @classmethod
     def parse(cls, name: str, table: Any) -> ModelConfig:
@@ -156,6 +158,8 @@ class ModelConfig:
             raise ValueError(f"{where}.log_sample: a share between 0 and 1, e.g. 0.1")
         if not isinstance(thumbnails := table.get("log_thumbnails", False), bool):
             raise ValueError(f"{where}.log_thumbnails: true or false")
+        if not isinstance(feedback := table.get("feedback", False), bool):
+            raise ValueError(f"{where}.feedback: true or false")
         if (path := table.get("path") or None) is not None and not isinstance(path, str):
             raise ValueError(f"{where}.path: a folder, an s3:// or gs:// URL, or a model store tag")
         if path is not None and (odd := re.search("[\x00-\x1f\x7f-\x9f\ud800-\udfff]", path)):
@@ -171,12 +175,13 @@ class ModelConfig:
         policy = Policy.parse(table["versions"], where) if "versions" in table else Policy()
         promote = Promote.parse(table["promote"], f"{where}.promote", labels, [*traffic, *filter(None, [shadow])]) \
             if table.get("promote") is not None else None
-        return cls(name, path, policy, labels, traffic, shadow, float(sample), thumbnails, promote)
+        return cls(name, path, policy, labels, traffic, shadow, float(sample), thumbnails, promote, feedback)
 
     def table(self) -> dict[str, Any]:
         """The settings table that parses back into this config."""
         table = {"versions": str(self.policy), "labels": dict(self.labels), "traffic": dict(self.traffic),
-                 "log_sample": self.log_sample, "log_thumbnails": self.log_thumbnails}
+                 "log_sample": self.log_sample, "log_thumbnails": self.log_thumbnails,
+                 "feedback": self.feedback}
         return {**table, **({"path": self.path} if self.path else {}), **({"shadow": self.shadow} if self.shadow else {}),
                 **({"promote": dataclasses.asdict(self.promote)} if self.promote else {})}
 

@@ -34,6 +34,7 @@ from .batching import Batcher
 from .config import Settings
 from .context import RequestContext, current
 from .errors import DeadlineExceeded, ServiceError
+from .feedback import FeedbackStore
 from .metrics import metrics
 from .payloads import PayloadLog
 from .runtimes import runtime_named
@@ -90,6 +91,7 @@ class ServedModel:
     payload_log: PayloadLog | None = None
     log_sample: float = 0.0
     log_thumbnails: bool = False
+    feedback: FeedbackStore | None = None  # where its answers wait for labels, when its feedback is on
     # The SavedModel signatures this kind serves to the tensor protocols (TF Serving, V2): by
     # the set of input names a signature takes, the name of the method that runs it.
     tensor_runners: ClassVar[dict[frozenset[str], str]] = {}
@@ -146,7 +148,9 @@ class ServedModel:
             shadow = current().shadow
             if shadow is not None and shadow is not self:
                 shadow.mirror(items)
-            return await self._wait(futures)
+            results = await self._wait(futures)
+            self.keep_answers(results)
+            return results
         except ServiceError as error:
             outcome = error.reason
             raise
@@ -189,6 +193,7 @@ class ServedModel:
             metrics().shadow_requests.labels(**labels, outcome="error" if failed else "ok").inc()
             if not failed:
                 results = [future.result() for future in futures]
+                self.keep_answers(results, context, "shadow")
                 self.log_exchange(lambda: {"items": len(items)}, lambda: self.describe(results), context, "shadow")
 
         for future in futures:
@@ -206,6 +211,19 @@ class ServedModel:
         if int(hashlib.sha256(context.id.encode()).hexdigest()[:8], 16) < self.log_sample * 2**32:
             self.payload_log.log(context.id, self.info.name, self.info.version, request, response, component,
                                  context.client_id)
+
+    def keep_answers(self, results: list[Any], context: RequestContext | None = None,
+                     role: str = "predictor") -> None:
+        """Keep what labels fed back are joined to (feedback.py), by the id the answer carried:
+        every request of a model with feedback on, whatever its `log_sample`."""
+        if self.feedback is not None and (answers := self.answers(results)) is not None:
+            request_id = (context or current()).returned_id
+            self.feedback.record(request_id, self.info.name, self.info.version, role, *answers)
+
+    def answers(self, results: list[Any]) -> tuple[Sequence[str], list[tuple[int, float]]] | None:
+        """A kind whose results can be labelled says its labels and, per result, the class it
+        chose and that class's score; None (the default): a kind without labels."""
+        return None
 
     def describe(self, results: list[Any]) -> dict[str, Any]:
         """What the payload log keeps of a batch's results (the kind says)."""

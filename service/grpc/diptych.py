@@ -20,11 +20,11 @@ from proto.diptych.v1 import diptych_pb2 as pb
 from ..core import Engine, ModelInfo, VersionStatus, validation
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Diptych"].full_name
-MODEL_METHODS = ("ListModels", "LoadModel", "UnloadModel")
+MODEL_METHODS = ("ListModels", "LoadModel", "UnloadModel", "Feedback")
 
 
 class DiptychServicer:
-    """The models calls: what is loaded, and the privileged load and unload."""
+    """The models calls: what is loaded, the privileged load and unload, and labels fed back."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -40,6 +40,15 @@ class DiptychServicer:
     async def UnloadModel(self, request: pb.UnloadModelRequest) -> pb.UnloadModelResponse:
         await self.engine.unload_model(request.name, version_of(request))
         return pb.UnloadModelResponse()
+
+
+    async def Feedback(self, request: pb.FeedbackRequest) -> pb.FeedbackResponse:
+        labelled = await self.engine.feed_back([
+            (item.request_id, getattr(item, item.WhichOneof("label") or "label_name"), item.index)
+            for item in request.items])
+        return pb.FeedbackResponse(results=[pb.FeedbackResult(
+            request_id=each.request_id, index=each.index, status=each.error.reason if each.error else "ok",
+            error=str(each.error) if each.error else "", replaced=each.replaced) for each in labelled])
 
 
 def handlers(engine: Engine, kinds: Iterable[type]) -> grpc.GenericRpcHandler:

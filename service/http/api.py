@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..core import Engine, ModelInfo, NotFound, VersionState, VersionStatus
 from . import schemas
-from .errors import errors
+from .errors import error_status, errors
 
 
 def engine() -> Engine:
@@ -47,6 +47,18 @@ async def get_model(request: Request) -> Response:
     return JSONResponse(card(model.info))
 
 
+@errors
+async def feedback(request: Request) -> Response:
+    """Labels for answers, by the x-request-id each answer carried: an outcome per item, never
+    one item's error for the whole call."""
+    body = await schemas.FeedbackRequest.parse(request)
+    labelled = await engine().feed_back([(item.request_id, item.label, item.index) for item in body.items])
+    return JSONResponse(schemas.FeedbackResponse(items=[schemas.FeedbackResult(
+        request_id=each.request_id, index=each.index, status=each.error.reason if each.error else "ok",
+        code=error_status(each.error) if each.error else 200, error=str(each.error) if each.error else None,
+        replaced=each.replaced) for each in labelled]).model_dump())
+
+
 # -- responses ----------------------------------------------------------------------------
 
 
@@ -75,4 +87,5 @@ def version_entry(status: VersionStatus) -> dict[str, Any]:
     known = card(status.info) if status.info is not None else {
         "name": status.name, "version": str(status.version), "kind": status.kind, "source": status.source}
     return {**known, "state": status.state.value, "since": status.since, "reason": status.reason,
-            "labels": list(status.labels), "policy": status.policy}
+            "labels": list(status.labels), "policy": status.policy,
+            "feedback": engine().feedback.report(status.name, status.version)}

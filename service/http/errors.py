@@ -44,10 +44,14 @@ STATUS = {  # most specific first
 }
 
 
+def error_status(error: ServiceError) -> int:
+    return next(code for kind, code in STATUS.items() if isinstance(error, kind))
+
+
 def error_response(error: ServiceError) -> JSONResponse:
     """Count the rejection and render it: the only place a core error becomes HTTP."""
     metrics().rejected.labels(reason=error.reason, protocol="http").inc()
-    status = next(code for kind, code in STATUS.items() if isinstance(error, kind))
+    status = error_status(error)
     headers = {}
     if isinstance(error, Unavailable):
         headers["Retry-After"] = str(error.retry_after_s)

@@ -80,6 +80,11 @@ def shared(docs: Handler, client_schema: Handler, playground: Handler) -> tuple[
         Endpoint("GET", "/models/{name}", api.get_model, doc=Operation(
             "one model's card, by name or kind", ok={"application/json": ANY_OBJECT}, ok_description="the model",
             errors=(401, 404, 503))),
+        Endpoint("POST", "/feedback", api.feedback, doc=Operation(
+            "labels for answers, by the x-request-id each carried (a name or a class index): joined to what the "
+            "version and its shadow answered, counted per version (GET /models: feedback); an outcome per item",
+            ok={"application/json": schemas.FeedbackResponse}, ok_description="an outcome per item",
+            errors=(400, 401, 413, 503), body={"application/json": schemas.FeedbackRequest})),
         # the Open Inference Protocol (KServe V2)
         Endpoint("GET", "/v2", v2rest.server),
         Endpoint("GET", "/v2/health/live", v2rest.live, open=True),

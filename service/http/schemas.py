@@ -103,6 +103,29 @@ class InterpolateRequest(Body):
     model: ModelName = None
 
 
+class FeedbackItem(Body):
+    request_id: str = Field(description="the x-request-id header of the answer being labelled")
+    label: ClassName = Field(description="the true label: its name, or its class index")
+    index: int = Field(0, description="which image of that request (0: the first)")
+
+
+class FeedbackRequest(Body):
+    items: list[FeedbackItem] = Field(description="one label per answered image; at most 1000 per call")
+
+
+class FeedbackResult(pydantic.BaseModel):
+    request_id: str
+    index: int
+    status: str = Field(description="ok, or the item's error: not_found (an unknown or expired id), invalid_input")
+    code: int = Field(description="the item's HTTP-style status: 200, 404 or 400")
+    error: str | None = Field(None, description="what was wrong with the item")
+    replaced: bool = Field(False, description="it corrected an earlier label of the same answer")
+
+
+class FeedbackResponse(pydantic.BaseModel):
+    items: list[FeedbackResult] = Field(description="one per item, in request order")
+
+
 def parse_error(model: type, field: str, kind: str, message: str) -> pydantic.ValidationError:
     return pydantic.ValidationError.from_exception_data(
         model.__name__, [InitErrorDetails(type=PydanticCustomError(kind, message), loc=(field,), input=None)]

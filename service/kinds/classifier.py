@@ -99,6 +99,10 @@ class Classifier(ServedModel):
                           lambda: self.describe(rows))
         return Scores(self.info, self.labels, np.stack(rows))
 
+    def answers(self, results: list[np.ndarray]) -> tuple[list[str], list[tuple[int, float]]]:
+        """What a label fed back is checked against: each image's top-1 class and its score."""
+        return self.labels, [(int(row.argmax()), float(row.max())) for row in results]
+
     def describe(self, results: list[np.ndarray]) -> dict[str, list]:
         """The payload log's view of score rows: each image's top-1 label and score."""
         return {"top1": [{"label": self.labels[int(row.argmax())], "score": float(row.max())} for row in results]}

@@ -160,3 +160,41 @@ class UnloadModelRequest(_message.Message):
 class UnloadModelResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class FeedbackItem(_message.Message):
+    __slots__ = ("request_id", "label_name", "label_index", "index")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    LABEL_INDEX_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    label_name: str
+    label_index: int
+    index: int
+    def __init__(self, request_id: _Optional[str] = ..., label_name: _Optional[str] = ..., label_index: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[FeedbackItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[FeedbackItem, _Mapping]]] = ...) -> None: ...
+
+class FeedbackResult(_message.Message):
+    __slots__ = ("request_id", "index", "status", "error", "replaced")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    index: int
+    status: str
+    error: str
+    replaced: bool
+    def __init__(self, request_id: _Optional[str] = ..., index: _Optional[int] = ..., status: _Optional[str] = ..., error: _Optional[str] = ..., replaced: _Optional[bool] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[FeedbackResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[FeedbackResult, _Mapping]]] = ...) -> None: ...

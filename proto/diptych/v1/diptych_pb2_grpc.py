@@ -59,6 +59,11 @@ class DiptychStub:
                 request_serializer=proto_dot_diptych_dot_v1_dot_diptych__pb2.UnloadModelRequest.SerializeToString,
                 response_deserializer=proto_dot_diptych_dot_v1_dot_diptych__pb2.UnloadModelResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/diptych.v1.Diptych/Feedback',
+                request_serializer=proto_dot_diptych_dot_v1_dot_diptych__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=proto_dot_diptych_dot_v1_dot_diptych__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class DiptychServicer:
@@ -101,6 +106,14 @@ class DiptychServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """Labels for answers, by the x-request-id each carried (trailing metadata): joined to what
+        the version and its shadow answered, counted per version. An outcome per item.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DiptychServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +141,11 @@ def add_DiptychServicer_to_server(servicer, server):
                     servicer.UnloadModel,
                     request_deserializer=proto_dot_diptych_dot_v1_dot_diptych__pb2.UnloadModelRequest.FromString,
                     response_serializer=proto_dot_diptych_dot_v1_dot_diptych__pb2.UnloadModelResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=proto_dot_diptych_dot_v1_dot_diptych__pb2.FeedbackRequest.FromString,
+                    response_serializer=proto_dot_diptych_dot_v1_dot_diptych__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +283,33 @@ class Diptych:
             '/diptych.v1.Diptych/UnloadModel',
             proto_dot_diptych_dot_v1_dot_diptych__pb2.UnloadModelRequest.SerializeToString,
             proto_dot_diptych_dot_v1_dot_diptych__pb2.UnloadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/diptych.v1.Diptych/Feedback',
+            proto_dot_diptych_dot_v1_dot_diptych__pb2.FeedbackRequest.SerializeToString,
+            proto_dot_diptych_dot_v1_dot_diptych__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

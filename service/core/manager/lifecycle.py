@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from ..config import Settings
 from ..control import Control, SharedControl
 from ..epochs import Epochs
+from ..feedback import FeedbackStore
 from ..loader import BudgetExceeded, Unverified, check_budget, footprint, load_version, release_memory
 from ..metrics import metrics
 from ..models import ServedModel
@@ -57,6 +58,7 @@ class Manager(Routing, ModelControl):
         self.payload_log = PayloadLog(settings.payload_log, settings.payload_log_queue,
                                       int(settings.payload_log_max_mb * 2**20), settings.payload_log_files) \
             if settings.payload_log else None
+        self.feedback = FeedbackStore(settings.feedback_max_entries, settings.feedback_max_age_s)
         self._lock = threading.Lock()
         self._reconciling = threading.Lock()  # one pass, or one change (control.py), at a time
         self._slots: dict[str, dict[int, Slot]] = {}  # every version with a state, by model
@@ -277,8 +279,10 @@ class Manager(Routing, ModelControl):
         self._configure_logging(name)
 
     def _configure_logging(self, name: str) -> None:
-        """The model's payload-log settings, on each of its available versions."""
+        """The model's payload-log and feedback settings, on each of its available versions."""
         config = self._found.configs.get(name, ModelConfig(name))
         for model in self._routes.get(name, {}).values():
             model.payload_log = self.payload_log
             model.log_sample, model.log_thumbnails = config.log_sample, config.log_thumbnails
+            keep = config.feedback or config.promote is not None or self.settings.feedback  # promote weighs labels
+            model.feedback = self.feedback if keep else None
