@@ -190,11 +190,12 @@ class ServedModel:
                 if remaining[0]:
                     return
             failed = any(future.cancelled() or future.exception() for future in futures)
-            metrics().shadow_requests.labels(**labels, outcome="error" if failed else "ok").inc()
             if not failed:
                 results = [future.result() for future in futures]
                 self.keep_answers(results, context, "shadow")
                 self.log_exchange(lambda: {"items": len(items)}, lambda: self.describe(results), context, "shadow")
+            # counted once its answers are kept: a client that sees the count can label them
+            metrics().shadow_requests.labels(**labels, outcome="error" if failed else "ok").inc()
 
         for future in futures:
             future.add_done_callback(done)
