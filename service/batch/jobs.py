@@ -34,10 +34,10 @@ import numpy as np
 from contract.imagefolder import class_folder
 from contract.runtime import cores
 from service.core import ServedModel, ValidationError
-from service.core.images import encode_png
+from service.core.images import encode_pngs_off_loop
 from service.kinds import Classifier, Generator
 from service.kinds.classifier import TOP_K
-from service.kinds.generator import Latents
+from service.kinds.generator import Generation, Latents
 
 from .joblog import JobLog
 from .sources import list_files, read_bytes
@@ -226,13 +226,13 @@ class Generate(Job):
 
     def start(self, model: Generator, items: list[Row]) -> tuple[list[Row], list[int], Latents, Future]:
         seeds, plan = _plan(model, self.seed, items)
-        return items, seeds, plan, asyncio.run_coroutine_threadsafe(model.render_plan(plan), _event_loop())
+        return items, seeds, plan, asyncio.run_coroutine_threadsafe(_rendered(model, plan), _event_loop())
 
     def finish(self, model: Generator, started: tuple[list[Row], list[int], Latents, Future]) -> list[Row]:
         items, seeds, plan, future = started
-        generation = future.result(timeout=model.settings.timeout_s + 1)  # render_plan's own bound comes first
+        # render_plan's own bound comes first; the encoding after it is bounded by the same again
+        generation, pngs = future.result(timeout=2 * model.settings.timeout_s + 1)
         identity = {"model": model.info.name, "version": model.info.version, "job_seed": self.seed}
-        pngs = _in_parallel(encode_png, list(generation.images))
         return [_generated(item, name, png, latent, seed) | identity for item, name, png, latent, seed in
                 zip(items, generation.class_names, pngs, plan.latents, seeds)]
 
@@ -245,6 +245,13 @@ class Generate(Job):
 
     def write(self, log: JobLog, parts: list[int]) -> dict[str, int]:
         return write_lines(self.output, log.lines(parts))  # the manifest is the log's own JSON Lines
+
+
+async def _rendered(model: Generator, plan: Latents) -> tuple[Generation, list[bytes]]:
+    """A part's images and their PNGs, encoded on the encoder threads the moment the model
+    returns them: while this thread writes the part before and the model renders the one after."""
+    generation = await model.render_plan(plan)
+    return generation, await encode_pngs_off_loop(generation.images)
 
 
 def block_seed(seed: int, class_id: int, block: int) -> int:
@@ -272,9 +279,9 @@ def _generated(item: Row, name: str | None, png: bytes, latent: np.ndarray, seed
 
 
 def _in_parallel(function, items: list) -> list:
-    """`function` over `items`, in order, one chunk per core: Pillow's PNG encoder and file
-    writes release the GIL, and alone in this thread they took longer than the generator
-    itself (a 28 px DCGAN); a future per item cost more than a small PNG."""
+    """`function` over `items`, in order, one chunk per core: file writes release the GIL,
+    and alone in this thread they took longer than the generator itself (a 28 px DCGAN); a
+    future per item cost more than a small file."""
     size = -(-len(items) // cores()) or 1
     chunks = [items[start:start + size] for start in range(0, len(items), size)]
     return [result for done in _threads().map(lambda chunk: [function(item) for item in chunk], chunks)
