@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proto.diptych.v1 import diptych_pb2 as pb
-from service.batch.jobs import Generate
+from service.batch.generate import Generate
 from service.core import ValidationError
 from service.core.images import encode_pngs_off_loop, tile
 from service.grpc.diptych import model_ref as grpc_model_ref
