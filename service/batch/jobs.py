@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,6 +35,7 @@ from service.core import ServedModel, ValidationError
 from service.kinds import Classifier
 from service.kinds.classifier import TOP_K
 
+from .budget import in_flight
 from .joblog import JobLog
 from .sources import list_files, read_bytes
 from .writers import check_format, write_rows
@@ -120,11 +122,10 @@ class Classify(Job):
                 for path in listing.files], listing.skipped
 
     def start(self, model: Classifier, items: list[Row]) -> list[tuple[str, Future | str]]:
-        """Each file read and checked as a request's image is; the good ones join the batcher's queue."""
-        checked = [item.get("error") or _checked(model, item["path"]) for item in items]
-        futures = iter(model.batcher.submit([image for image in checked if not isinstance(image, str)]))
-        return [(item["path"], image if isinstance(image, str) else next(futures))
-                for item, image in zip(items, checked)]
+        """Each file read and checked as a request's image is; the good ones join the batcher's
+        queue one by one, each file's bytes taken from the in-flight budget before it is read
+        and given back when the model has decoded it."""
+        return [(item["path"], item.get("error") or _submitted(model, item["path"])) for item in items]
 
     def finish(self, model: Classifier, started: list[tuple[str, Future | str]]) -> list[Row]:
         identity = {"model": model.info.name, "version": model.info.version}
@@ -138,15 +139,26 @@ class Classify(Job):
         return write_rows(self.output, log.rows(parts))
 
 
-def _checked(model: Classifier, path: str) -> tuple | str:
-    """The classifier's own item for this file, or why there is none (the service's limits apply)."""
+def _submitted(model: Classifier, path: str) -> Future | str:
+    """The future of this file's result, or why it has none (the service's limits apply)."""
+    budget = in_flight()
+    size = min(_size(path), model.settings.max_body_bytes + 1)  # read_bytes reads at most this much
+    budget.take(size, model.settings.timeout_s)
     try:
         (item,) = model.checked([read_bytes(path, model.settings.max_body_bytes)])
-    except OSError as error:
-        return f"unreadable: {error.strerror or error}"
-    except ValidationError as error:
-        return error.problem
-    return item
+        (future,) = model.batcher.submit([item])
+    except (OSError, ValidationError) as error:
+        budget.give(size)
+        return f"unreadable: {error.strerror or error}" if isinstance(error, OSError) else error.problem
+    future.add_done_callback(lambda _: budget.give(size))
+    return future
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0  # read_bytes says why
 
 
 def _result(future: Future, timeout_s: float) -> np.ndarray | str:
