@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -98,7 +99,7 @@ class Generate(Job):
         """Write the part's PNGs (a rerun writes the same bytes, so a killed part just runs again)."""
         for folder in {Path(row["path"]).parent for row in rows}:
             (self.out / folder).mkdir(parents=True, exist_ok=True)
-        _in_parallel(lambda row: (self.out / row["path"]).write_bytes(row.pop("png")), rows)
+        _in_parallel(lambda row: _write(f"{self.out}/{row['path']}", row.pop("png")), rows)
         return rows
 
     def line(self, row: Row) -> str:
@@ -142,6 +143,16 @@ def _generated(item: Row, name: str | None, png: bytes, latent: np.ndarray, seed
     return {"path": path, "class": name, "class_id": item["class_id"], "index": item["index"], "seed": seed,
             "seed_row": item["index"] % SEED_BLOCK, "latent": latent.tolist(),
             "sha256": hashlib.sha256(png).hexdigest(), "png": png}
+
+
+def _write(path: str, data: bytes) -> None:
+    """A file's bytes in three system calls: Path.write_bytes' file objects cost more than the write."""
+    file, left = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666), memoryview(data)
+    try:
+        while left:  # one write takes a small PNG whole; a short write is taken up again
+            left = left[os.write(file, left):]
+    finally:
+        os.close(file)
 
 
 def _in_parallel(function, items: list) -> list:
