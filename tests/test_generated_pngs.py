@@ -1,6 +1,7 @@
-"""Generated images out as PNGs (and the bulk job's manifest lines): lossless through every wire, and encoded off the critical
-path (#26): never on the event loop that HTTP and gRPC share, and in a bulk job as soon as
-the model returns a part, not when the job's thread gets round to it.
+"""Generated images out as PNGs, and the bulk job's manifest lines: lossless through every
+wire, and encoded off the critical path (#26): never on the event loop that HTTP and gRPC
+share, and in a bulk job as soon as the model returns a part, not when the job's thread
+gets round to it.
 
 "Off the loop" is seen, not timed: the encoder is held until a callback on the event loop
 has run. Encoding on the loop would hold the loop too, the callback would never run, and
