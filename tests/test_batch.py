@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 
 from contract.imagefolder import class_folder, class_name
-from service.batch import jobs
+from service.batch import generate
 from service.batch.cli import main
 from service.batch.joblog import JobLog, JobLogError
 from service.batch.models import ModelArgumentError, parse, settings_for
@@ -177,8 +177,8 @@ def test_job_log_keeps_whole_parts_and_refuses_another_job(tmp_path):
 
 
 def test_image_seeds_and_class_folders():
-    assert jobs.block_seed(0, 7, 3) == jobs.block_seed(0, 7, 3)
-    assert len({jobs.block_seed(seed, c, i) for seed in (0, 1) for c in range(10) for i in range(100)}) == 2000
+    assert generate.block_seed(0, 7, 3) == generate.block_seed(0, 7, 3)
+    assert len({generate.block_seed(seed, c, i) for seed in (0, 1) for c in range(10) for i in range(100)}) == 2000
     for name in ("T-shirt/top", "Ankle boot", ".hidden", "100%"):
         folder = class_folder(name)
         assert "/" not in folder and not folder.startswith(".") and class_name(folder) == name
@@ -193,11 +193,11 @@ def test_latents_are_the_same_however_the_items_are_split():
     model = toy_model(Generator, latent_dim=4, classes=["a", "b"], conditional=True)
     try:
         items = [{"class_id": 1, "index": index} for index in range(60, 140)]
-        seeds, whole = jobs._plan(model, 9, items)
-        parts = [jobs._plan(model, 9, items[start:start + 7])[1].latents for start in range(0, 80, 7)]
+        seeds, whole = generate._plan(model, 9, items)
+        parts = [generate._plan(model, 9, items[start:start + 7])[1].latents for start in range(0, 80, 7)]
         assert np.array_equal(np.concatenate(parts), whole.latents)
-        assert np.array_equal(whole.latents[10], model.latents_for_seed(jobs.block_seed(9, 1, 1), 64)[6])  # index 70
-        assert seeds[10] == jobs.block_seed(9, 1, 1) and whole.class_ids.tolist() == [1] * 80
+        assert np.array_equal(whole.latents[10], model.latents_for_seed(generate.block_seed(9, 1, 1), 64)[6])  # index 70
+        assert seeds[10] == generate.block_seed(9, 1, 1) and whole.class_ids.tolist() == [1] * 80
     finally:
         model.close()
 
@@ -348,7 +348,7 @@ def test_generate_writes_an_image_folder_that_is_the_same_however_it_is_split(ti
             png = (tmp_path / "all" / row["path"]).read_bytes()
             assert hashlib.sha256(png).hexdigest() == row["sha256"]
             assert row["path"] == f"{class_folder(row['class'])}/{row['index']}.png"
-            assert row["seed"] == jobs.block_seed(5, row["class_id"], row["index"] // 64)
+            assert row["seed"] == generate.block_seed(5, row["class_id"], row["index"] // 64)
             # The service gives the same image for the row's seed and class, at the row's place.
             again = asyncio.run(model.generate(count=64, seed=row["seed"], class_=row["class_id"]))
             place = row["seed_row"]

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> Summary:
     engine, model = load(job.kind, ref, check_only if args.engine == "ray" else settings)
     try:
         items, skipped = job.items(model)
-        log = JobLog(job.log_folder, job.spec(model), items, args.part_size)
+        log = JobLog(job.log_folder, job.spec(model), items, args.part_size, job.line)
         _start_over_or_refuse(job, log, args.overwrite)
         log.open()
         mine = list(range(job.shard[0], log.parts, job.shard[1]))

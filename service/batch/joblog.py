@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,11 @@ class JobLogError(RuntimeError):
 
 
 class JobLog:
-    def __init__(self, folder: Path, spec: dict[str, Any], items: list[dict[str, Any]], part_size: int) -> None:
+    def __init__(self, folder: Path, spec: dict[str, Any], items: list[dict[str, Any]], part_size: int,
+                 line: Callable[[dict[str, Any]], str] = json.dumps) -> None:
         self.folder = folder
         self.part_size = part_size
+        self.line = line  # a row as one line of JSON (the job's own, where it knows a faster way)
         self.parts = -(-len(items) // part_size)
         self.spec = {**spec, "part_size": part_size, "items": len(items), "items_sha256": digest(items)}
 
@@ -65,7 +67,7 @@ class JobLog:
         return len(range(self.spec["items"])[self.bounds(part)])
 
     def write(self, part: int, rows: list[dict[str, Any]]) -> None:
-        _write_atomically(self._part_path(part), "".join(json.dumps(row) + "\n" for row in rows).encode())
+        _write_atomically(self._part_path(part), "".join(self.line(row) + "\n" for row in rows).encode())
 
     def rows(self, parts: list[int]) -> Iterator[list[dict[str, Any]]]:
         """The logged rows, part by part in order: the output is written from these, streaming."""

@@ -13,6 +13,7 @@ submit alike; a cancelled future (a caller that timed out) is dropped before its
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import math
 import threading
@@ -107,3 +108,32 @@ class Batcher(Generic[Item, Result]):
                     future.set_exception(result)
                 else:
                     future.set_result(result)
+
+
+async def results(futures: Sequence[Future[Result]]) -> list[Result]:
+    """The futures' results, in order (the first failure in order raised), with one wake-up
+    of the event loop when the last is done: a wrapped future per item woke it once per
+    image, and a thread-safe wake-up is a system call (9% of a bulk generate job's samples).
+    Cancelled (a request that timed out or went away), it cancels the items still queued."""
+    loop, left, lock = asyncio.get_running_loop(), [len(futures)], threading.Lock()
+    all_done = loop.create_future()
+
+    def one_done(_: Future) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            try:
+                loop.call_soon_threadsafe(lambda: all_done.done() or all_done.set_result(None))
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+    for future in futures:
+        future.add_done_callback(one_done)
+    try:
+        if futures:
+            await all_done
+    finally:
+        for future in futures:
+            future.cancel()  # nothing for those done; those still queued are dropped before their batch runs
+    return [future.result() for future in futures]

@@ -30,7 +30,7 @@ from contract.runtime import TENSORFLOW, Runtime
 from contract.signatures import Signature, signature_defs, signatures_of
 from contract.signing import Provenance
 
-from .batching import Batcher
+from .batching import Batcher, results
 from .config import Settings
 from .context import RequestContext, current
 from .errors import DeadlineExceeded, ServiceError
@@ -164,7 +164,7 @@ class ServedModel:
     async def _wait(self, futures: list[Future]) -> list[Any]:
         try:
             async with asyncio.timeout(self.settings.timeout_s):
-                return await asyncio.gather(*map(asyncio.wrap_future, futures))
+                return await results(futures)
         except TimeoutError:
             raise DeadlineExceeded(f"no result within {self.settings.timeout_s:g} s") from None
 

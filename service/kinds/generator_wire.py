@@ -11,9 +11,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proto.diptych.v1 import diptych_pb2 as pb
-from service.batch.jobs import Generate
+from service.batch.generate import Generate
 from service.core import ValidationError
-from service.core.images import encode_png, tile
+from service.core.images import encode_pngs_off_loop, tile
 from service.grpc.diptych import model_ref as grpc_model_ref
 from service.http import api, schemas
 from service.http.endpoints import BINARY, INFERENCE_ERRORS, Endpoint, Operation
@@ -30,37 +30,41 @@ async def generate(request: Request) -> Response:
     body = await schemas.GenerateRequest.parse(request)
     body.check_format()
     generator = api.engine().get(Generator, api.model_of(request, body.model))
-    return generated(await generator.generate(body.count, body.seed, body.class_, body.latents, body.psi), body.format)
+    return await generated(await generator.generate(body.count, body.seed, body.class_, body.latents, body.psi),
+                           body.format)
 
 
 @errors
 async def interpolate(request: Request) -> Response:
     body = await schemas.InterpolateRequest.parse(request)
     generator = api.engine().get(Generator, api.model_of(request, body.model))
-    return generated(await generator.interpolate(body.seeds, body.latents, body.steps, body.class_, body.psi), "strip")
+    return await generated(await generator.interpolate(body.seeds, body.latents, body.steps, body.class_, body.psi),
+                           "strip")
 
 
-def generated(result: Generation, form: str) -> Response:
-    """`form`: json (base64 PNGs and latents), grid (one PNG), strip (one PNG row); png is a grid of one."""
+async def generated(result: Generation, form: str) -> Response:
+    """`form`: json (base64 PNGs and latents), grid (one PNG), strip (one PNG row); png is a grid of one.
+    The PNGs are encoded off the event loop, which HTTP and gRPC share."""
     if form == "json":
         images = [
-            schemas.GeneratedImage(png=base64.b64encode(encode_png(image)).decode(), class_id=int(class_id),
-                                   class_=name, latent=latent.tolist())
-            for image, class_id, name, latent in zip(result.images, result.class_ids, result.class_names,
-                                                     result.latents)
+            schemas.GeneratedImage(png=base64.b64encode(png).decode(), class_id=int(class_id), class_=name,
+                                   latent=latent.tolist())
+            for png, class_id, name, latent in zip(await encode_pngs_off_loop(result.images), result.class_ids,
+                                                   result.class_names, result.latents)
         ]
         body = schemas.GenerateResponse(model=api.model_ref(result.model), seed=result.seed, images=images)
         return api.json_response(body, result.model)
     grid = tile(result.images, columns=len(result.images) if form == "strip" else None)
     seed = {} if result.seed is None else {"X-Seed": str(result.seed)}
-    return Response(encode_png(grid), media_type="image/png", headers={**api.model_headers(result.model), **seed})
+    (png,) = await encode_pngs_off_loop([grid])
+    return Response(png, media_type="image/png", headers={**api.model_headers(result.model), **seed})
 
 
 async def generate_grpc(engine, request: pb.GenerateRequest) -> pb.GenerateResponse:
     if request.format not in FORMATS:  # proto3 keeps an unknown enum value: refuse it, not PNG
         raise ValidationError("format", f"unknown format {request.format}: use FORMAT_PNG or FORMAT_GRID")
     generator = engine.get(Generator, request.model or None)
-    return generated_pb(await generator.generate(*generation_arguments(request)), request.format)
+    return await generated_pb(await generator.generate(*generation_arguments(request)), request.format)
 
 
 def generation_arguments(request: pb.GenerateRequest) -> tuple:
@@ -75,15 +79,18 @@ def generation_arguments(request: pb.GenerateRequest) -> tuple:
     )
 
 
-def generated_pb(result: Generation, form: pb.Format) -> pb.GenerateResponse:
-    grid = form == pb.FORMAT_GRID
+async def generated_pb(result: Generation, form: pb.Format) -> pb.GenerateResponse:
+    """Each image's PNG, or one grid of them; encoded off the event loop, as over HTTP."""
+    if form == pb.FORMAT_GRID:
+        (grid,) = await encode_pngs_off_loop([tile(result.images)])
+        pngs = [b""] * len(result.images)
+    else:
+        grid, pngs = b"", await encode_pngs_off_loop(result.images)
     images = [
-        pb.GeneratedImage(png=b"" if grid else encode_png(image), class_id=int(class_id), class_name=name or "",
-                          latent=pb.Latent(values=latent))
-        for image, class_id, name, latent in zip(result.images, result.class_ids, result.class_names, result.latents)
+        pb.GeneratedImage(png=png, class_id=int(class_id), class_name=name or "", latent=pb.Latent(values=latent))
+        for png, class_id, name, latent in zip(pngs, result.class_ids, result.class_names, result.latents)
     ]
-    return pb.GenerateResponse(model=grpc_model_ref(result.model), seed=result.seed, images=images,
-                               grid=encode_png(tile(result.images)) if grid else b"")
+    return pb.GenerateResponse(model=grpc_model_ref(result.model), seed=result.seed, images=images, grid=grid)
 
 
 PANELS = Path(__file__).with_name("panels")
