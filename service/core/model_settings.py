@@ -72,7 +72,7 @@ class Policy:
         return "all" if self.latest is None else f"latest:{self.latest}"
 
 
-KEYS = ("path", "versions", "labels", "traffic", "shadow", "log_sample", "log_thumbnails")
+KEYS = ("path", "versions", "labels", "traffic", "shadow", "log_sample", "log_thumbnails", "abstain_below")
 MAX_WEIGHT = 1_000_000  # a traffic weight: enough for shares of a millionth, far from float overflow
 LABEL = re.compile(r"[^:@\s]+")  # what a request's `name@label` can name
 
@@ -82,7 +82,9 @@ class ModelConfig:
     """One model's settings: where it is (optional), its version policy and labels, how a
     request that names no version is split among versions (`traffic`: weights by label or
     version number), which version gets a copy of the traffic (`shadow`), and the share of
-    its requests written to the payload log (`log_sample`, with image thumbnails or not)."""
+    its requests written to the payload log (`log_sample`, with image thumbnails or not); for a
+    classifier, the top score under which an answer abstains unless a request says otherwise
+    (`abstain_below`)."""
 
     name: str
     path: str | None = None  # a folder of versions, a version folder, or a store tag
@@ -92,6 +94,7 @@ class ModelConfig:
     shadow: str | None = None
     log_sample: float = 0.0
     log_thumbnails: bool = False
+    abstain_below: float | None = None
 
     @classmethod
     def parse(cls, name: str, table: Any) -> ModelConfig:
@@ -125,6 +128,9 @@ class ModelConfig:
             raise ValueError(f"{where}.log_sample: a share between 0 and 1, e.g. 0.1")
         if not isinstance(thumbnails := table.get("log_thumbnails", False), bool):
             raise ValueError(f"{where}.log_thumbnails: true or false")
+        abstain_below = table.get("abstain_below")
+        if abstain_below is not None and not is_share(abstain_below):
+            raise ValueError(f"{where}.abstain_below: {abstain_below!r}: a score between 0 and 1, e.g. 0.6")
         if (path := table.get("path") or None) is not None and not isinstance(path, str):
             raise ValueError(f"{where}.path: a folder, an s3:// or gs:// URL, or a model store tag")
         if path is not None and (odd := re.search("[\x00-\x1f\x7f-\x9f\ud800-\udfff]", path)):
@@ -138,13 +144,15 @@ class ModelConfig:
             except ValueError as error:
                 raise ValueError(f"{where}.path: {error}") from None
         policy = Policy.parse(table["versions"], where) if "versions" in table else Policy()
-        return cls(name, path, policy, labels, traffic, shadow, float(sample), thumbnails)
+        return cls(name, path, policy, labels, traffic, shadow, float(sample), thumbnails,
+                   None if abstain_below is None else float(abstain_below))
 
     def table(self) -> dict[str, Any]:
         """The settings table that parses back into this config."""
         table = {"versions": str(self.policy), "labels": dict(self.labels), "traffic": dict(self.traffic),
                  "log_sample": self.log_sample, "log_thumbnails": self.log_thumbnails}
-        return {**table, **({"path": self.path} if self.path else {}), **({"shadow": self.shadow} if self.shadow else {})}
+        return {**table, **({"path": self.path} if self.path else {}), **({"shadow": self.shadow} if self.shadow else {}),
+                **({"abstain_below": self.abstain_below} if self.abstain_below is not None else {})}
 
     def split(self, available: set[int], key: str) -> int:
         """A version by the traffic weights, among the available targets only; one caller
@@ -163,6 +171,11 @@ class ModelConfig:
     def version_of(self, target: str) -> int | None:
         """A label's version, or a version number given as text."""
         return self.labels.get(target) if target in self.labels else ascii_number(target)
+
+
+def is_share(value: Any) -> bool:
+    """A number from 0 to 1 (NaN is not: it fails every comparison)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
 
 
 def _numbers(value: Any, where: str, most: int, hint: str) -> dict[str, int]:

@@ -25,47 +25,47 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eproto/diptych/v1/diptych.proto\x12\ndiptych.v1\x1a\x1cgoogle/protobuf/struct.proto\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"N\n\x0f\x43lassifyRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05model\x18\x03 \x01(\tB\x08\n\x06_top_k\"%\n\x05Label\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"/\n\nPrediction\x12!\n\x06labels\x18\x01 \x03(\x0b\x32\x11.diptych.v1.Label\"d\n\x10\x43lassifyResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.diptych.v1.ModelRef\x12+\n\x0bpredictions\x18\x02 \x03(\x0b\x32\x16.diptych.v1.Prediction\"\x18\n\x06Latent\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xf0\x01\n\x0fGenerateRequest\x12\x12\n\x05\x63ount\x18\x01 \x01(\x05H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x02 \x01(\x03H\x02\x88\x01\x01\x12\x12\n\x08\x63lass_id\x18\x03 \x01(\x05H\x00\x12\x14\n\nclass_name\x18\x04 \x01(\tH\x00\x12#\n\x07latents\x18\x05 \x03(\x0b\x32\x12.diptych.v1.Latent\x12\"\n\x06\x66ormat\x18\x06 \x01(\x0e\x32\x12.diptych.v1.Format\x12\r\n\x05model\x18\x07 \x01(\t\x12\x10\n\x03psi\x18\x08 \x01(\x02H\x03\x88\x01\x01\x42\x07\n\x05\x63lassB\x08\n\x06_countB\x07\n\x05_seedB\x06\n\x04_psi\"g\n\x0eGeneratedImage\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12\x10\n\x08\x63lass_id\x18\x02 \x01(\x05\x12\x12\n\nclass_name\x18\x03 \x01(\t\x12\"\n\x06latent\x18\x04 \x01(\x0b\x32\x12.diptych.v1.Latent\"\x8d\x01\n\x10GenerateResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.diptych.v1.ModelRef\x12\x11\n\x04seed\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12*\n\x06images\x18\x03 \x03(\x0b\x32\x1a.diptych.v1.GeneratedImage\x12\x0c\n\x04grid\x18\x04 \x01(\x0c\x42\x07\n\x05_seed\"\x13\n\x11ListModelsRequest\"\xab\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12%\n\x04\x63\x61rd\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05state\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0f\n\x07runtime\x18\x08 \x01(\t\x12\x0e\n\x06labels\x18\t \x03(\t\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.diptych.v1.Model\"B\n\x10LoadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x07version\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\n\n\x08_version\"\x13\n\x11LoadModelResponse\"D\n\x12UnloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x07version\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\n\n\x08_version\"\x15\n\x13UnloadModelResponse*)\n\x06\x46ormat\x12\x0e\n\nFORMAT_PNG\x10\x00\x12\x0f\n\x0b\x46ORMAT_GRID\x10\x01\x32\xfe\x02\n\x07\x44iptych\x12\x45\n\x08\x43lassify\x12\x1b.diptych.v1.ClassifyRequest\x1a\x1c.diptych.v1.ClassifyResponse\x12\x45\n\x08Generate\x12\x1b.diptych.v1.GenerateRequest\x1a\x1c.diptych.v1.GenerateResponse\x12K\n\nListModels\x12\x1d.diptych.v1.ListModelsRequest\x1a\x1e.diptych.v1.ListModelsResponse\x12H\n\tLoadModel\x12\x1c.diptych.v1.LoadModelRequest\x1a\x1d.diptych.v1.LoadModelResponse\x12N\n\x0bUnloadModel\x12\x1e.diptych.v1.UnloadModelRequest\x1a\x1f.diptych.v1.UnloadModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eproto/diptych/v1/diptych.proto\x12\ndiptych.v1\x1a\x1cgoogle/protobuf/struct.proto\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"|\n\x0f\x43lassifyRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05model\x18\x03 \x01(\t\x12\x1a\n\rabstain_below\x18\x04 \x01(\x02H\x01\x88\x01\x01\x42\x08\n\x06_top_kB\x10\n\x0e_abstain_below\"%\n\x05Label\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"@\n\nPrediction\x12!\n\x06labels\x18\x01 \x03(\x0b\x32\x11.diptych.v1.Label\x12\x0f\n\x07\x61\x62stain\x18\x02 \x01(\x08\"d\n\x10\x43lassifyResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.diptych.v1.ModelRef\x12+\n\x0bpredictions\x18\x02 \x03(\x0b\x32\x16.diptych.v1.Prediction\"\x18\n\x06Latent\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xf0\x01\n\x0fGenerateRequest\x12\x12\n\x05\x63ount\x18\x01 \x01(\x05H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x02 \x01(\x03H\x02\x88\x01\x01\x12\x12\n\x08\x63lass_id\x18\x03 \x01(\x05H\x00\x12\x14\n\nclass_name\x18\x04 \x01(\tH\x00\x12#\n\x07latents\x18\x05 \x03(\x0b\x32\x12.diptych.v1.Latent\x12\"\n\x06\x66ormat\x18\x06 \x01(\x0e\x32\x12.diptych.v1.Format\x12\r\n\x05model\x18\x07 \x01(\t\x12\x10\n\x03psi\x18\x08 \x01(\x02H\x03\x88\x01\x01\x42\x07\n\x05\x63lassB\x08\n\x06_countB\x07\n\x05_seedB\x06\n\x04_psi\"g\n\x0eGeneratedImage\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12\x10\n\x08\x63lass_id\x18\x02 \x01(\x05\x12\x12\n\nclass_name\x18\x03 \x01(\t\x12\"\n\x06latent\x18\x04 \x01(\x0b\x32\x12.diptych.v1.Latent\"\x8d\x01\n\x10GenerateResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.diptych.v1.ModelRef\x12\x11\n\x04seed\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12*\n\x06images\x18\x03 \x03(\x0b\x32\x1a.diptych.v1.GeneratedImage\x12\x0c\n\x04grid\x18\x04 \x01(\x0c\x42\x07\n\x05_seed\"\x13\n\x11ListModelsRequest\"\xab\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12%\n\x04\x63\x61rd\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05state\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0f\n\x07runtime\x18\x08 \x01(\t\x12\x0e\n\x06labels\x18\t \x03(\t\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.diptych.v1.Model\"B\n\x10LoadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x07version\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\n\n\x08_version\"\x13\n\x11LoadModelResponse\"D\n\x12UnloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x07version\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\n\n\x08_version\"\x15\n\x13UnloadModelResponse*)\n\x06\x46ormat\x12\x0e\n\nFORMAT_PNG\x10\x00\x12\x0f\n\x0b\x46ORMAT_GRID\x10\x01\x32\xfe\x02\n\x07\x44iptych\x12\x45\n\x08\x43lassify\x12\x1b.diptych.v1.ClassifyRequest\x1a\x1c.diptych.v1.ClassifyResponse\x12\x45\n\x08Generate\x12\x1b.diptych.v1.GenerateRequest\x1a\x1c.diptych.v1.GenerateResponse\x12K\n\nListModels\x12\x1d.diptych.v1.ListModelsRequest\x1a\x1e.diptych.v1.ListModelsResponse\x12H\n\tLoadModel\x12\x1c.diptych.v1.LoadModelRequest\x1a\x1d.diptych.v1.LoadModelResponse\x12N\n\x0bUnloadModel\x12\x1e.diptych.v1.UnloadModelRequest\x1a\x1f.diptych.v1.UnloadModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.diptych.v1.diptych_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FORMAT']._serialized_start=1341
-  _globals['_FORMAT']._serialized_end=1382
+  _globals['_FORMAT']._serialized_start=1404
+  _globals['_FORMAT']._serialized_end=1445
   _globals['_MODELREF']._serialized_start=76
   _globals['_MODELREF']._serialized_end=117
   _globals['_CLASSIFYREQUEST']._serialized_start=119
-  _globals['_CLASSIFYREQUEST']._serialized_end=197
-  _globals['_LABEL']._serialized_start=199
-  _globals['_LABEL']._serialized_end=236
-  _globals['_PREDICTION']._serialized_start=238
-  _globals['_PREDICTION']._serialized_end=285
-  _globals['_CLASSIFYRESPONSE']._serialized_start=287
-  _globals['_CLASSIFYRESPONSE']._serialized_end=387
-  _globals['_LATENT']._serialized_start=389
-  _globals['_LATENT']._serialized_end=413
-  _globals['_GENERATEREQUEST']._serialized_start=416
-  _globals['_GENERATEREQUEST']._serialized_end=656
-  _globals['_GENERATEDIMAGE']._serialized_start=658
-  _globals['_GENERATEDIMAGE']._serialized_end=761
-  _globals['_GENERATERESPONSE']._serialized_start=764
-  _globals['_GENERATERESPONSE']._serialized_end=905
-  _globals['_LISTMODELSREQUEST']._serialized_start=907
-  _globals['_LISTMODELSREQUEST']._serialized_end=926
-  _globals['_MODEL']._serialized_start=929
-  _globals['_MODEL']._serialized_end=1100
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1102
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1157
-  _globals['_LOADMODELREQUEST']._serialized_start=1159
-  _globals['_LOADMODELREQUEST']._serialized_end=1225
-  _globals['_LOADMODELRESPONSE']._serialized_start=1227
-  _globals['_LOADMODELRESPONSE']._serialized_end=1246
-  _globals['_UNLOADMODELREQUEST']._serialized_start=1248
-  _globals['_UNLOADMODELREQUEST']._serialized_end=1316
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=1318
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=1339
-  _globals['_DIPTYCH']._serialized_start=1385
-  _globals['_DIPTYCH']._serialized_end=1767
+  _globals['_CLASSIFYREQUEST']._serialized_end=243
+  _globals['_LABEL']._serialized_start=245
+  _globals['_LABEL']._serialized_end=282
+  _globals['_PREDICTION']._serialized_start=284
+  _globals['_PREDICTION']._serialized_end=348
+  _globals['_CLASSIFYRESPONSE']._serialized_start=350
+  _globals['_CLASSIFYRESPONSE']._serialized_end=450
+  _globals['_LATENT']._serialized_start=452
+  _globals['_LATENT']._serialized_end=476
+  _globals['_GENERATEREQUEST']._serialized_start=479
+  _globals['_GENERATEREQUEST']._serialized_end=719
+  _globals['_GENERATEDIMAGE']._serialized_start=721
+  _globals['_GENERATEDIMAGE']._serialized_end=824
+  _globals['_GENERATERESPONSE']._serialized_start=827
+  _globals['_GENERATERESPONSE']._serialized_end=968
+  _globals['_LISTMODELSREQUEST']._serialized_start=970
+  _globals['_LISTMODELSREQUEST']._serialized_end=989
+  _globals['_MODEL']._serialized_start=992
+  _globals['_MODEL']._serialized_end=1163
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1165
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1220
+  _globals['_LOADMODELREQUEST']._serialized_start=1222
+  _globals['_LOADMODELREQUEST']._serialized_end=1288
+  _globals['_LOADMODELRESPONSE']._serialized_start=1290
+  _globals['_LOADMODELRESPONSE']._serialized_end=1309
+  _globals['_UNLOADMODELREQUEST']._serialized_start=1311
+  _globals['_UNLOADMODELREQUEST']._serialized_end=1379
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=1381
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=1402
+  _globals['_DIPTYCH']._serialized_start=1448
+  _globals['_DIPTYCH']._serialized_end=1830
 # @@protoc_insertion_point(module_scope)

@@ -281,4 +281,4 @@ class Manager(Routing, ModelControl):
         config = self._found.configs.get(name, ModelConfig(name))
         for model in self._routes.get(name, {}).values():
             model.payload_log = self.payload_log
-            model.log_sample, model.log_thumbnails = config.log_sample, config.log_thumbnails
+            model.configure(config)
