@@ -37,6 +37,9 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "latent_dim": (1, 65_536),
     "max_batch": (1, 4096),
     "truncation_psi": (0, 10),
+    "temperature": (0.01, 100),
+    "ece_uncalibrated": (0, 1),
+    "ece_calibrated": (0, 1),
 }
 
 
@@ -63,6 +66,11 @@ class ModelCard:
     backbone: str | None = None
     dataset: str | None = None
     per_class_counts: dict[str, int] | None = None
+    # temperature scaling (training/calibration.py), already in the export's scores: absent on
+    # older cards (T = 1); the expected calibration error (10 bins) on the test split without and with it
+    temperature: float | None = None
+    ece_uncalibrated: float | None = None
+    ece_calibrated: float | None = None
     # generator
     latent_dim: int | None = None
     classes: list[str] | None = None

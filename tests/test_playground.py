@@ -109,7 +109,25 @@ def test_classify_generate_and_interpolate_in_a_browser(server, browser, tmp_pat
         assert percent.endswith("%") and abs(float(percent[:-1]) - prediction["score"] * 100) <= 0.05 + 1e-9, \
             (percent, prediction)
     assert all(bar.find_element("class name", "bar").size["width"] > 0 for bar in bars[:1])
+    card = next(model["card"] for model in models if f"{model['name']}:{model['version']}" ==
+                chosen(browser, "classifier")["model"])
+    assert find("id", "calibration").text == f"Scores calibrated (temperature {card['temperature']:g})"
+    assert answer.json()["abstain"] == [False] and not find("id", "abstain").is_displayed()
     screenshot(browser, "1-classify.png", tmp_path)
+
+    # a threshold over the top score: the page says it abstains, as the API does, its labels still listed
+    over = server.client.post("/classify", json={"images": [base64.b64encode(photo.read_bytes()).decode()],
+                                                 "abstain_below": 1.0, **chosen(browser, "classifier")})
+    assert over.json()["abstain"] == [True]
+    find("id", "abstain-below").send_keys("1", Keys.TAB)
+    wait_for(browser, "classify", lambda driver: find("id", "abstain").is_displayed())
+    bars = wait_for(browser, "classify", lambda driver: driver.find_elements("css selector", "#bars li"))
+    assert [bar.find_element("class name", "label").text for bar in bars] == shown
+    screenshot(browser, "1-abstain.png", tmp_path)
+    find("id", "abstain-below").clear()
+    find("id", "abstain-below").send_keys("0", Keys.TAB)
+    wait_for(browser, "classify", lambda driver: not find("id", "abstain").is_displayed() and
+             driver.find_elements("css selector", "#bars li"))
 
     # a class, a seed, a count and ψ, and the grid
     Select(find("id", "class")).select_by_visible_text(classes[2])

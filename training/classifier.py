@@ -11,8 +11,9 @@
    accuracy stops improving. On Fashion-MNIST it costs accuracy, so it is off by default
    (docs/classifier.md).
 4. Check that the model has not collapsed onto one class (it warns, or with `--strict`
-   stops), export a SavedModel (raw image bytes in, labels and scores out), evaluate the
-   export on the test split, then write its model card with the measurements.
+   stops), fit a temperature on held-out scores (training/calibration.py), export a
+   SavedModel (raw image bytes in, labels and calibrated scores out), evaluate the export on
+   the test split, then write its model card with the measurements.
 
 `--backbone scratch` trains a small CNN from nothing on the same data instead: the
 baseline that shows what the pretrained features are worth when data is scarce. When the
@@ -48,13 +49,15 @@ def train(config: ClassifierConfig) -> Path:
     """Run the whole recipe; return the exported model's folder."""
     import keras
 
+    from training.calibration import fitted_temperature
+
     started = time.monotonic()
     keras.utils.set_random_seed(config.seed)
     data = load_data(config)
     if config.backbone == "scratch":
-        (model, best_validation_accuracy), head_l2 = train_scratch_cnn(config, data), None
+        (model, best_validation_accuracy), head_l2, out_of_fold = train_scratch_cnn(config, data), None, None
     else:
-        model, head_l2, best_validation_accuracy = transfer_learn(config, data)
+        model, head_l2, best_validation_accuracy, out_of_fold = transfer_learn(config, data)
     training_seconds = time.monotonic() - started
     log(f"trained in {training_seconds:.0f} s")
     # The collapse check looks at the validation images, or (a sample of) the training images when none are held out.
@@ -64,7 +67,8 @@ def train(config: ClassifierConfig) -> Path:
     metrics.update(collapse_check(config, checked, best_validation_accuracy))
     training = {"config": asdict(config), "head_l2": head_l2, "class_weights": data.class_weights_by_name(),
                 "wall_seconds": round(training_seconds, 1)}
-    return export_and_evaluate(model, config, data, metrics, training)
+    temperature = fitted_temperature(out_of_fold or checked, log) if config.calibrate else 1.0
+    return export_and_evaluate(model, config, data, metrics, training, temperature)
 
 
 @dataclass
@@ -115,6 +119,7 @@ def train_scratch_cnn(config: ClassifierConfig, data: Splits):
     best validation accuracy."""
     import keras
 
+    from training.classifier_fit import fit_until_validation_loss_stalls
     from training.classifier_model import build_scratch_cnn
 
     log("backbone: none — a small CNN trained from scratch (the baseline)")
@@ -126,9 +131,16 @@ def train_scratch_cnn(config: ClassifierConfig, data: Splits):
 def transfer_learn(config: ClassifierConfig, data: Splits):
     """The Keras guide's recipe: freeze a pretrained base, train a new head on its features,
     optionally fine-tune the top of the base. Returns the model, the head's weight decay, and
-    phase 1's best validation accuracy when it stopped early (--augment)."""
+    phase 1's best validation accuracy when it stopped early (--augment), and, when nothing is held
+    out to calibrate on, each training image's scores by heads that did not see it."""
     import keras
 
+    from training.classifier_fit import (
+        fine_tune,
+        fit_until_validation_loss_stalls,
+        out_of_fold_head_scores,
+        train_head_on_features,
+    )
     from training.classifier_model import build_head, stack_backbone_and_head
 
     extractor = frozen_feature_extractor(config)
@@ -139,15 +151,17 @@ def transfer_learn(config: ClassifierConfig, data: Splits):
                       config.dropout, l2)
     model = stack_backbone_and_head(extractor, head, config.image_size)
     model.compile(keras.optimizers.Adam(config.learning_rate), **COMPILE)
-    best_validation_accuracy = None
+    best_validation_accuracy, out_of_fold = None, None
     if config.augment:
         log("phase 1: training the head on augmented images through the frozen backbone")
         best_validation_accuracy = fit_until_validation_loss_stalls(model, config, data, augment=True)
     else:
         train_head_on_features(head, train_features, data, config)
+        if config.calibrate and not len(data.validation):
+            out_of_fold = out_of_fold_head_scores(train_features, data, config, l2)
     if config.fine_tune_epochs > 0:
         fine_tune(model, extractor, config, data)
-    return model, l2, best_validation_accuracy
+    return model, l2, best_validation_accuracy, out_of_fold
 
 
 def frozen_feature_extractor(config: ClassifierConfig):
@@ -181,74 +195,23 @@ def extract_features(backbone, dataset, description: str):
     return np.concatenate(batches)
 
 
-def train_head_on_features(head, features, data: Splits, config: ClassifierConfig) -> None:
-    """Phase 1 without augmentation: the frozen backbone gives the same features every
-    epoch, so they were computed once and the head alone trains on them."""
-    import keras
-
-    log("phase 1: augmentation is off, so the backbone's features are computed once "
-        "and the head trains on them (seconds, not minutes)")
-    # The head alone is a regularised softmax regression: train it to convergence, a fixed
-    # number of steps with a learning rate decaying to zero, rather than stop it on a
-    # validation loss that a hundred images make noisy (docs/classifier.md: early stopping
-    # moved the test accuracy by up to 2 points from one seed to the next).
-    steps_per_epoch = -(-len(features) // config.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.head_steps)
-    head.compile(keras.optimizers.Adam(schedule), **COMPILE)
-    head.fit(features, data.train.labels, batch_size=config.batch_size, class_weight=data.class_weights,
-             epochs=-(-config.head_steps // steps_per_epoch), shuffle=True, verbose=0)
-    log(f"phase 1: head trained for {config.head_steps} steps, training accuracy "
-        f"{head.history.history['accuracy'][-1]:.2%}")
 
 
-def fit_until_validation_loss_stalls(model, config: ClassifierConfig, data: Splits, augment: bool) -> float:
-    """At most --epochs on the training images, keeping the weights of the best validation
-    loss after the warm-up; returns the best validation accuracy of any epoch."""
-    import keras
-
-    # Validation loss, not accuracy: with ~100 validation images accuracy moves in 1% steps
-    # and plateaus at once, stopping the head long before it has converged. Not watched in
-    # the first --warmup-epochs: a network trained from nothing often sits at the majority
-    # class for a few epochs, and stopping (or keeping weights) there is a collapse.
-    early_stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
-                                               start_from_epoch=config.warmup_epochs, restore_best_weights=True)
-    history = model.fit(pipeline(config, data.train, shuffle=True, augment=augment), epochs=config.epochs,
-                        validation_data=pipeline(config, data.validation), class_weight=data.class_weights,
-                        callbacks=[early_stop], verbose=2)
-    return max(history.history["val_accuracy"])
 
 
-def fine_tune(model, extractor, config: ClassifierConfig, data: Splits) -> None:
-    """Phase 2: unfreeze the top of the backbone and train at a low learning rate; keep
-    phase 1's weights unless validation accuracy improves."""
-    import keras
 
-    from training.classifier_model import unfreeze_top
 
-    unfrozen = unfreeze_top(extractor, config.fine_tune_fraction)
-    log(f"phase 2: fine-tuning the top {config.fine_tune_fraction:.0%} of the backbone "
-        f"({unfrozen} layers, BatchNorm frozen) at learning rate {config.fine_tune_learning_rate:g}")
-    model.compile(keras.optimizers.Adam(config.fine_tune_learning_rate), **COMPILE)
-    baseline = model.evaluate(pipeline(config, data.validation), verbose=0, return_dict=True)["accuracy"]
-    phase_1_weights = model.get_weights()
-    fine_tune_stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=2, restore_best_weights=True)
-    history = model.fit(pipeline(config, data.train, shuffle=True, augment=config.fine_tune_augment),
-                        epochs=config.fine_tune_epochs, validation_data=pipeline(config, data.validation),
-                        class_weight=data.class_weights, callbacks=[fine_tune_stop], verbose=2)
-    best = max(history.history["val_accuracy"])
-    if best > baseline:
-        log(f"phase 2: validation accuracy {baseline:.2%} → {best:.2%}")
-    else:
-        model.set_weights(phase_1_weights)
-        log(f"phase 2: validation accuracy {baseline:.2%} → {best:.2%}, no gain: keeping phase 1's weights")
+
+
 
 
 def predictions_on(model, config: ClassifierConfig, subset: Dataset, class_names: list[str]):
     """How the Keras model in memory scores on `subset`: an `Evaluation`, as for the export."""
     from training.evaluate import Evaluation, confusion_matrix
 
-    predicted = model.predict(pipeline(config, subset), verbose=0).argmax(axis=1)
-    return Evaluation(class_names, confusion_matrix(subset.labels, predicted, len(class_names)))
+    scores = model.predict(pipeline(config, subset), verbose=0)
+    return Evaluation(class_names, confusion_matrix(subset.labels, scores.argmax(axis=1), len(class_names)),
+                      scores, subset.labels)
 
 
 def validation_metrics(evaluation) -> dict:
@@ -277,16 +240,18 @@ def collapse_check(config: ClassifierConfig, evaluation, best_validation_accurac
     return {"collapsed": True, "collapse": reason}
 
 
-def export_and_evaluate(model, config: ClassifierConfig, data: Splits, metrics: dict, training: dict) -> Path:
-    """Export into a staging version folder, evaluate the export on the test split, and only
-    then write the card, once, with every metric."""
+def export_and_evaluate(model, config: ClassifierConfig, data: Splits, metrics: dict, training: dict,
+                        temperature: float) -> Path:
+    """Export into a staging version folder (scores calibrated by `temperature`), evaluate the
+    export on the test split, and only then write the card, once, with every metric."""
     from contract.layout import new_version_folder
+    from training.calibration import test_calibration_errors
     from training.export import calibration_images, export_classifier
 
     with new_version_folder(config.out, config.sign_key) as (folder, version):
         card = export_classifier(
             model, data.labelled.class_names, config.image_size, folder, version,
-            calibration_images(data.train.images, data.train.labels, config.image_size),
+            calibration_images(data.train.images, data.train.labels, config.image_size), temperature,
             name=config.name, backbone=config.backbone, dataset=config.data,
             per_class_counts=data.labelled.per_class_counts(), training=training,
         )
@@ -302,6 +267,7 @@ def export_and_evaluate(model, config: ClassifierConfig, data: Splits, metrics: 
                        "test_examples": int(evaluation.confusion.sum())}
             if not metrics["collapsed"]:  # a collapse may show on the test split only
                 metrics.update(collapse_check(config, evaluation, None))
+            card = replace(card, **test_calibration_errors(evaluation, temperature, log))
         replace(card, metrics=metrics).write(folder)
     model_dir = Path(config.out) / str(version)
     log(f"exported {model_dir} (SavedModel + model_card.json)")

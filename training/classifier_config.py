@@ -79,6 +79,10 @@ class ClassifierConfig:
                                       "by more than 1.5x", choices=["balanced", "none"])
     strict: bool = option(False, "exit with an error, exporting nothing, when the model collapses (answers "
                           "nearly one class, or never beats answering the largest one); else it is a warning")
+    calibrate: bool = option(True, "fit a temperature on held-out scores and bake it into the export, so its "
+                             "scores are calibrated probabilities (training/calibration.py)")
+    calibration_folds: int = option(5, "when nothing is held out (the head on features), fit the head this many "
+                                    "times more, each scoring the fold it did not see, to calibrate on")
     seed: int = option(0, "random seed for the subset, the split, and the weights")
     out: str = out_option("models/classifier")
     name: str = name_option("classifier")
@@ -142,4 +146,6 @@ def validate(config: ClassifierConfig) -> None:
     if config.warmup_epochs < 0:
         raise UserError("--warmup-epochs must be at least 0")
     require_at_least_one(config, ("epochs", "head_steps", "batch_size"))
+    if config.calibration_folds < 2:
+        raise UserError("--calibration-folds must be at least 2")
     check_sign_key(config.sign_key)

@@ -26,6 +26,8 @@ from training.cli import UserError, model_parser, resolve_model_dir, run_cli
 class Evaluation:
     labels: list[str]
     confusion: np.ndarray  # [true, predicted] counts
+    scores: np.ndarray | None = None  # [N, classes]: what the model answered, for the calibration error
+    truth: np.ndarray | None = None  # [N]: each image's true class, as the model's label index
 
     @property
     def accuracy(self) -> float:
@@ -75,12 +77,11 @@ def evaluate_saved_model(model_dir: Path, model_labels: list[str], images: np.nd
     to_model_index = np.array([model_labels.index(name) for name in class_names])
     classify = tf.saved_model.load(str(model_dir)).signatures["classify_pixels"]
 
-    predicted = []
-    for start in tqdm(range(0, len(images), batch_size), desc="evaluate", unit="batch", leave=False):
-        scores = classify(images=tf.constant(images[start:start + batch_size]))["scores"]
-        predicted.append(np.argmax(scores.numpy(), axis=1))
-    return Evaluation(model_labels, confusion_matrix(to_model_index[labels], np.concatenate(predicted),
-                                                     len(model_labels)))
+    scores = np.concatenate([
+        classify(images=tf.constant(images[start:start + batch_size]))["scores"].numpy()
+        for start in tqdm(range(0, len(images), batch_size), desc="evaluate", unit="batch", leave=False)])
+    truth = to_model_index[labels]
+    return Evaluation(model_labels, confusion_matrix(truth, scores.argmax(axis=1), len(model_labels)), scores, truth)
 
 
 def plot_confusion(evaluation: Evaluation, path: Path, title: str) -> None:

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from contract.card import ModelCard
 from contract.litert import save_calibration
+from training.calibration import TINY
 
 LABELS_FILE = "labels.txt"
 CALIBRATION_SIZE = 32  # real inputs kept with the export, for the LiteRT conversion's proof
@@ -26,19 +27,23 @@ SCORE_TOLERANCE = 1e-4  # the largest difference of a score that LiteRT may show
 class ClassifierModule(tf.Module):
     """The serving graph: raw images in, class scores and their labels out.
 
-    `model` maps float32 RGB 0–255 `[N, S, S, 3]` to softmax scores `[N, C]`.
+    `model` maps float32 RGB 0–255 `[N, S, S, 3]` to softmax scores `[N, C]`; every signature
+    returns them calibrated by `temperature` (training/calibration.py), so TF Serving, V2 and a
+    LiteRT conversion serve the same calibrated scores with no code of ours.
     """
 
-    def __init__(self, model: keras.Model, labels: list[str], image_size: int, labels_path: str):
+    def __init__(self, model: keras.Model, labels: list[str], image_size: int, labels_path: str,
+                 temperature: float = 1.0):
         super().__init__()
         self.model = model
+        self.temperature = temperature
         self.image_size = image_size
         self.labels_asset = tf.saved_model.Asset(labels_path)
         self.labels = tf.constant(labels)
 
     def _classify(self, rgb_uint8: tf.Tensor) -> dict[str, tf.Tensor]:
         images = tf.image.resize(tf.cast(rgb_uint8, tf.float32), (self.image_size, self.image_size), antialias=True)
-        scores = self.model(images, training=False)
+        scores = self._scores(images)
         classes = tf.tile(self.labels[tf.newaxis, :], [tf.shape(scores)[0], 1])
         return {"scores": scores, "classes": classes}
 
@@ -79,7 +84,12 @@ class ClassifierModule(tf.Module):
         No string, decoding or resizing ops, so it converts to a LiteRT flatbuffer of
         builtin ops: the service decodes and resizes outside it (service/core/images.py).
         """
-        return {"scores": self.model(tf.cast(images, tf.float32), training=False)}
+        return {"scores": self._scores(tf.cast(images, tf.float32))}
+
+    def _scores(self, images: tf.Tensor) -> tf.Tensor:
+        """softmax(log(scores) / T): calibration.with_temperature in the graph."""
+        scores = self.model(images, training=False)
+        return tf.nn.softmax(tf.math.log(tf.maximum(scores, TINY)) / self.temperature, axis=-1)
 
 
 def export_classifier(
@@ -89,15 +99,16 @@ def export_classifier(
     folder: str | os.PathLike,
     version: int,
     calibration: np.ndarray,
+    temperature: float = 1.0,
     **card: object,
 ) -> ModelCard:
-    """Write the SavedModel and its calibration sample into `folder` (a staging folder of
+    """Write the SavedModel (its scores calibrated by `temperature`) and its calibration sample into `folder` (a staging folder of
     `contract.layout.new_version_folder`); return the card, for the caller to complete with
     its measurements and write once."""
     folder = Path(folder)
     labels_path = folder / LABELS_FILE
     labels_path.write_text("\n".join(labels) + "\n")
-    module = ClassifierModule(model, labels, image_size, str(labels_path))
+    module = ClassifierModule(model, labels, image_size, str(labels_path), temperature)
     tf.saved_model.save(
         module,
         str(folder),
@@ -112,7 +123,7 @@ def export_classifier(
     save_calibration(folder, {"images": calibration})
     return ModelCard.new(
         kind="classifier", version=version, image_size=(image_size, image_size), channels=3, labels=labels,
-        numeric_signature="classify_resized", tolerance=SCORE_TOLERANCE,
+        numeric_signature="classify_resized", tolerance=SCORE_TOLERANCE, temperature=temperature,
         signatures={
             "serving_default": "image_bytes: string [N] -> scores float32 [N, C], classes string [N, C]",
             "classify_pixels": "images: uint8 [N, H, W, 1|3] -> scores, classes",

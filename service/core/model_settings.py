@@ -72,7 +72,8 @@ class Policy:
         return "all" if self.latest is None else f"latest:{self.latest}"
 
 
-KEYS = ("path", "versions", "labels", "traffic", "shadow", "log_sample", "log_thumbnails", "promote", "feedback")
+KEYS = ("path", "versions", "labels", "traffic", "shadow", "log_sample", "log_thumbnails", "promote", "feedback",
+        "abstain_below")
 MAX_WEIGHT = 1_000_000  # a traffic weight: enough for shares of a millionth, far from float overflow
 MAX_LABELS = 10_000_000  # promote.after: labels per look
 LABEL = re.compile(r"[^:@\s]+")  # what a request's `name@label` can name
@@ -113,7 +114,9 @@ class ModelConfig:
     version number), which version gets a copy of the traffic (`shadow`), and the share of
     its requests written to the payload log (`log_sample`, with image thumbnails or not), and
     whether every answer is kept for labels fed back (`feedback`, feedback.py), and whether labelled
-    evidence promotes or rolls back a candidate (`promote`, which needs `feedback`)."""
+    evidence promotes or rolls back a candidate (`promote`, which needs `feedback`); for a
+    classifier, the top score under which an answer abstains unless a request says otherwise
+    (`abstain_below`)."""
 
     name: str
     path: str | None = None  # a folder of versions, a version folder, or a store tag
@@ -125,6 +128,7 @@ class ModelConfig:
     log_thumbnails: bool = False
     promote: Promote | None = None
     feedback: bool = False
+    abstain_below: float | None = None
 
     @classmethod
     def parse(cls, name: str, table: Any) -> ModelConfig:
@@ -160,6 +164,9 @@ class ModelConfig:
             raise ValueError(f"{where}.log_thumbnails: true or false")
         if not isinstance(feedback := table.get("feedback", False), bool):
             raise ValueError(f"{where}.feedback: true or false")
+        abstain_below = table.get("abstain_below")
+        if abstain_below is not None and not is_share(abstain_below):
+            raise ValueError(f"{where}.abstain_below: {abstain_below!r}: a score between 0 and 1, e.g. 0.6")
         if (path := table.get("path") or None) is not None and not isinstance(path, str):
             raise ValueError(f"{where}.path: a folder, an s3:// or gs:// URL, or a model store tag")
         if path is not None and (odd := re.search("[\x00-\x1f\x7f-\x9f\ud800-\udfff]", path)):
@@ -175,7 +182,8 @@ class ModelConfig:
         policy = Policy.parse(table["versions"], where) if "versions" in table else Policy()
         promote = Promote.parse(table["promote"], f"{where}.promote", labels, [*traffic, *filter(None, [shadow])]) \
             if table.get("promote") is not None else None
-        return cls(name, path, policy, labels, traffic, shadow, float(sample), thumbnails, promote, feedback)
+        return cls(name, path, policy, labels, traffic, shadow, float(sample), thumbnails, promote, feedback,
+                   None if abstain_below is None else float(abstain_below))
 
     def table(self) -> dict[str, Any]:
         """The settings table that parses back into this config."""
@@ -183,7 +191,8 @@ class ModelConfig:
                  "log_sample": self.log_sample, "log_thumbnails": self.log_thumbnails,
                  "feedback": self.feedback}
         return {**table, **({"path": self.path} if self.path else {}), **({"shadow": self.shadow} if self.shadow else {}),
-                **({"promote": dataclasses.asdict(self.promote)} if self.promote else {})}
+                **({"promote": dataclasses.asdict(self.promote)} if self.promote else {}),
+                **({"abstain_below": self.abstain_below} if self.abstain_below is not None else {})}
 
     def split(self, available: set[int], key: str) -> int:
         """A version by the traffic weights, among the available targets only; one caller
@@ -202,6 +211,11 @@ class ModelConfig:
     def version_of(self, target: str) -> int | None:
         """A label's version, or a version number given as text."""
         return self.labels.get(target) if target in self.labels else ascii_number(target)
+
+
+def is_share(value: Any) -> bool:
+    """A number from 0 to 1 (NaN is not: it fails every comparison)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
 
 
 def _numbers(value: Any, where: str, most: int, hint: str) -> dict[str, int]:

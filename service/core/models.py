@@ -42,6 +42,8 @@ from .runtimes import runtime_named
 if TYPE_CHECKING:
     from tensorflow.core.protobuf.meta_graph_pb2 import SignatureDef
 
+    from .model_settings import ModelConfig
+
 log = logging.getLogger("diptych")
 
 TensorRunner = Callable[..., Awaitable[dict[str, np.ndarray]]]
@@ -87,7 +89,7 @@ class ServedModel:
     # within the card's tolerance, unless what the outputs mean asks for more (a classifier's top-1).
     conversion_check: ClassVar[str] = "tolerance"
     # The payload log, and the share of requests written to it: set by the manager from the
-    # model's settings (manager/lifecycle.py).
+    # model's settings (manager/lifecycle.py, `configure`).
     payload_log: PayloadLog | None = None
     log_sample: float = 0.0
     log_thumbnails: bool = False
@@ -225,6 +227,11 @@ class ServedModel:
         """A kind whose results can be labelled says its labels and, per result, the class it
         chose and that class's score; None (the default): a kind without labels."""
         return None
+
+    def configure(self, config: ModelConfig) -> None:
+        """The model's settings table, on this version (the manager calls it as it routes to it):
+        the payload log's share and thumbnails; a kind takes its own keys too."""
+        self.log_sample, self.log_thumbnails = config.log_sample, config.log_thumbnails
 
     def describe(self, results: list[Any]) -> dict[str, Any]:
         """What the payload log keeps of a batch's results (the kind says)."""

@@ -52,6 +52,8 @@ class ClassifyRequest(Body):
 
     images: list[Base64] = Field(description="base64-encoded image files (JPEG, PNG, GIF, BMP, WebP, TIFF, ...)")
     top_k: int = Field(TOP_K, description="labels per image, best first")
+    abstain_below: float | None = Field(None, description="a top score under this (0 to 1) answers abstain: true, "
+                                                          "its labels still listed; absent: the model table's, if any")
     model: ModelName = None
 
     @classmethod
@@ -69,6 +71,8 @@ class ClassifyRequest(Body):
                 raise parse_error(cls, "images", "file_expected", "each `images` part must be a file upload")
             elif name == "top_k" and isinstance(value, str) and (number := decimal(value)) is not None:
                 fields["top_k"] = number
+            elif name == "abstain_below" and isinstance(value, str):
+                fields["abstain_below"] = number_or_text(value)
             elif name == "model" and isinstance(value, str):
                 fields["model"] = value
             else:
@@ -126,6 +130,14 @@ class FeedbackResponse(pydantic.BaseModel):
     items: list[FeedbackResult] = Field(description="one per item, in request order")
 
 
+def number_or_text(value: str) -> float | str:
+    """A form field as a float when it spells one, else as sent (pydantic then names the problem)."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
 def parse_error(model: type, field: str, kind: str, message: str) -> pydantic.ValidationError:
     return pydantic.ValidationError.from_exception_data(
         model.__name__, [InitErrorDetails(type=PydanticCustomError(kind, message), loc=(field,), input=None)]
@@ -146,6 +158,8 @@ class Label(pydantic.BaseModel):
 class ClassifyResponse(pydantic.BaseModel):
     model: ModelRef
     predictions: list[list[Label]] = Field(description="per image, in request order: top_k labels, best first")
+    abstain: list[bool] = Field(description="per image, in request order: true when its top score is under the "
+                                            "abstain_below that applied (the request's or the model's)")
 
 
 class GeneratedImage(pydantic.BaseModel):

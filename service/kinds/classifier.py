@@ -20,6 +20,7 @@ from service.core import image_input
 from service.core.errors import ValidationError
 from service.core.image_input import Image
 from service.core.images import decode, encode_png, resize
+from service.core.model_settings import ModelConfig, is_share
 from service.core.models import ModelInfo, ServedModel
 
 from .classifier_drift import LabelDrift
@@ -32,6 +33,7 @@ TOP_K = 5  # labels per image when a request says none: every protocol's, and th
 class Classification:
     model: ModelInfo
     predictions: list[list[tuple[str, float]]]  # per image, the top-k (label, score), best first
+    abstain: list[bool]  # per image: its top score is under the abstain_below that applied
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +59,10 @@ class ClassifierMetrics:
             "diptych_label_drift_psi", "Population stability index of the served top-1 labels (a window) against "
             "the training set's class distribution", model, multiprocess_mode="livemax"
         )
+        self.confidence_checks = prom.Counter(
+            "diptych_confidence_checks", "Images whose top score was held against an abstain_below, by whether "
+            "the answer abstained (the abstention rate; the drift alert reads it)", [*model, "abstained"]
+        )
 
 
 @functools.cache
@@ -72,6 +78,7 @@ class Classifier(ServedModel):
     card_fields = ("labels", "image_size", "channels")
     conversion_check = "top-1"  # its scores' best label is the answer: a conversion must keep it
     tensor_runners = {frozenset({"image_bytes"}): "score_tensor_bytes", frozenset({"images"}): "score_tensor_pixels"}
+    abstain_below: float | None = None  # the model table's; a request's overrides it (`configure`)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -80,17 +87,33 @@ class Classifier(ServedModel):
         model = {"model": self.info.name, "version": self.info.version}
         self._classified = metrics().images_classified.labels(**model)
         self._predicted = {label: metrics().predictions.labels(**model, label=label) for label in self.labels}
+        self._abstained = {answer: metrics().confidence_checks.labels(**model, abstained=str(answer).lower())
+                           for answer in (True, False)}
         counts = self.info.card.per_class_counts
         self._drift = LabelDrift([counts.get(label, 0) for label in self.labels],
                                  metrics().label_drift.labels(**model).set) if counts else None
 
     # -- requests ------------------------------------------------------------------
-    async def classify(self, images: Sequence[bytes], top_k: int = TOP_K) -> Classification:
+    def configure(self, config: ModelConfig) -> None:
+        super().configure(config)
+        self.abstain_below = config.abstain_below
+
+    async def classify(self, images: Sequence[bytes], top_k: int = TOP_K,
+                       abstain_below: float | None = None) -> Classification:
+        """The top-k labels of each image; an image whose top score is under `abstain_below`
+        (the request's, else the model table's, else none) abstains, its labels still listed."""
         self.check_top_k(top_k)
+        if abstain_below is not None and not is_share(abstain_below):
+            raise ValidationError("abstain_below", f"{abstain_below!r}: must be a score from 0 to 1")
+        threshold = self.abstain_below if abstain_below is None else abstain_below
         result = await self.score(images)
         best = np.argsort(-result.scores, axis=1)[:, :top_k]
+        abstain = [False] * len(best) if threshold is None else (result.scores.max(axis=1) < threshold).tolist()
+        if threshold is not None:
+            for answer in abstain:
+                self._abstained[answer].inc()
         return Classification(self.info, [[(self.labels[i], row[i]) for i in top]
-                                          for top, row in zip(best.tolist(), result.scores.tolist())])
+                                          for top, row in zip(best.tolist(), result.scores.tolist())], abstain)
 
     async def score(self, images: Sequence[Image]) -> Scores:
         """Every class's score for each image: the model's whole output, for the tensor protocols."""

@@ -22,7 +22,8 @@ from .wire import GrpcMethod, Panel, Wire
 MULTIPART_CLASSIFY = {
     "type": "object",
     "required": ["images"],
-    "properties": {"images": {"type": "array", "items": BINARY}, "top_k": {"type": "integer", "default": TOP_K}},
+    "properties": {"images": {"type": "array", "items": BINARY}, "top_k": {"type": "integer", "default": TOP_K},
+                   "abstain_below": {"type": "number"}},
 }
 
 
@@ -30,20 +31,21 @@ MULTIPART_CLASSIFY = {
 async def classify(request: Request) -> Response:
     body = await schemas.ClassifyRequest.parse(request)
     classifier = api.engine().get(Classifier, api.model_of(request, body.model))
-    return classified(await classifier.classify(body.images, body.top_k))
+    return classified(await classifier.classify(body.images, body.top_k, body.abstain_below))
 
 
 def classified(result: Classification) -> Response:
     predictions = [[schemas.Label(label=label, score=score) for label, score in row] for row in result.predictions]
-    return api.json_response(schemas.ClassifyResponse(model=api.model_ref(result.model), predictions=predictions),
-                             result.model)
+    return api.json_response(schemas.ClassifyResponse(model=api.model_ref(result.model), predictions=predictions,
+                                                      abstain=result.abstain), result.model)
 
 
 async def classify_grpc(engine, request: pb.ClassifyRequest) -> pb.ClassifyResponse:
     classifier = engine.get(Classifier, request.model or None)
-    result = await classifier.classify(list(request.images), request.top_k if request.HasField("top_k") else TOP_K)
-    predictions = [pb.Prediction(labels=[pb.Label(label=label, score=score) for label, score in row])
-                   for row in result.predictions]
+    result = await classifier.classify(list(request.images), request.top_k if request.HasField("top_k") else TOP_K,
+                                       request.abstain_below if request.HasField("abstain_below") else None)
+    predictions = [pb.Prediction(labels=[pb.Label(label=label, score=score) for label, score in row], abstain=abstain)
+                   for row, abstain in zip(result.predictions, result.abstain)]
     return pb.ClassifyResponse(model=grpc_model_ref(result.model), predictions=predictions)
 
 

@@ -35,7 +35,7 @@ log = logging.getLogger("diptych")
 
 
 FAILED = VersionState.FAILED
-UNSAID = ("traffic", "shadow", "log_sample", "log_thumbnails", "promote", "feedback")  # what TF Serving's ModelConfig cannot say
+UNSAID = ("traffic", "shadow", "log_sample", "log_thumbnails", "promote", "feedback", "abstain_below")  # what TF Serving's ModelConfig cannot say
 
 
 class ModelControl:

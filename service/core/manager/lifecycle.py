@@ -283,6 +283,6 @@ class Manager(Routing, ModelControl):
         config = self._found.configs.get(name, ModelConfig(name))
         for model in self._routes.get(name, {}).values():
             model.payload_log = self.payload_log
-            model.log_sample, model.log_thumbnails = config.log_sample, config.log_thumbnails
+            model.configure(config)
             keep = config.feedback or config.promote is not None or self.settings.feedback  # promote weighs labels
             model.feedback = self.feedback if keep else None

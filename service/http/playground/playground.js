@@ -55,6 +55,13 @@ function selected(kind) {
   return models[kind].find((model) => `${model.name}:${model.version}` === $(`#${kind}`).value);
 }
 
+// A version's accuracy on the answers labelled through /feedback, when /models has it.
+function labelledAccuracy(model) {
+  const feedback = model.feedback;
+  if (!feedback || typeof feedback.accuracy !== "number") return "";
+  return ` - ${(feedback.accuracy * 100).toFixed(1)}% right of ${feedback.labelled} labelled`;
+}
+
 async function loadModels() {
   $("#status").textContent = "";
   try {
@@ -63,7 +70,8 @@ async function loadModels() {
       models[kind] = listing.models.filter((model) => model.kind === kind && model.state === "available");
       $(`#${kind}`).replaceChildren(...models[kind].map((model) => element("option", {
         value: `${model.name}:${model.version}`,
-        textContent: `${model.name}:${model.version}${model.labels.length ? ` (${model.labels.join(", ")})` : ""}`,
+        textContent: `${model.name}:${model.version}${model.labels.length ? ` (${model.labels.join(", ")})` : ""}` +
+                     labelledAccuracy(model),
       })));
       // the highest version labelled "latest", else the last listed
       const latest = models[kind].findLast((model) => model.labels.includes("latest")) || models[kind].at(-1);
