@@ -179,7 +179,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         save_grid(grid, run_dir / "samples" / f"epoch_{epoch:03d}.png", class_names, f"epoch {epoch}")
 
     # -- 5. Curves, export, evaluation.
-    plot_history(history, run_dir / "training_curves.png")
+    plot_history(history, run_dir / "training_curves.png", f"GAN training, {config.discriminator} discriminator")
     return export_and_measure(ema_generator, model_config, class_names, config, history, len(dataset))
 
 
@@ -232,7 +232,7 @@ def save_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=1) + "\n")
 
 
-def plot_history(history: dict, path: Path) -> None:
+def plot_history(history: dict, path: Path, title: str) -> None:
     """Both losses per step (faint) and their running means, one tick per epoch."""
     import matplotlib
 
@@ -254,7 +254,7 @@ def plot_history(history: dict, path: Path) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend()
-    ax.set_title("DCGAN training (non-saturating loss)")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
