@@ -116,3 +116,14 @@ def projected_config(root) -> ProjectedConfig:
     """The projected discriminator's settings of the run in `root`."""
     config = json.loads((root / "run" / "config.json").read_text())
     return ProjectedConfig(backbone=config["backbone"], input_size=config["backbone_size"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--discriminator", "projected", "--backbone", "keras:ResNet50"], "not 'keras:ResNet50'"),
+    (["--discriminator", "projected", "--backbone-size", "16"], "at least 32, got 16"),
+    (["--fid-every", "-1"], "--fid-every must be 0"),
+])
+def test_projected_mistakes_get_a_clear_error(argv, message, tmp_path, capsys):
+    assert _train([*argv, "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
