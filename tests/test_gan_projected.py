@@ -14,6 +14,8 @@ from PIL import Image
 
 from tests.test_gan import _band_images, _train
 from training.diffaugment import diff_augment
+from training.gan_config import TrainConfig
+from training.gan_discriminators import projected_settings
 from training.gan_projected import (
     ProjectedConfig,
     RandomProjection,
@@ -114,13 +116,13 @@ def test_losses_are_finite_and_the_export_serves(projected_run):
 
 def projected_config(root) -> ProjectedConfig:
     """The projected discriminator's settings of the run in `root`."""
-    config = json.loads((root / "run" / "config.json").read_text())
-    return ProjectedConfig(backbone=config["backbone"], input_size=config["backbone_size"])
+    return projected_settings(TrainConfig(**json.loads((root / "run" / "config.json").read_text())))
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--discriminator", "projected", "--backbone", "keras:ResNet50"], "not 'keras:ResNet50'"),
     (["--discriminator", "projected", "--backbone-size", "16"], "at least 32, got 16"),
+    (["--discriminator", "projected", "--projected-depths", "5"], "choose 1 to 4, got 5"),
     (["--fid-every", "-1"], "--fid-every must be 0"),
 ])
 def test_projected_mistakes_get_a_clear_error(argv, message, tmp_path, capsys):

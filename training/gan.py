@@ -45,7 +45,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     from tqdm import tqdm
 
     from training.data import load_dataset, make_pipeline
-    from training.gan_discriminators import build_critic
+    from training.gan_discriminators import build_critic, projected_settings
     from training.gan_model import (
         GANConfig,
         LinearDecay,
@@ -71,7 +71,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                              latent_dim=config.latent_dim, filters=config.filters)
     generator = build_generator(model_config)
     augment_rng = tf.random.Generator.from_seed(config.seed + 1)
-    critic = build_critic(config.discriminator, model_config, augment_rng, config.backbone, config.backbone_size)
+    critic = build_critic(config.discriminator, model_config, augment_rng, projected_settings(config))
     discriminator = critic.model
     ema_generator = build_generator(model_config)
     ema_generator.set_weights(generator.get_weights())

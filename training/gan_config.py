@@ -56,6 +56,9 @@ class TrainConfig:
                            "(efficientnet-lite0 or mobilenetv2)")
     backbone_size: int = option(32, "with --discriminator projected: the side the images are resized to "
                                 "for the backbone")
+    projected_depths: int = option(4, "with --discriminator projected: how many of the backbone's four depths "
+                                   "(strides 4, 8, 16, 32) get a head, shallowest first; fewer is cheaper "
+                                   "(docs/gan.md)")
     fid_every: int = option(0, "measure a quick FID (2,000 test images) every N steps, for the FID-vs-CPU "
                             "curve in history.json and the card (0: never)")
     ema: float = option(0.998, "decay of the exported moving average of the generator's weights "
@@ -117,7 +120,7 @@ def validate(config: TrainConfig) -> None:
         from training.gan_projected import check_projected
 
         try:
-            check_projected(config.backbone, config.backbone_size)
+            check_projected(config.backbone, config.backbone_size, config.projected_depths)
         except ValueError as error:
             raise UserError(f"--discriminator projected: {error}") from None
     check_sign_key(config.sign_key)

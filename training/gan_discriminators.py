@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import keras
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from training.gan_projected import ProjectedConfig
 
 DISCRIMINATORS = ("dcgan", "projected")
 
@@ -32,9 +36,16 @@ def non_saturating_losses(real_scores, fake_scores):
     return discriminator_loss, tf.reduce_mean(tf.nn.softplus(-fake_scores))
 
 
-def build_critic(name: str, model_config, rng: tf.random.Generator, backbone: str = "efficientnet-lite0",
-                 backbone_size: int = 32) -> Critic:
-    """The discriminator `name` for the generator `model_config` describes; `rng` draws its augmentations."""
+def projected_settings(config) -> ProjectedConfig:
+    """The projected discriminator's settings from a run's TrainConfig (training/gan_config.py)."""
+    from training.gan_projected import ProjectedConfig
+
+    return ProjectedConfig(backbone=config.backbone, input_size=config.backbone_size, depths=config.projected_depths)
+
+
+def build_critic(name: str, model_config, rng: tf.random.Generator, projected=None) -> Critic:
+    """The discriminator `name` for the generator `model_config` describes; `rng` draws its augmentations;
+    `projected`, a ProjectedConfig, sets up the projected one (its defaults if None)."""
     if name == "dcgan":
         from training.gan_model import build_discriminator
 
@@ -44,7 +55,6 @@ def build_critic(name: str, model_config, rng: tf.random.Generator, backbone: st
         from training.gan_projected import ProjectedConfig, build_projected_discriminator, hinge_losses
 
         model = build_projected_discriminator(model_config.image_size, model_config.channels,
-                                              model_config.num_classes,
-                                              ProjectedConfig(backbone=backbone, input_size=backbone_size))
+                                              model_config.num_classes, projected or ProjectedConfig())
         return Critic(model, hinge_losses, lambda images: diff_augment(images, rng))
     raise ValueError(f"unknown discriminator {name!r}: choose one of {', '.join(DISCRIMINATORS)}")

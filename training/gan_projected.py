@@ -50,8 +50,9 @@ class ProjectedConfig:
     depths: int = 4  # how many of FEATURE_LAYERS to read, shallowest first
 
 
-def check_projected(backbone: str, input_size: int) -> None:
-    """Refuse, before any weights load, a backbone whose stages are not known or too small an input."""
+def check_projected(backbone: str, input_size: int, depths: int = 4) -> None:
+    """Refuse, before any weights load, a backbone whose stages are not known, too small an input
+    or a number of depths it does not have."""
     from training.backbones import BACKBONES
 
     name = backbone.partition("=")[0]
@@ -60,11 +61,14 @@ def check_projected(backbone: str, input_size: int) -> None:
                          f"not {name!r}")
     if input_size < BACKBONES[name].min_size:
         raise ValueError(f"{name} needs a backbone size of at least {BACKBONES[name].min_size}, got {input_size}")
+    if not 1 <= depths <= len(FEATURE_LAYERS[name]):
+        raise ValueError(f"{name} has {len(FEATURE_LAYERS[name])} depths to read: choose 1 to "
+                         f"{len(FEATURE_LAYERS[name])}, got {depths}")
 
 
 def build_feature_network(config: ProjectedConfig) -> keras.Model:
     """The frozen backbone, cut after its deepest wanted layer: RGB 0–255 → a list of maps."""
-    check_projected(config.backbone, config.input_size)
+    check_projected(config.backbone, config.input_size, config.depths)
     name = config.backbone.partition("=")[0]
     backbone = build_backbone(config.backbone, image_size=config.input_size)
     outputs = [backbone.get_layer(layer).output for layer in FEATURE_LAYERS[name][:config.depths]]
