@@ -23,15 +23,18 @@ from training.gan_projected import (
 )
 
 
-@pytest.mark.parametrize("size, channels, backbone_size", [(28, 1, 32), (32, 3, 32), (64, 3, 64)])
-def test_the_discriminator_gives_one_logit_per_head_position(size, channels, backbone_size):
-    model = build_projected_discriminator(size, channels, 4, ProjectedConfig(input_size=backbone_size))
+@pytest.mark.parametrize("size, channels, backbone_size, depths",
+                         [(28, 1, 32, 4), (32, 3, 32, 4), (64, 3, 64, 4), (28, 1, 32, 2), (64, 3, 64, 1)])
+def test_the_discriminator_gives_one_logit_per_head_position(size, channels, backbone_size, depths):
+    model = build_projected_discriminator(size, channels, 4, ProjectedConfig(input_size=backbone_size, depths=depths))
     images = tf.random.uniform([3, size, size, channels], -1, 1)
     logits = model([images, tf.constant([0, 1, 3])])
-    # Four heads, each down to 4x4 or less: at a 32-px backbone input the maps are 8, 4, 2, 1.
-    positions = sum(min(side, 4) ** 2 for side in (backbone_size // 4, backbone_size // 8,
-                                                   backbone_size // 16, backbone_size // 32))
-    assert logits.shape == (3, positions)
+    # One head per depth read, shallowest first, each down to 4x4 or less: at a 32-px
+    # backbone input the four maps are 8, 4, 2, 1.
+    sides = (backbone_size // 4, backbone_size // 8, backbone_size // 16, backbone_size // 32)[:depths]
+    assert logits.shape == (3, sum(min(side, 4) ** 2 for side in sides))
+    # The backbone itself stops at the deepest depth read: the deep stages are most of its cost.
+    assert len(model.get_layer("frozen_features").outputs) == depths
     assert np.isfinite(logits.numpy()).all()
 
 
