@@ -28,10 +28,18 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "gan_results.json"
 
-# name -> training flags. "full" is the default recipe: that is the claim.
+# name -> training flags. "full" is the default recipe: that is the claim. The projected rows
+# get the same CPU budget as the rows above them (docs/gan.md, "A projected discriminator").
+# --fid-every adds the points of the FID-vs-CPU-minutes curve; it changes no training step.
 ROWS = {
-    "quick": "--quick",
-    "full": "",
+    "quick": "--quick --fid-every 750",
+    "full": "--fid-every 3750",
+    "quick-projected": "--discriminator projected --epochs 1 --per-class 2700 --fid-every 300",
+    "full-projected": "--discriminator projected --epochs 3 --fid-every 1500",
+    # Only the two shallow depths (8 and 4 px maps at 32 px): a quarter of the step's CPU, so
+    # the quick budget buys 5,500 steps instead of 1,688 (docs/gan.md, "Why it lost").
+    "quick-projected-shallow": "--discriminator projected --projected-depths 2 --epochs 2 --per-class 4400 "
+                               "--fid-every 550",
 }
 
 
@@ -51,6 +59,7 @@ def row_from_card(card: dict, command: str) -> dict:
         "evaluator_accuracy": metrics["evaluator_accuracy"],
         "fid_samples": metrics["samples"],
         "by_psi": metrics["by_psi"],
+        "fid_curve": training.get("fid_curve", []),
     }
 
 
@@ -114,6 +123,29 @@ def print_table(rows: dict) -> None:
                   f"{row['command']}")
 
 
+def plot_curves(rows: dict, path: Path) -> None:
+    """FID (2,000 test images, ψ = 1) against training CPU-minutes, one line per measured row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, row in rows.items():
+        if row and row.get("fid_curve"):
+            _, cpu_minutes, fids = zip(*row["fid_curve"])
+            ax.plot(cpu_minutes, fids, marker="o", markersize=3, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("training CPU-minutes")
+    ax.set_ylabel("domain FID (2,000 test images, ψ = 1)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title("How fast each discriminator converges")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -121,6 +153,8 @@ def main() -> None:
                         help="re-measure these rows (minutes each) and record them")
     parser.add_argument("--figures", type=Path, default=None,
                         help="with --run: draw gan_samples.png and gan_interpolation.png from the last row's model here")
+    parser.add_argument("--curve", type=Path, default=None,
+                        help="draw the recorded rows' FID-vs-CPU-minutes curves into this PNG")
     parser.add_argument("--model", nargs="+", default=[], help="measure these exports instead (not recorded)")
     args = parser.parse_args()
     if args.model:
@@ -132,6 +166,8 @@ def main() -> None:
         results[name] = run_row(name, args.figures if name == args.run[-1] else None)
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print_table({name: results.get(name) for name in ROWS})
+    if args.curve:
+        plot_curves({name: results.get(name) for name in ROWS}, args.curve)
 
 
 if __name__ == "__main__":

@@ -45,10 +45,10 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     from tqdm import tqdm
 
     from training.data import load_dataset, make_pipeline
+    from training.gan_discriminators import build_critic, projected_settings
     from training.gan_model import (
         GANConfig,
         LinearDecay,
-        build_discriminator,
         build_generator,
         to_tanh_range,
         to_uint8,
@@ -70,7 +70,9 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     model_config = GANConfig(image_size=size, channels=channels, num_classes=num_classes,
                              latent_dim=config.latent_dim, filters=config.filters)
     generator = build_generator(model_config)
-    discriminator = build_discriminator(model_config)
+    augment_rng = tf.random.Generator.from_seed(config.seed + 1)
+    critic = build_critic(config.discriminator, model_config, augment_rng, projected_settings(config))
+    discriminator = critic.model
     ema_generator = build_generator(model_config)
     ema_generator.set_weights(generator.get_weights())
     # Both rates are constant, then fall to 0 over the last --lr-decay of the steps of --epochs.
@@ -87,14 +89,14 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     checkpoint = tf.train.Checkpoint(
         generator=generator, discriminator=discriminator, ema_generator=ema_generator,
         generator_optimizer=generator_optimizer, discriminator_optimizer=discriminator_optimizer,
-        latent_rng=latent_rng, epochs_done=epochs_done,
+        latent_rng=latent_rng, augment_rng=augment_rng, epochs_done=epochs_done,
         # Keras leaves the dropout layers' random state out of TF checkpoints; without it a
         # resumed run would draw other dropout masks than an uninterrupted one.
         dropout_states=[layer.seed_generator.state for layer in discriminator.layers
                         if hasattr(layer, "seed_generator")],
     )
     checkpoints = tf.train.CheckpointManager(checkpoint, run_dir / "checkpoints", max_to_keep=1)
-    history = {"epochs": [], "steps": []}
+    history = {"epochs": [], "steps": [], "fid_curve": []}
     if resume:
         if checkpoints.latest_checkpoint is None:
             raise UserError(f"{run_dir} has no checkpoint yet: start the run again without --resume")
@@ -103,6 +105,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         history = json.loads((run_dir / "history.json").read_text())
         history["epochs"] = history["epochs"][:int(epochs_done)]
         history["steps"] = history["steps"][:sum(epoch["steps"] for epoch in history["epochs"])]
+        history["fid_curve"] = [point for point in history.get("fid_curve", []) if point[0] <= len(history["steps"])]
         log(f"resumed {run_dir} after epoch {int(epochs_done)}")
 
     # -- 3. One training step, compiled into a graph (XLA made it slower here: docs/gan.md).
@@ -114,11 +117,9 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         latents = latent_rng.normal([tf.shape(real)[0], config.latent_dim])
         with tf.GradientTape() as generator_tape, tf.GradientTape() as discriminator_tape:
             fake = generator([latents, class_ids], training=True)
-            real_scores = discriminator([real, class_ids], training=True)
-            fake_scores = discriminator([fake, class_ids], training=True)
-            # Non-saturating GAN loss: log-sigmoid written with softplus for stability.
-            discriminator_loss = tf.reduce_mean(tf.nn.softplus(-real_scores) + tf.nn.softplus(fake_scores))
-            generator_loss = tf.reduce_mean(tf.nn.softplus(-fake_scores))
+            real_scores = discriminator([critic.augment(real), class_ids], training=True)
+            fake_scores = discriminator([critic.augment(fake), class_ids], training=True)
+            discriminator_loss, generator_loss = critic.losses(real_scores, fake_scores)
         generator_optimizer.apply_gradients(zip(
             generator_tape.gradient(generator_loss, generator.trainable_variables), generator.trainable_variables))
         discriminator_optimizer.apply_gradients(zip(
@@ -133,10 +134,17 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     # -- 4. The epochs: train, checkpoint, draw the fixed-latent grid.
     from training.evaluate_gan import sample_grid, save_grid
 
+    curve = None
+    if config.fid_every:
+        from training.gan_progress import FidCurve
+
+        curve = FidCurve(config.data, size, config.latent_dim, num_classes > 1, config.seed)
+        curve.points = history["fid_curve"]
     for epoch in range(len(history["epochs"]) + 1, config.epochs + 1):
         shuffle_seed = int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0])
         batches = make_pipeline(dataset, config.batch_size, shuffle=True, seed=shuffle_seed)
         wall_start, cpu_start = time.monotonic(), time.process_time()
+        paused_wall = paused_cpu = 0.0  # the FID curve's points are not training time
         losses = []
         with tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", total=len(batches)) as progress:
             for pixels, labels in progress:
@@ -145,13 +153,23 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                 if len(losses) % 20 == 0:
                     generator_loss, discriminator_loss = np.mean(losses[-20:], axis=0)
                     progress.set_postfix(G=f"{generator_loss:.3f}", D=f"{discriminator_loss:.3f}")
+                step = len(history["steps"]) + len(losses)
+                if curve and (step % config.fid_every == 0 or step == total_steps):
+                    pause_wall, pause_cpu = time.monotonic(), time.process_time()
+                    trained_cpu = (sum(done["cpu_seconds"] for done in history["epochs"])
+                                   + pause_cpu - cpu_start - paused_cpu)
+                    fid = curve.measure(lambda z, y: generate(z, y).numpy(), step, trained_cpu)
+                    progress.write(f"[gan] step {step}: FID {fid:.2f} (2,000 test images) after "
+                                   f"{trained_cpu / 60:.1f} CPU-min")
+                    paused_wall += time.monotonic() - pause_wall
+                    paused_cpu += time.process_time() - pause_cpu
         generator_loss, discriminator_loss = np.mean(losses, axis=0)
         history["steps"] += [[round(g, 4), round(d, 4)] for g, d in losses]
         history["epochs"].append({
             "epoch": epoch, "steps": len(losses), "generator_loss": round(float(generator_loss), 4),
             "discriminator_loss": round(float(discriminator_loss), 4),
-            "wall_seconds": round(time.monotonic() - wall_start, 1),
-            "cpu_seconds": round(time.process_time() - cpu_start, 1),
+            "wall_seconds": round(time.monotonic() - wall_start - paused_wall, 1),
+            "cpu_seconds": round(time.process_time() - cpu_start - paused_cpu, 1),
         })
         epochs_done.assign(epoch)
         checkpoints.save()
@@ -161,7 +179,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         save_grid(grid, run_dir / "samples" / f"epoch_{epoch:03d}.png", class_names, f"epoch {epoch}")
 
     # -- 5. Curves, export, evaluation.
-    plot_history(history, run_dir / "training_curves.png")
+    plot_history(history, run_dir / "training_curves.png", f"GAN training, {config.discriminator} discriminator")
     return export_and_measure(ema_generator, model_config, class_names, config, history, len(dataset))
 
 
@@ -176,7 +194,8 @@ def export_and_measure(generator, model_config, class_names: list[str], config: 
     log(f"trained {len(history['epochs'])} epochs in {wall_seconds / 60:.1f} min "
         f"({cpu_seconds / 60:.1f} CPU-min); samples and curves in {config.run_dir}")
     training = {"config": asdict(config), "epochs": len(history["epochs"]), "wall_seconds": round(wall_seconds, 1),
-                "cpu_seconds": round(cpu_seconds, 1), "train_images": train_images}
+                "cpu_seconds": round(cpu_seconds, 1), "train_images": train_images,
+                "fid_curve": history.get("fid_curve", [])}
     with new_version_folder(config.out, config.sign_key) as (folder, version):
         card = export_generator(generator, model_config, class_names, folder, version, name=config.name,
                                 dataset=config.data, training=training)
@@ -213,7 +232,7 @@ def save_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=1) + "\n")
 
 
-def plot_history(history: dict, path: Path) -> None:
+def plot_history(history: dict, path: Path, title: str) -> None:
     """Both losses per step (faint) and their running means, one tick per epoch."""
     import matplotlib
 
@@ -235,7 +254,7 @@ def plot_history(history: dict, path: Path) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend()
-    ax.set_title("DCGAN training (non-saturating loss)")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

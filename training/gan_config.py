@@ -49,6 +49,18 @@ class TrainConfig:
                              "linearly to 0 (0 keeps them constant); the schedule runs over the steps of "
                              "--epochs, so --resume --epochs N follows the N-epoch schedule from where the "
                              "run stands")
+    discriminator: str = option("dcgan", "dcgan: a small CNN learned from scratch; projected: frozen pretrained "
+                                "features with one small head per depth (docs/gan.md)",
+                                choices=("dcgan", "projected"))
+    backbone: str = option("efficientnet-lite0", "with --discriminator projected: the frozen feature network "
+                           "(efficientnet-lite0 or mobilenetv2)")
+    backbone_size: int = option(32, "with --discriminator projected: the side the images are resized to "
+                                "for the backbone")
+    projected_depths: int = option(4, "with --discriminator projected: how many of the backbone's four depths "
+                                   "(strides 4, 8, 16, 32) get a head, shallowest first; fewer is cheaper "
+                                   "(docs/gan.md)")
+    fid_every: int = option(0, "measure a quick FID (2,000 test images) every N steps, for the FID-vs-CPU "
+                            "curve in history.json and the card (0: never)")
     ema: float = option(0.998, "decay of the exported moving average of the generator's weights "
                         "(0 exports the last weights)")
     seed: int = option(0, "random seed for the subset, the weights, the latents and the shuffling")
@@ -102,6 +114,15 @@ def validate(config: TrainConfig) -> None:
     if config.per_class is not None and config.per_class < 1:
         raise UserError("--per-class must be at least 1")
     require_at_least_one(config, ("epochs", "batch_size", "latent_dim", "filters"))
+    if config.fid_every < 0:
+        raise UserError("--fid-every must be 0 (never) or a number of steps")
+    if config.discriminator == "projected":
+        from training.gan_projected import check_projected
+
+        try:
+            check_projected(config.backbone, config.backbone_size, config.projected_depths)
+        except ValueError as error:
+            raise UserError(f"--discriminator projected: {error}") from None
     check_sign_key(config.sign_key)
     if not 0.0 <= config.ema < 1.0:
         raise UserError("--ema must be in [0, 1)")
