@@ -124,7 +124,11 @@ def projected_config(root) -> ProjectedConfig:
 
 @pytest.mark.parametrize("argv, message", [
     (["--discriminator", "projected", "--backbone", "keras:ResNet50"], "not 'keras:ResNet50'"),
-    (["--discriminator", "projected", "--backbone-size", "16"], "at least 32, got 16"),
+    (["--discriminator", "projected", "--backbone-size", "16"], "32 to 512 px (--backbone-size), got 16"),
+    (["--discriminator", "projected", "--backbone-size", "100000"], "32 to 512 px (--backbone-size), got 100000"),
+    (["--projected-depths", "2"], "--projected-depths only apply with --discriminator projected"),
+    (["--backbone", "mobilenetv2", "--backbone-size", "64"],
+     "--backbone, --backbone-size only apply with --discriminator projected"),
     (["--discriminator", "projected", "--projected-depths", "5"], "choose 1 to 4, got 5"),
     (["--fid-every", "-1"], "--fid-every must be 0"),
 ])
@@ -132,3 +136,16 @@ def test_projected_mistakes_get_a_clear_error(argv, message, tmp_path, capsys):
     assert _train([*argv, "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_run_saved_before_the_projected_flags_resumes_with_their_defaults(tmp_path):
+    from dataclasses import asdict
+
+    from training.gan_config import resumed_config
+
+    saved = {key: value for key, value in asdict(TrainConfig()).items()
+             if key not in ("discriminator", "backbone", "backbone_size", "projected_depths", "fid_every")}
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "epochs": 2}))
+    (tmp_path / "history.json").write_text(json.dumps({"epochs": [{}]}))
+    resumed = resumed_config(tmp_path, {"epochs": 3, "projected_depths": 4}, quick=False)
+    assert (resumed.epochs, resumed.discriminator, resumed.projected_depths) == (3, "dcgan", 4)

@@ -93,12 +93,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     return config, args.resume
 
 
+PROJECTED_ONLY = ("backbone", "backbone_size", "projected_depths")
+
+
 def resumed_config(run_dir: Path, given_values: dict, quick: bool) -> TrainConfig:
     """The saved run's config, with the few flags a resumed run may change."""
     saved_path = run_dir / "config.json"
     if not saved_path.exists():
         raise UserError(f"nothing to resume in {run_dir}: no config.json there (start a run without --resume)")
-    saved = json.loads(saved_path.read_text())
+    # a run saved before a flag existed ran with its default
+    saved = {field.name: field.default for field in fields(TrainConfig)} | json.loads(saved_path.read_text())
     changed = sorted(key for key, value in given_values.items() if key not in RESUMABLE and value != saved[key])
     if changed or quick:
         raise UserError(f"{', '.join(map(flag, changed)) or '--quick'} cannot change when resuming {run_dir}; "
@@ -116,6 +120,10 @@ def validate(config: TrainConfig) -> None:
     require_at_least_one(config, ("epochs", "batch_size", "latent_dim", "filters"))
     if config.fid_every < 0:
         raise UserError("--fid-every must be 0 (never) or a number of steps")
+    projected_only = [field.name for field in fields(TrainConfig) if field.name in PROJECTED_ONLY
+                      and getattr(config, field.name) != field.default]
+    if config.discriminator != "projected" and projected_only:
+        raise UserError(f"{', '.join(map(flag, projected_only))} only apply with --discriminator projected")
     if config.discriminator == "projected":
         from training.gan_projected import check_projected
 

@@ -50,6 +50,9 @@ class ProjectedConfig:
     depths: int = 4  # how many of FEATURE_LAYERS to read, shallowest first
 
 
+MAX_BACKBONE_SIZE = 512  # past it one step of a batch of 64 would take minutes and gigabytes on a CPU
+
+
 def check_projected(backbone: str, input_size: int, depths: int = 4) -> None:
     """Refuse, before any weights load, a backbone whose stages are not known, too small an input
     or a number of depths it does not have."""
@@ -59,8 +62,9 @@ def check_projected(backbone: str, input_size: int, depths: int = 4) -> None:
     if name not in FEATURE_LAYERS:
         raise ValueError(f"the projected discriminator reads the stages of {' or '.join(FEATURE_LAYERS)}, "
                          f"not {name!r}")
-    if input_size < BACKBONES[name].min_size:
-        raise ValueError(f"{name} needs a backbone size of at least {BACKBONES[name].min_size}, got {input_size}")
+    if not BACKBONES[name].min_size <= input_size <= MAX_BACKBONE_SIZE:
+        raise ValueError(f"{name} reads images of {BACKBONES[name].min_size} to {MAX_BACKBONE_SIZE} px "
+                         f"(--backbone-size), got {input_size}")
     if not 1 <= depths <= len(FEATURE_LAYERS[name]):
         raise ValueError(f"{name} has {len(FEATURE_LAYERS[name])} depths to read: choose 1 to "
                          f"{len(FEATURE_LAYERS[name])}, got {depths}")
