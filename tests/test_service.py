@@ -154,7 +154,7 @@ def test_openapi_documents_every_field(server):
         for route in ("/classify", "/generate", "/interpolate")
     }
     assert fields == {
-        "/classify": {"images", "top_k", "model"},
+        "/classify": {"images", "top_k", "model", "abstain_below"},
         "/generate": {"count", "seed", "class", "latents", "psi", "model", "format"},
         "/interpolate": {"seeds", "latents", "steps", "class", "psi", "model"},
     }
