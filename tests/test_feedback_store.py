@@ -1,0 +1,50 @@
+"""The feedback store's footprint and joins (service/core/feedback.py, #27 review): a model
+with many labels keeps a sparse confusion, shown sparse in /models and kept off /metrics;
+the answers kept share their version's label tuple."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY
+
+from service.core.feedback import CONFUSION_SERIES_LABELS, DENSE_LABELS, PREDICTOR, FeedbackStore
+
+
+def many_labels(count: int) -> tuple[str, ...]:
+    return tuple(f"class-{index}" for index in range(count))
+
+
+def confusion_series(model: str) -> list[dict[str, str]]:
+    return [sample.labels for family in REGISTRY.collect() if family.name == "diptych_feedback_confusion"
+            for sample in family.samples if sample.labels["model"] == model]
+
+
+def test_many_labels_give_a_sparse_confusion_of_the_cells_answered():
+    labels = many_labels(20_000)
+    store = FeedbackStore()
+    store.record("a", "wide", 1, PREDICTOR, labels, [(7, 0.9), (7, 0.8), (19_999, 0.4)])
+    for index, truth in enumerate(["class-7", "class-3", "class-3"]):
+        store.label("a", truth, index)
+    report = store.report("wide", 1)
+    assert report["labels"] is None  # not 20,000 names on every /models
+    assert report["confusion"] == [{"label": "class-3", "predicted": "class-7", "count": 1},
+                                   {"label": "class-3", "predicted": "class-19999", "count": 1},
+                                   {"label": "class-7", "predicted": "class-7", "count": 1}]
+    store.label("a", "class-19999", 2)  # replaced: its old cell is gone, not left at zero
+    assert [(cell["label"], cell["predicted"]) for cell in store.report("wide", 1)["confusion"]] == [
+        ("class-3", "class-7"), ("class-7", "class-7"), ("class-19999", "class-19999")]
+    assert len(store._counts["wide", "1", PREDICTOR].confusion) == 3
+    assert confusion_series("wide") == []  # a series per cell would be up to 20,000² of them
+
+
+def test_the_confusion_is_a_matrix_up_to_the_dense_bound_and_a_metric_up_to_the_series_bound():
+    for count, dense, series in ((CONFUSION_SERIES_LABELS, True, True), (CONFUSION_SERIES_LABELS + 1, True, False),
+                                 (DENSE_LABELS + 1, False, False)):
+        store, model = FeedbackStore(), f"width-{count}"
+        store.record("a", model, 1, PREDICTOR, many_labels(count), [(1, 0.9)])
+        store.label("a", 0)
+        confusion = store.report(model, 1)["confusion"]
+        assert isinstance(confusion[0], list) == dense, count
+        if dense:
+            assert len(confusion) == count and confusion[0][1] == 1 and sum(map(sum, confusion)) == 1
+        assert [(each["label"], each["predicted"]) for each in confusion_series(model)] == \
+            ([("class-0", "class-1")] if series else []), count
