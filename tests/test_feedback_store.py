@@ -4,9 +4,13 @@ the answers kept share their version's label tuple."""
 
 from __future__ import annotations
 
+import numpy as np
 from prometheus_client import REGISTRY
 
+from service.core import context
 from service.core.feedback import CONFUSION_SERIES_LABELS, DENSE_LABELS, PREDICTOR, FeedbackStore
+from service.kinds.classifier import Classifier
+from tests.conftest import toy_model
 
 
 def many_labels(count: int) -> tuple[str, ...]:
@@ -48,3 +52,16 @@ def test_the_confusion_is_a_matrix_up_to_the_dense_bound_and_a_metric_up_to_the_
             assert len(confusion) == count and confusion[0][1] == 1 and sum(map(sum, confusion)) == 1
         assert [(each["label"], each["predicted"]) for each in confusion_series(model)] == \
             ([("class-0", "class-1")] if series else []), count
+
+
+def test_answers_kept_share_their_versions_label_tuple():
+    model = toy_model(Classifier, labels=list(many_labels(1000)))
+    try:
+        model.feedback = store = FeedbackStore()
+        for request_id in ("a", "b"):
+            model.keep_answers([np.eye(1000, dtype=np.float32)[3]], context.RequestContext(request_id))
+        first, second = (store._entries[request_id, 0].answers[PREDICTOR] for request_id in ("a", "b"))
+        assert first.labels is second.labels is model.label_tuple  # one tuple per version, not 8 KB per answer
+        assert first.labels[first.predicted] == "class-3"
+    finally:
+        model.close()

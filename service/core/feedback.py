@@ -159,11 +159,12 @@ class FeedbackStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def record(self, request_id: str, model: str, version: str | int, role: str, labels: Sequence[str],
+    def record(self, request_id: str, model: str, version: str | int, role: str, labels: tuple[str, ...],
                answers: Sequence[tuple[int, float]]) -> None:
         """Keep a request's answers (item i: (predicted class, its score)) by `version` in `role`.
-        A role already answered under this id means the id was used again: a new entry."""
-        labels, now = tuple(labels), self._clock()
+        A role already answered under this id means the id was used again: a new entry. `labels`
+        is the version's own tuple, kept by reference (a copy per answer: 8 bytes × labels each)."""
+        now = self._clock()
         with self._lock:
             for index, (predicted, score) in enumerate(answers):
                 key = (request_id, index)

@@ -223,9 +223,10 @@ class ServedModel:
             request_id = (context or current()).returned_id
             self.feedback.record(request_id, self.info.name, self.info.version, role, *answers)
 
-    def answers(self, results: list[Any]) -> tuple[Sequence[str], list[tuple[int, float]]] | None:
-        """A kind whose results can be labelled says its labels and, per result, the class it
-        chose and that class's score; None (the default): a kind without labels."""
+    def answers(self, results: list[Any]) -> tuple[tuple[str, ...], list[tuple[int, float]]] | None:
+        """A kind whose results can be labelled says its labels (one tuple, made when the version
+        loads: every answer kept shares it) and, per result, the class it chose and that class's
+        score; None (the default): a kind without labels."""
         return None
 
     def configure(self, config: ModelConfig) -> None:
