@@ -1,6 +1,6 @@
 """The feedback store's footprint and joins (service/core/feedback.py, #27 review): a model
 with many labels keeps a sparse confusion, shown sparse in /models and kept off /metrics;
-the answers kept share their version's label tuple."""
+the answers kept share their version's label tuple; a late shadow joins its own request."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 from prometheus_client import REGISTRY
 
 from service.core import context
-from service.core.feedback import CONFUSION_SERIES_LABELS, DENSE_LABELS, PREDICTOR, FeedbackStore
+from service.core.feedback import CONFUSION_SERIES_LABELS, DENSE_LABELS, PREDICTOR, SHADOW, FeedbackStore
 from service.kinds.classifier import Classifier
 from tests.conftest import toy_model
 
@@ -25,7 +25,7 @@ def confusion_series(model: str) -> list[dict[str, str]]:
 def test_many_labels_give_a_sparse_confusion_of_the_cells_answered():
     labels = many_labels(20_000)
     store = FeedbackStore()
-    store.record("a", "wide", 1, PREDICTOR, labels, [(7, 0.9), (7, 0.8), (19_999, 0.4)])
+    store.record("a", "wide", 1, PREDICTOR, labels, [(7, 0.9), (7, 0.8), (19_999, 0.4)], {})
     for index, truth in enumerate(["class-7", "class-3", "class-3"]):
         store.label("a", truth, index)
     report = store.report("wide", 1)
@@ -44,7 +44,7 @@ def test_the_confusion_is_a_matrix_up_to_the_dense_bound_and_a_metric_up_to_the_
     for count, dense, series in ((CONFUSION_SERIES_LABELS, True, True), (CONFUSION_SERIES_LABELS + 1, True, False),
                                  (DENSE_LABELS + 1, False, False)):
         store, model = FeedbackStore(), f"width-{count}"
-        store.record("a", model, 1, PREDICTOR, many_labels(count), [(1, 0.9)])
+        store.record("a", model, 1, PREDICTOR, many_labels(count), [(1, 0.9)], {})
         store.label("a", 0)
         confusion = store.report(model, 1)["confusion"]
         assert isinstance(confusion[0], list) == dense, count
@@ -65,3 +65,17 @@ def test_answers_kept_share_their_versions_label_tuple():
         assert first.labels[first.predicted] == "class-3"
     finally:
         model.close()
+
+
+def test_a_late_shadow_joins_its_own_request_not_a_later_one_with_the_same_id():
+    """Requests A and B both carry id X (a client's own); A's shadow answers after B's predictor."""
+    labels, store = ("boot", "sandal"), FeedbackStore()
+    first, second = context.RequestContext("server-a", "X"), context.RequestContext("server-b", "X")
+    store.record("X", "shoes", 1, PREDICTOR, labels, [(0, 0.9)], first.feedback_entries)  # A answered "boot"
+    store.record("X", "shoes", 1, PREDICTOR, labels, [(1, 0.9)], second.feedback_entries)  # B answered "sandal"
+    store.record("X", "shoes", 2, SHADOW, labels, [(0, 0.9)], first.feedback_entries)  # A's shadow, late
+    store.label("X", "sandal")  # the label is B's: the id now names B's answer
+    assert store.tally("shoes", 1).correct == 1 and store.tally("shoes", 1).labelled == 1
+    assert store.tally("shoes", 2, SHADOW).labelled == 0  # A's shadow never saw B's request
+    assert store.paired("shoes", 1, 2).labelled == 0
+    assert first.feedback_entries[0].answers.keys() == {PREDICTOR, SHADOW}  # A's answers, together

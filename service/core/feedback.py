@@ -160,17 +160,20 @@ class FeedbackStore:
         return len(self._entries)
 
     def record(self, request_id: str, model: str, version: str | int, role: str, labels: tuple[str, ...],
-               answers: Sequence[tuple[int, float]]) -> None:
+               answers: Sequence[tuple[int, float]], kept: dict[int, Entry]) -> None:
         """Keep a request's answers (item i: (predicted class, its score)) by `version` in `role`.
-        A role already answered under this id means the id was used again: a new entry. `labels`
-        is the version's own tuple, kept by reference (a copy per answer: 8 bytes × labels each)."""
+        `kept` is the request's own (its context's `feedback_entries`): its first answer makes
+        the entries, under `request_id`, and its other role's answer (the shadow's, whenever it
+        comes) joins those, never whatever entry holds the id by then: clients choose ids, and
+        may send one twice. `labels` is the version's own tuple, kept by reference (a copy per
+        answer: 8 bytes × labels each)."""
         now = self._clock()
         with self._lock:
             for index, (predicted, score) in enumerate(answers):
-                key = (request_id, index)
-                entry = self._entries.get(key)
-                if entry is None or entry.model != model or role in entry.answers:
-                    entry = self._entries[key] = Entry(model, now)
+                entry = kept.get(index)
+                if entry is None or entry.model != model or role in entry.answers:  # else: an answer to join
+                    key = (request_id, index)
+                    entry = kept[index] = self._entries[key] = Entry(model, now)
                     self._entries.move_to_end(key)
                 self._count(entry, -1)
                 entry.answers[role] = Answer(str(version), labels, int(predicted), float(score))

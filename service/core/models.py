@@ -220,8 +220,9 @@ class ServedModel:
         """Keep what labels fed back are joined to (feedback.py), by the id the answer carried:
         every request of a model with feedback on, whatever its `log_sample`."""
         if self.feedback is not None and (answers := self.answers(results)) is not None:
-            request_id = (context or current()).returned_id
-            self.feedback.record(request_id, self.info.name, self.info.version, role, *answers)
+            context = context or current()
+            self.feedback.record(context.returned_id, self.info.name, self.info.version, role, *answers,
+                                 context.feedback_entries)
 
     def answers(self, results: list[Any]) -> tuple[tuple[str, ...], list[tuple[int, float]]] | None:
         """A kind whose results can be labelled says its labels (one tuple, made when the version
