@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proto.diptych.v1 import diptych_pb2 as pb
 from proto.diptych.v1 import diptych_pb2_grpc
+from service.http.routes import FEEDBACK_BODY_BYTES
 from tests.conftest import eventually, repository_server
 from tests.grpc_clients import png_bytes
 from tests.test_repository_server import add_version
@@ -126,6 +127,17 @@ def test_unknown_ids_and_labels_are_errors_of_their_own_items(server, images):
         answer = server.client.post("/feedback", json=body)
         assert answer.status_code == status, (body, answer.text)
         assert answer.json()["error"]
+
+
+def test_a_feedback_body_past_its_own_bound_is_refused_before_parsing(server, images):
+    """900 items (under the item limit) of long labels: 1.8 MB, under the service's body bound
+    but over the route's (FEEDBACK_BODY_BYTES): a 413 naming the body, not a parse of the
+    items (which would answer each item's error)."""
+    _, request_id, _ = classify(server, images[:1])
+    body = {"items": [{"request_id": request_id, "label": "x" * 2000}] * 900}
+    answer = server.client.post("/feedback", json=body)
+    assert answer.status_code == 413, answer.text[:300]
+    assert answer.json()["detail"][0]["loc"] == ["body"] and str(FEEDBACK_BODY_BYTES) in answer.json()["error"]
 
 
 def test_a_flood_stays_within_the_bound_and_counts_what_falls_out(server, images):

@@ -43,6 +43,7 @@ class Endpoint:
     control: bool = False  # the load/unload API: an admin key, and no request slot (a load outlasts requests)
     doc: Operation | None = None  # None: not in the OpenAPI document
     ahead_of_bentoml: bool = False  # BentoML has a route of this path too, which would answer first
+    max_body_bytes: int | None = None  # a tighter bound on its body than the service's max_body_bytes
 
     @functools.cached_property
     def pattern(self) -> re.Pattern[str]:
