@@ -1,13 +1,16 @@
 """The feedback store's footprint and joins (service/core/feedback.py, #27 review): a model
 with many labels keeps a sparse confusion, shown sparse in /models and kept off /metrics;
-the answers kept share their version's label tuple; a late shadow joins its own request."""
+the answers kept share their version's label tuple; a late shadow joins its own request; who
+may label (the server's answers to each key: tests/test_feedback_server.py)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from prometheus_client import REGISTRY
 
-from service.core import context
+from service.core import Forbidden, Settings, Unauthenticated, context
+from service.core.auth import ApiKeys, FeedbackKeys
 from service.core.feedback import CONFUSION_SERIES_LABELS, DENSE_LABELS, PREDICTOR, SHADOW, FeedbackStore
 from service.kinds.classifier import Classifier
 from tests.conftest import toy_model
@@ -79,3 +82,27 @@ def test_a_late_shadow_joins_its_own_request_not_a_later_one_with_the_same_id():
     assert store.tally("shoes", 2, SHADOW).labelled == 0  # A's shadow never saw B's request
     assert store.paired("shoes", 1, 2).labelled == 0
     assert first.feedback_entries[0].answers.keys() == {PREDICTOR, SHADOW}  # A's answers, together
+
+
+def test_labels_need_a_feedback_or_admin_key_wherever_keys_are_on(tmp_path):
+    (tmp_path / "labellers").write_text("# labellers\nlabel-two\n")
+    settings = Settings.load({"DIPTYCH_FEEDBACK_KEYS": "label-one", "DIPTYCH_FEEDBACK_KEYS_FILE":
+                              str(tmp_path / "labellers")})
+    assert settings.feedback_keys == ("label-one", "label-two") and "label-one" not in repr(settings)
+    api = ApiKeys(("user", "admin", "label-one"))
+    cases = {  # (API keys on, feedback keys): key → what it gets
+        (True, ("label-one",)): {"label-one": None, "admin": None, "user": Forbidden, "other": Unauthenticated,
+                                 None: Unauthenticated},
+        (True, ()): {"admin": None, "user": Forbidden, None: Unauthenticated},  # no feedback keys: admins only
+        (False, ("label-one",)): {"label-one": None, "admin": None, "user": Unauthenticated, None: Unauthenticated},
+        (False, ()): {None: None, "anything": None},  # no keys at all: open, as every route
+    }
+    for (api_on, feedback), answers in cases.items():
+        keys = FeedbackKeys(api if api_on else ApiKeys(()), feedback, ("admin",))
+        for key, refused in answers.items():
+            header = f"Bearer {key}" if key else None
+            if refused is None:
+                keys.check(header)
+            else:
+                with pytest.raises(refused, match="feedback key|API key"):
+                    keys.check(header)

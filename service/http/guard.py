@@ -1,6 +1,6 @@
 """The ASGI middleware in front of every HTTP route, BentoML's included: API keys on all but
-the route table's open endpoints, and an admin key on its control endpoints (loading and
-unloading models). For those and for other POSTs the body is read whole first, bounded: at
+the route table's open endpoints, an admin key on its control endpoints (loading and
+unloading models), and a feedback or admin key on its `labels` endpoint (where keys are on). For those and for other POSTs the body is read whole first, bounded: at
 most max_body_bytes, or the route's own tighter `max_body_bytes` (413: before any parsing),
 arriving within body_timeout_s (408, so a client trickling its body is cut off in seconds),
 and at most `BODIES_PER_SLOT` × max_concurrency bodies arriving at once (503), which bounds
@@ -63,6 +63,8 @@ class Guard:
         try:
             core = engine()
             core.keys.check(authorization)
+            if endpoint is not None and endpoint.labels:
+                core.feedback_keys.check(authorization)
             if endpoint is not None and endpoint.control and scope["method"] == endpoint.method:
                 # the load/unload API: an admin key, its body bounded as any, no request slot
                 # (another method: the app's 405)

@@ -87,8 +87,8 @@ def shared(docs: Handler, client_schema: Handler, playground: Handler) -> tuple[
             "labels for answers, by the x-request-id each carried (a name or a class index): joined to what the "
             "version and its shadow answered, counted per version (GET /models: feedback); an outcome per item",
             ok={"application/json": schemas.FeedbackResponse}, ok_description="an outcome per item",
-            errors=(400, 401, 413, 503), body={"application/json": schemas.FeedbackRequest}),
-            max_body_bytes=FEEDBACK_BODY_BYTES),
+            errors=(400, 401, 403, 413, 503), body={"application/json": schemas.FeedbackRequest}),
+            labels=True, max_body_bytes=FEEDBACK_BODY_BYTES),
         # the Open Inference Protocol (KServe V2)
         Endpoint("GET", "/v2", v2rest.server),
         Endpoint("GET", "/v2/health/live", v2rest.live, open=True),
