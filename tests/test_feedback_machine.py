@@ -1,6 +1,8 @@
 """A model-based test of the feedback store (service/core/feedback.py): a hypothesis state
-machine records answers of two models' versions, as predictor and as shadow, under a few
-request ids (reused, so ids collide), labels them (names, class indexes, bad labels, again
+machine records requests' answers of two models' versions, as predictor or as shadow, under a
+few request ids (reused, so ids collide), then, any time later, the same request's answer in
+the other role (a late shadow: it joins its own request's entries, never a later request's
+that took the id), labels them (names, class indexes, bad labels, again
 and again) and lets time pass; after every step the store must agree with a simple model:
 - the entries kept are the model's, never more than the bound, none past the age limit;
 - evictions are counted in `diptych_feedback_evicted_total`, by reason;
@@ -15,7 +17,7 @@ import dataclasses
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from prometheus_client import REGISTRY
 
 from service.core.errors import NotFound, ValidationError
@@ -51,6 +53,7 @@ class FeedbackMachine(RuleBasedStateMachine):
         self.ever: list[Kept] = []  # every entry ever made: what was counted stays counted
         self.evictions = {"size": 0, "age": 0}
         self.evicted_before = {reason: evicted(reason) for reason in self.evictions}
+        self.unjoined: list[tuple[str, dict, list[Kept], str]] = []  # requests whose other role has not answered
 
     def _evict(self) -> None:
         while self.live:
@@ -65,14 +68,28 @@ class FeedbackMachine(RuleBasedStateMachine):
           role=st.sampled_from(ROLES), predicted=st.lists(st.integers(0, len(LABELS) - 1), min_size=1, max_size=2),
           score=st.sampled_from([0.0, 0.34, 0.5, 0.97, 1.0]))
     def record(self, request_id, model, version, role, predicted, score):
-        self.store.record(request_id, model, version, role, LABELS, [(each, score) for each in predicted])
+        """A new request's first answer: new entries under its id (an older request's fall out of the id)."""
+        request: dict = {}  # its context's feedback_entries
+        self.store.record(request_id, model, version, role, LABELS, [(each, score) for each in predicted], request)
+        kepts = []
         for index, each in enumerate(predicted):
-            key = (request_id, index)
-            kept = self.live.get(key)
-            if kept is None or kept.model != model or role in kept.answers:
-                self.live.pop(key, None)
-                kept = self.live[key] = Kept(model, self.now)
-                self.ever.append(kept)
+            self.live.pop((request_id, index), None)
+            kepts.append(self.live.setdefault((request_id, index), Kept(model, self.now, {role: (version, each)})))
+            self.ever.append(kepts[-1])
+        self.unjoined.append((request_id, request, kepts, model))
+        self._evict()
+
+    @precondition(lambda self: self.unjoined)
+    @rule(which=st.integers(0, 9), version=st.sampled_from(VERSIONS),
+          predicted=st.lists(st.integers(0, len(LABELS) - 1), min_size=2, max_size=2),
+          score=st.sampled_from([0.0, 0.5, 0.97]))
+    def answer_again(self, which, version, predicted, score):
+        """An earlier request's answer in the other role, however late: it joins that request's entries."""
+        request_id, request, kepts, model = self.unjoined.pop(which % len(self.unjoined))
+        role = SHADOW if PREDICTOR in kepts[0].answers else PREDICTOR
+        answers = [(each, score) for each in predicted[:len(kepts)]]
+        self.store.record(request_id, model, version, role, LABELS, answers, request)
+        for kept, (each, _) in zip(kepts, answers):
             kept.answers[role] = (version, each)
         self._evict()
 
@@ -139,7 +156,7 @@ def test_the_feedback_store_agrees_with_a_simple_model():
 
 def test_calibration_error_and_confusion_follow_the_last_label():
     store = FeedbackStore()
-    store.record("a", "shoes", 1, PREDICTOR, LABELS, [(2, 0.95), (2, 0.95), (0, 0.35)])
+    store.record("a", "shoes", 1, PREDICTOR, LABELS, [(2, 0.95), (2, 0.95), (0, 0.35)], {})
     for index, truth in enumerate(["sneaker", "boot", "boot"]):
         store.label("a", truth, index)
     report = store.report("shoes", 1)

@@ -2,7 +2,8 @@
 (`stable`, which answers) and version 2 (another seed's weights) as its shadow. A label is
 joined to what each of them answered to the same request, by the answer's `x-request-id`,
 on HTTP and gRPC; counts show per version in `GET /models` and on /metrics; unknown ids and
-labels are per-item errors; a flood stays within the store's bound, its evictions counted."""
+labels are per-item errors; a flood stays within the store's bound, its evictions counted.
+API keys are on: labels need a feedback key (or an admin key), since they drive promotion."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proto.diptych.v1 import diptych_pb2 as pb
 from proto.diptych.v1 import diptych_pb2_grpc
+from service.http.routes import FEEDBACK_BODY_BYTES
 from tests.conftest import eventually, repository_server
 from tests.grpc_clients import png_bytes
 from tests.test_repository_server import add_version
@@ -23,6 +25,8 @@ from tests.test_repository_server import add_version
 pytestmark = pytest.mark.slow
 MAX_ENTRIES = 200  # answers the store keeps (one per image)
 IMAGES = 24
+USER, LABELLER, ADMIN = "user-key", "labeller-key", "admin-key"
+LABELLING = {"authorization": f"Bearer {LABELLER}"}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +38,9 @@ def server(tiny_models, tmp_path_factory):
     shoes = {"versions": "all", "labels": {"stable": 1}, "traffic": {"stable": 100}, "shadow": "2", "feedback": True}
     with repository_server(tmp_path_factory, "feedback", model_root=str(root), classifier="shoes", generator="",
                            repository=json.dumps({"shoes": shoes}),
-                           feedback_max_entries=str(MAX_ENTRIES)) as server:
+                           feedback_max_entries=str(MAX_ENTRIES), api_keys=USER, feedback_keys=LABELLER,
+                           admin_keys=ADMIN) as server:
+        server.client.headers["authorization"] = f"Bearer {USER}"  # classify, /models: any API key
         yield server
 
 
@@ -54,7 +60,7 @@ def classify(server, images: list[str], model: str = "shoes") -> tuple[str, str,
 
 
 def feedback(server, *items: dict) -> list[dict]:
-    answer = server.client.post("/feedback", json={"items": list(items)})
+    answer = server.client.post("/feedback", json={"items": list(items)}, headers=LABELLING)
     assert answer.status_code == 200, answer.text
     return answer.json()["items"]
 
@@ -95,7 +101,8 @@ def test_a_label_is_joined_to_the_answering_version_and_its_shadow(server, image
     # A second label replaces the first (over gRPC): version 1 now wrong on both, the shadow right on both.
     with grpc.insecure_channel(server.grpc_target) as channel:
         answer = diptych_pb2_grpc.DiptychStub(channel).Feedback(pb.FeedbackRequest(items=[pb.FeedbackItem(
-            request_id=request_id, index=first, label_name=by_shadow[first])]), timeout=30)
+            request_id=request_id, index=first, label_name=by_shadow[first])]), timeout=30,
+            metadata=tuple(LABELLING.items()))
     assert [(each.status, each.replaced) for each in answer.results] == [("ok", True)]
     assert eventually(lambda: joined((2, 0.0), (2, 1.0)), 30), versions(server)
     stable = versions(server)["1"]["feedback"]
@@ -119,13 +126,24 @@ def test_unknown_ids_and_labels_are_errors_of_their_own_items(server, images):
     with grpc.insecure_channel(server.grpc_target) as channel:
         answer = diptych_pb2_grpc.DiptychStub(channel).Feedback(pb.FeedbackRequest(items=[
             pb.FeedbackItem(request_id="no-such-request", label_index=0),
-            pb.FeedbackItem(request_id=request_id, label_index=10)]), timeout=30)
+            pb.FeedbackItem(request_id=request_id, label_index=10)]), timeout=30, metadata=tuple(LABELLING.items()))
     assert [each.status for each in answer.results] == ["not_found", "invalid_input"]
     for body, status in (({"items": []}, 400), ({"items": "all"}, 400), ({"items": [{"label": 1}]}, 400),
                          ({"items": [{"request_id": "x", "label": 1}] * 1001}, 413)):
-        answer = server.client.post("/feedback", json=body)
+        answer = server.client.post("/feedback", json=body, headers=LABELLING)
         assert answer.status_code == status, (body, answer.text)
         assert answer.json()["error"]
+
+
+def test_a_feedback_body_past_its_own_bound_is_refused_before_parsing(server, images):
+    """900 items (under the item limit) of long labels: 1.8 MB, under the service's body bound
+    but over the route's (FEEDBACK_BODY_BYTES): a 413 naming the body, not a parse of the
+    items (which would answer each item's error)."""
+    _, request_id, _ = classify(server, images[:1])
+    body = {"items": [{"request_id": request_id, "label": "x" * 2000}] * 900}
+    answer = server.client.post("/feedback", json=body, headers=LABELLING)
+    assert answer.status_code == 413, answer.text[:300]
+    assert answer.json()["detail"][0]["loc"] == ["body"] and str(FEEDBACK_BODY_BYTES) in answer.json()["error"]
 
 
 def test_a_flood_stays_within_the_bound_and_counts_what_falls_out(server, images):
@@ -136,3 +154,24 @@ def test_a_flood_stays_within_the_bound_and_counts_what_falls_out(server, images
     assert metric(server, "diptych_feedback_entries") <= MAX_ENTRIES
     (result,) = feedback(server, {"request_id": oldest, "label": answered[0]})
     assert (result["status"], result["code"]) == ("not_found", 404)  # it fell out: not found, never a 500
+
+
+def test_only_a_feedback_or_admin_key_may_label(server, images):
+    """Any client could otherwise label its own requests with a canary's answers and promote it."""
+    _, request_id, answered = classify(server, images[:1])
+    body = {"items": [{"request_id": request_id, "label": answered[0]}]}
+    for key, status in ((None, 401), ("not-a-key", 401), (USER, 403), (ADMIN, 200), (LABELLER, 200)):
+        answer = server.client.post("/feedback", json=body, headers={"authorization": f"Bearer {key}" if key else ""})
+        assert answer.status_code == status, (key, answer.text)
+        if status == 403:
+            assert "feedback key" in answer.json()["error"]
+    request = pb.FeedbackRequest(items=[pb.FeedbackItem(request_id=request_id, label_name=answered[0])])
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = diptych_pb2_grpc.DiptychStub(channel)
+        for key, code in ((None, grpc.StatusCode.UNAUTHENTICATED), (USER, grpc.StatusCode.PERMISSION_DENIED)):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Feedback(request, timeout=30, metadata=(("authorization", f"Bearer {key}"),) if key else ())
+            assert refused.value.code() == code, (key, refused.value.details())
+        assert "feedback key" in refused.value.details()
+        answer = stub.Feedback(request, timeout=30, metadata=(("authorization", f"Bearer {ADMIN}"),))
+        assert [each.status for each in answer.results] == ["ok"]

@@ -89,6 +89,10 @@ class Settings:
     grpc_host: str = "[::]"
     api_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     api_keys_file: str | None = None
+    # keys that may label answers (POST /feedback, gRPC Feedback; they are API keys too): with API
+    # keys on, labels need one of these or an admin key; with no keys at all, labels are open
+    feedback_keys: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    feedback_keys_file: str | None = None
     access_log: bool = False  # BentoML's log line per HTTP request
     log_format: str = "text"  # text (BentoML's lines) or json (one JSON object a line: service/logs.py)
     tracing: bool = False  # BentoML's OpenTelemetry middleware on HTTP requests (spans, X-BentoML-Request-ID)
@@ -214,7 +218,7 @@ class Settings:
         if unknown:
             raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
         settings = cls(**{f.name: _coerce(f, values[f.name]) for f in dataclasses.fields(cls) if f.name in values})
-        for keys in ("api_keys", "admin_keys"):
+        for keys in ("api_keys", "admin_keys", "feedback_keys"):
             if path := getattr(settings, f"{keys}_file"):
                 lines = Path(path).read_text().splitlines()
                 file_keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]

@@ -19,6 +19,9 @@ class RequestContext:
     client_id: str | None = None  # the client's X-Request-Id, if usable
     caller: str | None = None  # an API key or a caller header: what a traffic split sticks to
     shadow: Any = None  # the ServedModel that gets a copy of this request's work, if any
+    # the feedback store's entries for this request's answers, by item: the predictor's and its
+    # shadow's answers join the same ones, whatever other request reuses the id meanwhile
+    feedback_entries: dict[int, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def returned_id(self) -> str:

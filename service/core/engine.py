@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
-from .auth import ApiKeys
+from .auth import ApiKeys, FeedbackKeys
 from .config import Settings
 from .context import current
 from .control import SharedControl
@@ -39,9 +39,11 @@ class Engine:
     def __init__(self, settings: Settings, kinds: Mapping[str, type[ServedModel]],
                  shared: SharedControl | None = None, config_file: str | None = None) -> None:
         self.settings = settings
-        # An admin key is an API key too, where API keys are on.
-        self.keys = ApiKeys(settings.api_keys + settings.admin_keys if settings.api_keys else ())
+        # An admin key, and a feedback key, is an API key too, where API keys are on.
+        self.keys = ApiKeys(settings.api_keys + settings.admin_keys + settings.feedback_keys
+                            if settings.api_keys else ())
         self.admin_keys = ApiKeys(settings.admin_keys)
+        self.feedback_keys = FeedbackKeys(self.keys, settings.feedback_keys, settings.admin_keys)  # who labels
         # shared: with the service's other workers; config_file: read again when it changes
         self.manager = Manager(settings, kinds, shared, config_file)
         self.feedback = self.manager.feedback  # answers waiting for labels (POST /feedback), accuracy per version

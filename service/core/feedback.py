@@ -31,6 +31,8 @@ PREDICTOR, SHADOW = "predictor", "shadow"
 BINS = 10  # calibration bins of the top score, for the expected calibration error
 MAX_ID = 128  # characters of a request id (context.py keeps client ids up to this long)
 MAX_ITEMS = 1000  # labels per feedback call
+DENSE_LABELS = 100  # up to this many labels, /models shows the confusion as a matrix; past it, its non-zero cells
+CONFUSION_SERIES_LABELS = 32  # up to this many labels, /metrics has a confusion series per (true, predicted)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,21 +67,34 @@ class Labelled:
 
 
 class Counts:
-    """One version's labelled answers in one role: accuracy, confusion, calibration bins."""
+    """One version's labelled answers in one role: accuracy, confusion, calibration bins. The
+    confusion is sparse, (true, predicted) → count: a model may have 100,000 labels."""
 
     def __init__(self, labels: tuple[str, ...]) -> None:
         self.labels = labels
         self.tally = Tally()
-        self.confusion = [[0] * len(labels) for _ in labels]  # [true][predicted]
+        self.confusion: dict[tuple[int, int], int] = {}  # (true, predicted) → answers; no zero cells
         self.bins = [[0, 0.0, 0] for _ in range(BINS)]  # per score bin: answers, sum of scores, right ones
 
-    def add(self, answer: Answer, truth: str, sign: int) -> None:
+    def add(self, answer: Answer, truth: str, sign: int) -> int | None:
+        """Count (+1) or take back (-1) one labelled answer; its confusion cell's count after,
+        None when the version has no such label (its labels differ from the answer's)."""
         right = answer.right(truth)
         self.tally = Tally(self.tally.labelled + sign, self.tally.correct + sign * right)
-        if truth in self.labels:  # a version with other labels than the answer's: no row for it
-            self.confusion[self.labels.index(truth)][answer.predicted] += sign
         bin_ = self.bins[min(int(max(answer.score, 0.0) * BINS), BINS - 1)]
         bin_[0], bin_[1], bin_[2] = bin_[0] + sign, bin_[1] + sign * answer.score, bin_[2] + sign * right
+        if (true := self.index.get(truth)) is None:
+            return None
+        cell = (true, answer.predicted)
+        count = self.confusion[cell] = self.confusion.get(cell, 0) + sign
+        if not count:
+            del self.confusion[cell]
+        return count
+
+    @functools.cached_property
+    def index(self) -> dict[str, int]:
+        """Each label's class index, made on the first label counted (not for a report's empty Counts)."""
+        return {label: position for position, label in enumerate(self.labels)}
 
     @property
     def ece(self) -> float | None:
@@ -89,8 +104,17 @@ class Counts:
         return sum(abs(right - scores) for _, scores, right in self.bins) / self.tally.labelled
 
     def report(self) -> dict[str, Any]:
+        """Up to DENSE_LABELS labels: the confusion as a matrix, [true][predicted], and the
+        labels; past it, the non-zero cells only, {label, predicted, count}, no label list."""
+        if len(self.labels) > DENSE_LABELS:
+            labels, confusion = None, [{"label": self.labels[true], "predicted": self.labels[predicted],
+                                        "count": count} for (true, predicted), count in sorted(self.confusion.items())]
+        else:
+            labels, confusion = list(self.labels), [[0] * len(self.labels) for _ in self.labels]
+            for (true, predicted), count in self.confusion.items():
+                confusion[true][predicted] = count
         return {"labelled": self.tally.labelled, "accuracy": self.tally.accuracy, "ece": self.ece,
-                "labels": list(self.labels), "confusion": [list(row) for row in self.confusion]}
+                "labels": labels, "confusion": confusion}
 
 
 class FeedbackMetrics:
@@ -135,17 +159,21 @@ class FeedbackStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def record(self, request_id: str, model: str, version: str | int, role: str, labels: Sequence[str],
-               answers: Sequence[tuple[int, float]]) -> None:
+    def record(self, request_id: str, model: str, version: str | int, role: str, labels: tuple[str, ...],
+               answers: Sequence[tuple[int, float]], kept: dict[int, Entry]) -> None:
         """Keep a request's answers (item i: (predicted class, its score)) by `version` in `role`.
-        A role already answered under this id means the id was used again: a new entry."""
-        labels, now = tuple(labels), self._clock()
+        `kept` is the request's own (its context's `feedback_entries`): its first answer makes
+        the entries, under `request_id`, and its other role's answer (the shadow's, whenever it
+        comes) joins those, never whatever entry holds the id by then: clients choose ids, and
+        may send one twice. `labels` is the version's own tuple, kept by reference (a copy per
+        answer: 8 bytes × labels each)."""
+        now = self._clock()
         with self._lock:
             for index, (predicted, score) in enumerate(answers):
-                key = (request_id, index)
-                entry = self._entries.get(key)
-                if entry is None or entry.model != model or role in entry.answers:
-                    entry = self._entries[key] = Entry(model, now)
+                entry = kept.get(index)
+                if entry is None or entry.model != model or role in entry.answers:  # else: an answer to join
+                    key = (request_id, index)
+                    entry = kept[index] = self._entries[key] = Entry(model, now)
                     self._entries.move_to_end(key)
                 self._count(entry, -1)
                 entry.answers[role] = Answer(str(version), labels, int(predicted), float(score))
@@ -217,8 +245,7 @@ class FeedbackStore:
         for role, answer in entry.answers.items():
             key = (entry.model, answer.version, role)
             counts = self._counts.get(key) or self._counts.setdefault(key, Counts(answer.labels))
-            counts.add(answer, entry.truth, sign)
-            _publish(key, counts, answer, entry.truth)
+            _publish(key, counts, answer, entry.truth, counts.add(answer, entry.truth, sign))
         if (stable := entry.answers.get(PREDICTOR)) and (candidate := entry.answers.get(SHADOW)):
             key = (entry.model, stable.version, candidate.version)
             self._pairs[key] = _paired(self._pairs.get(key, Paired()), stable.right(entry.truth),
@@ -256,11 +283,12 @@ def _paired(paired: Paired, stable: bool, candidate: bool, sign: int) -> Paired:
     return dataclasses.replace(paired, **{field: getattr(paired, field) + sign})
 
 
-def _publish(key: tuple[str, str, str], counts: Counts, answer: Answer, truth: str) -> None:
+def _publish(key: tuple[str, str, str], counts: Counts, answer: Answer, truth: str, cell: int | None) -> None:
+    """The version's gauges; its confusion cell's only for a model of at most
+    CONFUSION_SERIES_LABELS labels (a series per cell: up to labels² of them)."""
     labels = dict(zip(("model", "version", "role"), key))
     metrics().labelled.labels(**labels).set(counts.tally.labelled)
     metrics().accuracy.labels(**labels).set(counts.tally.accuracy or 0.0)
     metrics().ece.labels(**labels).set(counts.ece or 0.0)
-    if truth in counts.labels:
-        cell = counts.confusion[counts.labels.index(truth)][answer.predicted]
+    if cell is not None and len(counts.labels) <= CONFUSION_SERIES_LABELS:
         metrics().confusion.labels(**labels, label=truth, predicted=counts.labels[answer.predicted]).set(cell)

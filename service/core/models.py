@@ -220,12 +220,14 @@ class ServedModel:
         """Keep what labels fed back are joined to (feedback.py), by the id the answer carried:
         every request of a model with feedback on, whatever its `log_sample`."""
         if self.feedback is not None and (answers := self.answers(results)) is not None:
-            request_id = (context or current()).returned_id
-            self.feedback.record(request_id, self.info.name, self.info.version, role, *answers)
+            context = context or current()
+            self.feedback.record(context.returned_id, self.info.name, self.info.version, role, *answers,
+                                 context.feedback_entries)
 
-    def answers(self, results: list[Any]) -> tuple[Sequence[str], list[tuple[int, float]]] | None:
-        """A kind whose results can be labelled says its labels and, per result, the class it
-        chose and that class's score; None (the default): a kind without labels."""
+    def answers(self, results: list[Any]) -> tuple[tuple[str, ...], list[tuple[int, float]]] | None:
+        """A kind whose results can be labelled says its labels (one tuple, made when the version
+        loads: every answer kept shares it) and, per result, the class it chose and that class's
+        score; None (the default): a kind without labels."""
         return None
 
     def configure(self, config: ModelConfig) -> None:

@@ -1,7 +1,8 @@
 """The one interceptor every gRPC call goes through, whichever of the three APIs it uses:
 the gRPC twin of the HTTP side's `Guard` and `errors`.
 
-It checks the API key (metadata `authorization: Bearer <key>`), refuses a message that is
+It checks the API key (metadata `authorization: Bearer <key>`; an admin key for the load
+API, a feedback or admin key for labels), refuses a message that is
 not valid protobuf (INVALID_ARGUMENT, not gRPC's UNKNOWN), takes one of the engine's
 request slots, bounds the call by its deadline (the work is cancelled, and queued items
 leave their batch, when it passes), maps every `ServiceError` to a status code (the only
@@ -61,6 +62,7 @@ PRIVILEGED = frozenset({  # the load/unload API: an admin key, and no request sl
     "/inference.GRPCInferenceService/RepositoryModelUnload",
     "/tensorflow.serving.ModelService/HandleReloadConfigRequest",
 })
+LABELS = frozenset({"/diptych.v1.Diptych/Feedback"})  # labels drive promotion: a feedback or admin key (auth.py)
 STATUS = {  # most specific first; LimitExceeded, UnknownSignature and Conflict are ValidationErrors
     UnknownSignature: grpc.StatusCode.FAILED_PRECONDITION,
     Conflict: grpc.StatusCode.FAILED_PRECONDITION,
@@ -108,6 +110,8 @@ class Gate(grpc.aio.ServerInterceptor):
                 self.engine.keys.check(authorization)
                 if method in PRIVILEGED:
                     self.engine.check_admin(authorization)
+                if method in LABELS:
+                    self.engine.feedback_keys.check(authorization)
                 if isinstance(request, _Unparsed):
                     raise request.invalid
                 with slot():

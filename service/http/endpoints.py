@@ -41,8 +41,10 @@ class Endpoint:
     handler: Handler | None = None  # None: BentoML answers it
     open: bool = False  # no API key, no request slot, not counted: health, metrics, the docs
     control: bool = False  # the load/unload API: an admin key, and no request slot (a load outlasts requests)
+    labels: bool = False  # labels fed back: a feedback or an admin key, where keys are on (auth.FeedbackKeys)
     doc: Operation | None = None  # None: not in the OpenAPI document
     ahead_of_bentoml: bool = False  # BentoML has a route of this path too, which would answer first
+    max_body_bytes: int | None = None  # a tighter bound on its body than the service's max_body_bytes
 
     @functools.cached_property
     def pattern(self) -> re.Pattern[str]:

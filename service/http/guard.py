@@ -1,9 +1,10 @@
 """The ASGI middleware in front of every HTTP route, BentoML's included: API keys on all but
-the route table's open endpoints, and an admin key on its control endpoints (loading and
-unloading models). For those and for other POSTs the body is read whole first, bounded: at
-most max_body_bytes (413), arriving within body_timeout_s (408, so a client trickling its
-body is cut off in seconds), and at most `BODIES_PER_SLOT` × max_concurrency bodies arriving
-at once (503), which bounds their memory. Then an inference request takes a request slot: a
+the route table's open endpoints, an admin key on its control endpoints (loading and
+unloading models), and a feedback or admin key on its `labels` endpoint (where keys are on). For those and for other POSTs the body is read whole first, bounded: at
+most max_body_bytes, or the route's own tighter `max_body_bytes` (413: before any parsing),
+arriving within body_timeout_s (408, so a client trickling its body is cut off in seconds),
+and at most `BODIES_PER_SLOT` × max_concurrency bodies arriving at once (503), which bounds
+their memory. Then an inference request takes a request slot: a
 body that arrives slowly holds none (max_concurrency of them would refuse everyone else).
 Every guarded request is counted by its route's template. Each request gets its id here (the
 client's `X-Request-Id`, or a new one), returned in `X-Request-Id`, and its caller
@@ -62,15 +63,18 @@ class Guard:
         try:
             core = engine()
             core.keys.check(authorization)
+            if endpoint is not None and endpoint.labels:
+                core.feedback_keys.check(authorization)
             if endpoint is not None and endpoint.control and scope["method"] == endpoint.method:
                 # the load/unload API: an admin key, its body bounded as any, no request slot
                 # (another method: the app's 405)
                 core.check_admin(authorization)
-                body = await self._read_body(scope, receive, core.settings)
+                body = await self._read_body(scope, receive, core.settings, self.max_body_bytes)
                 return await self.app(scope, _replay(body, receive), answer)
             if scope["method"] != "POST":
                 return await self.app(scope, receive, answer)
-            body = await self._read_body(scope, receive, core.settings)
+            limit = min(self.max_body_bytes, getattr(endpoint, "max_body_bytes", None) or self.max_body_bytes)
+            body = await self._read_body(scope, receive, core.settings, limit)
             with core.admit():
                 await self.app(scope, _replay(body, receive), answer)
         except ServiceError as error:
@@ -85,12 +89,12 @@ class Guard:
             metrics().requests.labels(protocol="http", method=method, code=str(status)).inc()
             metrics().request_seconds.labels(protocol="http", method=method).observe(time.perf_counter() - start)
 
-    async def _read_body(self, scope: dict, receive: Callable, settings: Settings) -> bytes:
-        """The whole body: at most max_body_bytes (413), arriving within body_timeout_s (408), and
+    async def _read_body(self, scope: dict, receive: Callable, settings: Settings, limit: int) -> bytes:
+        """The whole body: at most `limit` bytes (413), arriving within body_timeout_s (408), and
         at most BODIES_PER_SLOT × max_concurrency bodies arriving at once (503)."""
-        too_large = LimitExceeded("body", f"larger than {self.max_body_bytes} bytes")
+        too_large = LimitExceeded("body", f"larger than {limit} bytes")
         declared = decimal(_header(scope, b"content-length") or "")
-        if declared is not None and declared > self.max_body_bytes:
+        if declared is not None and declared > limit:
             raise too_large
         most = BODIES_PER_SLOT * settings.max_concurrency
         if self._receiving >= most:
@@ -99,7 +103,7 @@ class Guard:
         metrics().receiving.inc()
         try:
             async with asyncio.timeout(settings.body_timeout_s or None):
-                return await self._receive(receive, too_large)
+                return await self._receive(receive, limit, too_large)
         except TimeoutError:
             raise BodyTimeout("body", f"not received whole within {settings.body_timeout_s:g} s (body_timeout_s): "
                                       "send the request at once") from None
@@ -107,7 +111,7 @@ class Guard:
             self._receiving -= 1
             metrics().receiving.dec()
 
-    async def _receive(self, receive: Callable, too_large: LimitExceeded) -> bytes:
+    async def _receive(self, receive: Callable, limit: int, too_large: LimitExceeded) -> bytes:
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -115,7 +119,7 @@ class Guard:
                 raise ClientGone
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
-            if size > self.max_body_bytes:
+            if size > limit:
                 raise too_large
             more = message.get("more_body", False)
         return b"".join(chunks)

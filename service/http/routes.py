@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from service.core.feedback import MAX_ITEMS
 from service.core.models import ServedModel
 from service.kinds import KINDS
 
@@ -26,6 +27,8 @@ from .ui import Playground
 ANY_OBJECT = {"type": "object", "additionalProperties": True}
 ANY_LIST = {"type": "array", "items": ANY_OBJECT}
 SHARED = "the shared routes"
+FEEDBACK_BODY_BYTES = MAX_ITEMS * 2**10  # MAX_ITEMS items of up to ~1 KiB (a 128-character id, a label):
+# past it the body is refused before it is parsed (a huge list costs seconds of the event loop)
 
 
 def _health(description: str) -> Operation:
@@ -84,7 +87,8 @@ def shared(docs: Handler, client_schema: Handler, playground: Handler) -> tuple[
             "labels for answers, by the x-request-id each carried (a name or a class index): joined to what the "
             "version and its shadow answered, counted per version (GET /models: feedback); an outcome per item",
             ok={"application/json": schemas.FeedbackResponse}, ok_description="an outcome per item",
-            errors=(400, 401, 413, 503), body={"application/json": schemas.FeedbackRequest})),
+            errors=(400, 401, 403, 413, 503), body={"application/json": schemas.FeedbackRequest}),
+            labels=True, max_body_bytes=FEEDBACK_BODY_BYTES),
         # the Open Inference Protocol (KServe V2)
         Endpoint("GET", "/v2", v2rest.server),
         Endpoint("GET", "/v2/health/live", v2rest.live, open=True),

@@ -11,7 +11,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from ..core import ValidationError
+from ..core import LimitExceeded, ValidationError
+from ..core.feedback import MAX_ITEMS
 from ..core.validation import decimal
 from ..kinds.classifier import TOP_K
 
@@ -114,7 +115,19 @@ class FeedbackItem(Body):
 
 
 class FeedbackRequest(Body):
-    items: list[FeedbackItem] = Field(description="one label per answered image; at most 1000 per call")
+    items: list[FeedbackItem] = Field(max_length=MAX_ITEMS, description=f"one label per answered image; at most "
+                                                                        f"{MAX_ITEMS} per call")
+
+    @classmethod
+    async def parse(cls, request: Request) -> FeedbackRequest:
+        """Too many items is a limit (413), as the store says it: refused before any is validated."""
+        try:
+            return await super().parse(request)
+        except pydantic.ValidationError as error:
+            if any(each["type"] == "too_long" and each["loc"] == ("items",) for each in error.errors()):
+                raise LimitExceeded("items", f"more than {MAX_ITEMS} feedback items: at most {MAX_ITEMS} "
+                                             "per call") from None
+            raise
 
 
 class FeedbackResult(pydantic.BaseModel):

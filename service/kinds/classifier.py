@@ -83,6 +83,7 @@ class Classifier(ServedModel):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.labels: list[str] = list(self.info.card.labels)
+        self.label_tuple = tuple(self.labels)  # what each answer kept for feedback refers to (never a copy)
         self.image_size = self.info.card.image_size[0]
         model = {"model": self.info.name, "version": self.info.version}
         self._classified = metrics().images_classified.labels(**model)
@@ -122,9 +123,9 @@ class Classifier(ServedModel):
                           lambda: self.describe(rows))
         return Scores(self.info, self.labels, np.stack(rows))
 
-    def answers(self, results: list[np.ndarray]) -> tuple[list[str], list[tuple[int, float]]]:
+    def answers(self, results: list[np.ndarray]) -> tuple[tuple[str, ...], list[tuple[int, float]]]:
         """What a label fed back is checked against: each image's top-1 class and its score."""
-        return self.labels, [(int(row.argmax()), float(row.max())) for row in results]
+        return self.label_tuple, [(int(row.argmax()), float(row.max())) for row in results]
 
     def describe(self, results: list[np.ndarray]) -> dict[str, list]:
         """The payload log's view of score rows: each image's top-1 label and score."""
