@@ -32,6 +32,7 @@ def test_a_promotion_and_a_rollback_change_what_serves_and_the_load_api_undoes_t
     engine = engine_for(repository, tiny_models, repository={"shoes": SHOES})
     store = FakeStore()
     promotion = Promotion(engine.manager, store)
+    promotion.observe("shoes")  # as the feedback path does before its first labels
     try:
         assert served_by(engine) == {"1", "2"}
         store.tallies = {1: Tally(50, 30), 2: Tally(50, 48)}
@@ -44,7 +45,7 @@ def test_a_promotion_and_a_rollback_change_what_serves_and_the_load_api_undoes_t
         assert engine.status()["shoes"].labels == {"stable": 1, "canary": 2} and served_by(engine) == {"1", "2"}
         assert promotion.evaluate("shoes") is None  # the same labels are not looked at twice
 
-        store.tallies = {1: Tally(100, 90), 2: Tally(100, 40)}  # look 2: the canary is worse
+        store.tallies = {1: Tally(150, 120), 2: Tally(150, 88)}  # look 2 since the undo: 90/100 vs 40/100
         assert promotion.evaluate("shoes").decision == ROLLED_BACK
         assert served_by(engine) == {"1"} and engine.manager.config("shoes").traffic == {"stable": 50, "canary": 0}
         assert promotion.decisions()["shoes"]["decision"] == ROLLED_BACK

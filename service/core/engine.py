@@ -165,16 +165,18 @@ class Engine:
     async def feed_back(self, items: Sequence[tuple[str, str | int, int]]) -> list[Labelled]:
         """Labels (request id, label, item index) joined to the answers they are for; then each
         model that promotes by evidence weighs what it has (a decision is a manager pass: in
-        its own thread, as a load is)."""
+        its own thread, as a load is). Promotion sees each model's settings first: a pairing's
+        evidence counts from the first labels under them."""
+        for name in self.manager.promoting():
+            self.promotion.observe(name)
         labelled = self.feedback.label_items(items)
         if any(each.error is None for each in labelled):
             await _in_own_thread(self._weigh_evidence)
         return labelled
 
     def _weigh_evidence(self) -> None:
-        for name in self.manager.status():
-            if (config := self.manager.config(name)) is not None and config.promote is not None:
-                self.promotion.evaluate(name)
+        for name in self.manager.promoting():
+            self.promotion.evaluate(name)
 
     def sources(self) -> dict[str, dict[str, str]]:
         """Model sources that cannot be read now, and folders ignored, with the reasons."""

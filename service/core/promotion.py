@@ -15,6 +15,13 @@ look there could ever be); a look skipped (labels arriving in a large batch) onl
 Looks are counted per (model, stable, candidate, test) and never reset, so undoing a decision
 and looking again on the same labels spends a new, smaller share.
 
+**From when the pairing is live.** Both versions' evidence counts from when promotion first saw
+the model's settings as they are (`observe`, which the feedback path calls before it labels
+anything, and `evaluate` again): a snapshot of both tallies and the pairs then, subtracted from
+what the store counts later. The stable version's labels from before its canary existed are not
+compared with the canary's. A change of the model's settings, or a decision, starts a new count
+(the look index goes on from the pairing's last: a count started again never reuses a level).
+
 Significantly better: the `stable` label moves to the candidate (a shadow stops shadowing: it
 serves now). Significantly worse: its traffic weights go to 0 (a shadow stops shadowing).
 Neither while stable or candidate is unavailable. The change goes through the manager's control
@@ -137,14 +144,16 @@ def verdict(stable: Tally, candidate: Tally, p: float, level: float) -> str | No
     return PROMOTED if candidate.correct * stable.labelled > stable.correct * candidate.labelled else ROLLED_BACK
 
 
-def weigh(evidence: Evidence, model: str, candidate: Candidate) -> tuple[Tally, Tally, float, int]:
-    """(stable's tally, the candidate's, the p-value, how many labelled answers each has at least)."""
+def weigh(evidence: Evidence, model: str, candidate: Candidate, baseline: Baseline) -> tuple[Tally, Tally, float, int]:
+    """(stable's tally, the candidate's, the p-value, how many labelled answers each has at
+    least), counted since `baseline`."""
     if candidate.test == SHADOW:
-        paired = evidence.paired(model, candidate.stable, candidate.version)
+        paired = since(evidence.paired(model, candidate.stable, candidate.version), baseline.paired)
         stable = Tally(paired.labelled, paired.both_right + paired.stable_only)
         return stable, Tally(paired.labelled, paired.both_right + paired.candidate_only), mcnemar(paired), \
             paired.labelled
-    stable, other = evidence.tally(model, candidate.stable), evidence.tally(model, candidate.version)
+    stable = since(evidence.tally(model, candidate.stable), baseline.stable)
+    other = since(evidence.tally(model, candidate.version), baseline.candidate)
     return stable, other, two_proportions(stable, other), min(stable.labelled, other.labelled)
 
 
@@ -162,6 +171,21 @@ def decided_table(config: ModelConfig, candidate: Candidate, decision: str) -> d
     return table
 
 
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """A pairing's counts when promotion first saw the model's settings `config`."""
+
+    config: ModelConfig
+    stable: Tally
+    candidate: Tally
+    paired: Paired
+
+
+def since(now: Any, then: Any) -> Any:
+    """A Tally's or Paired's counts added since `then`."""
+    return type(now)(*(getattr(now, field.name) - getattr(then, field.name) for field in dataclasses.fields(now)))
+
+
 class Promotion:
     """Decides for each model with `promote`, on `evidence`, and changes it through `manager`."""
 
@@ -171,16 +195,34 @@ class Promotion:
         self._looks: dict[tuple[str, int, int, str], int] = {}  # the last look taken, per pairing
         self._last: dict[str, Decision] = {}
         self._lock = threading.Lock()  # one evaluation at a time: a look is spent once
+        self._baselines: dict[str, Baseline] = {}
+        self._books = threading.Lock()  # baselines and decisions; never held across a manager pass (`_lock` is)
+
+    def observe(self, model: str) -> None:
+        """Take `model`'s pairing's counts as its baseline if its settings changed since last seen
+        (the feedback path calls this before labelling: the counts of the moment they changed)."""
+        config = self.manager.config(model)
+        candidate = candidate_of(config) if config is not None and config.promote is not None else None
+        with self._books:
+            if candidate is None:
+                self._baselines.pop(model, None)
+            elif (seen := self._baselines.get(model)) is None or seen.config != config:
+                paired = self.evidence.paired(model, candidate.stable, candidate.version)
+                self._baselines[model] = Baseline(config, self.evidence.tally(model, candidate.stable),
+                                                  self.evidence.tally(model, candidate.version), paired)
 
     def evaluate(self, model: str) -> Decision | None:
         """Look at `model`'s evidence, and decide if it is enough (the feedback path calls this
         after each batch of labels; it may run a manager pass: call it off the event loop)."""
         with self._lock:
-            config = self.manager.config(model)
-            candidate = candidate_of(config) if config is not None and config.promote is not None else None
+            self.observe(model)
+            with self._books:
+                baseline = self._baselines.get(model)
+            config = baseline.config if baseline is not None else None
+            candidate = candidate_of(config) if config is not None else None
             if candidate is None or not {candidate.stable, candidate.version} <= self.manager.available_versions(model):
                 return None
-            stable, other, p, labelled = weigh(self.evidence, model, candidate)
+            stable, other, p, labelled = weigh(self.evidence, model, candidate, baseline)
             key = (model, candidate.stable, candidate.version, candidate.test)
             look = labelled // config.promote.after
             if look <= self._looks.get(key, 0):
@@ -207,10 +249,12 @@ class Promotion:
                  record.decision, record.stable, record.test, record.look, record.p, record.alpha,
                  record.candidate_tally.correct, record.candidate_tally.labelled, record.stable_tally.correct,
                  record.stable_tally.labelled, record.undo)
-        self._last[record.model] = record
+        with self._books:
+            self._last[record.model] = record
+            self._baselines.pop(record.model, None)  # the pairing ended: a later one counts afresh
         return record
 
     def decisions(self) -> dict[str, dict[str, Any]]:
         """Each model's last decision (`GET /models`)."""
-        with self._lock:
+        with self._books:
             return {model: decision.to_dict() for model, decision in self._last.items()}

@@ -127,6 +127,10 @@ class ModelControl:
         """`name`'s settings now (those `amend` compares with)."""
         return self.repository.configs.get(name)
 
+    def promoting(self) -> list[str]:
+        """The models whose settings say `promote` (a cheap look: the feedback path asks per call)."""
+        return [name for name, config in self.repository.configs.items() if config.promote is not None]
+
     def amend(self, name: str, decided_on: ModelConfig, table: Mapping[str, Any]) -> None:
         """`name`'s settings `table`, whole, if they are still those a decision was taken on
         (`decided_on`: promotion.py); else a `Conflict` and nothing changes. Checked and applied
