@@ -64,3 +64,20 @@ def test_a_decision_on_settings_that_changed_since_changes_nothing(repository, t
         assert engine.manager.config("shoes") == changed and served_by(engine) == {"1"}
     finally:
         engine.close()
+
+
+def test_feedback_on_a_model_without_promote_weighs_no_evidence(repository, tiny_models, monkeypatch):
+    """No thread, no evaluation, where no model promotes; once one does, its labels are weighed."""
+    without = {key: value for key, value in SHOES.items() if key != "promote"}
+    engine = engine_for(repository, tiny_models, repository={"shoes": {**without, "feedback": True}})
+    weighed = []
+    monkeypatch.setattr(engine, "_weigh_evidence", weighed.append)
+    try:
+        engine.feedback.record("request-1", "shoes", 1, "predictor", ["sandal", "boot"], [(0, 0.9)])
+        assert asyncio.run(engine.feed_back([("request-1", "boot", 0)]))[0].error is None
+        assert weighed == []
+        asyncio.run(engine.load_model("shoes", None, {**SHOES, "feedback": True}))
+        assert asyncio.run(engine.feed_back([("request-1", "sandal", 0)]))[0].error is None
+        assert weighed == [["shoes"]]
+    finally:
+        engine.close()

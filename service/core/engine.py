@@ -167,15 +167,16 @@ class Engine:
         model that promotes by evidence weighs what it has (a decision is a manager pass: in
         its own thread, as a load is). Promotion sees each model's settings first: a pairing's
         evidence counts from the first labels under them."""
-        for name in self.manager.promoting():
+        promoting = self.manager.promoting()
+        for name in promoting:
             self.promotion.observe(name)
         labelled = self.feedback.label_items(items)
-        if any(each.error is None for each in labelled):
-            await _in_own_thread(self._weigh_evidence)
+        if promoting and any(each.error is None for each in labelled):  # no thread where nothing promotes
+            await _in_own_thread(self._weigh_evidence, promoting)
         return labelled
 
-    def _weigh_evidence(self) -> None:
-        for name in self.manager.promoting():
+    def _weigh_evidence(self, promoting: list[str]) -> None:
+        for name in promoting:
             self.promotion.evaluate(name)
 
     def sources(self) -> dict[str, dict[str, str]]:
