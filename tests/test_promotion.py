@@ -67,6 +67,17 @@ def test_a_better_canary_is_promoted_and_the_decision_is_recorded_with_its_undo(
     assert decisions_counted(PROMOTED) == counted + 1
 
 
+def test_the_shown_undo_leaves_the_models_path_out():
+    """`GET /models` is any caller's: a folder is not shown there (the decision keeps it)."""
+    manager, store = Detached({"shoes": {**CANARY, "path": "private/shoes"}}), FakeStore()
+    promotion = watching(manager, store)
+    store.tallies = {3: Tally(500, 400), 4: Tally(500, 460)}
+    assert promotion.evaluate("shoes").undo["path"] == "private/shoes"
+    shown = promotion.decisions()["shoes"]["undo"]
+    assert "path" not in shown and ModelConfig.parse("shoes", {**shown, "path": "private/shoes"}) == \
+        ModelConfig.parse("shoes", {**CANARY, "path": "private/shoes"})
+
+
 def test_a_worse_canary_gets_no_more_traffic():
     manager, store = Detached({"shoes": CANARY}), FakeStore()
     promotion = watching(manager, store)

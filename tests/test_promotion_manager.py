@@ -41,7 +41,7 @@ def test_a_promotion_and_a_rollback_change_what_serves_and_the_load_api_undoes_t
         assert engine.status()["shoes"].labels == {"stable": 2, "canary": 2}
         assert classify(engine, "shoes@stable") == "2" and served_by(engine) == {"2"}
 
-        asyncio.run(engine.load_model("shoes", None, decision.undo))  # the documented undo
+        asyncio.run(engine.load_model("shoes", None, promotion.decisions()["shoes"]["undo"]))  # as GET /models shows it
         assert engine.status()["shoes"].labels == {"stable": 1, "canary": 2} and served_by(engine) == {"1", "2"}
         assert promotion.evaluate("shoes") is None  # the same labels are not looked at twice
 

@@ -118,8 +118,12 @@ class Decision:
     undo: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
+        """As shown to any caller: the undo table without `path` (a folder is an admin's to see).
+        A load without it finds the model by name, as the repository does; one configured with
+        `path` needs it added back (docs/promotion.md)."""
         return {**dataclasses.asdict(self), "stable_tally": dataclasses.asdict(self.stable_tally),
-                "candidate_tally": dataclasses.asdict(self.candidate_tally)}
+                "candidate_tally": dataclasses.asdict(self.candidate_tally),
+                "undo": {key: value for key, value in self.undo.items() if key != "path"}}
 
 
 def candidate_of(config: ModelConfig) -> Candidate | None:
