@@ -16,7 +16,16 @@ from scipy.stats import binom
 from service.core.evidence import Paired, Tally, two_proportions
 from service.core.metrics import metrics
 from service.core.model_settings import ModelConfig
-from service.core.promotion import PROMOTED, REFUSED, ROLLED_BACK, SHADOW, SPLIT, Detached, Promotion, alpha
+from service.core.promotion import (
+    PROMOTED,
+    REFUSED,
+    ROLLED_BACK,
+    SHADOW,
+    SPLIT,
+    Detached,
+    Promotion,
+    alpha,
+)
 
 CANARY = {"versions": "all", "labels": {"stable": 3, "canary": 4}, "traffic": {"stable": 90, "canary": 10},
           "promote": {"after": 500, "max_p": 0.05}}
@@ -198,6 +207,24 @@ def test_a_look_is_spent_once_and_an_undone_decision_needs_new_labels():
     assert decision.look == 2 and decision.alpha == 0.0125
     manager.amend("shoes", manager.configs["shoes"], decision.undo)  # an operator's load with the old table
     assert promotion.evaluate("shoes") is None  # the same labels are not looked at again
+
+
+@pytest.mark.parametrize("tallies, decision", [({3: Tally(500, 400), 4: Tally(500, 460)}, PROMOTED),
+                                               ({3: Tally(500, 460), 4: Tally(500, 400)}, ROLLED_BACK)])
+def test_a_reload_that_undoes_the_last_decision_is_warned_of(tallies, decision, caplog):
+    manager, store = Detached({"shoes": CANARY}), FakeStore()
+    promotion = watching(manager, store)
+    store.tallies = tallies
+    assert promotion.evaluate("shoes").decision == decision
+    decided, before = manager.configs["shoes"], ModelConfig.parse("shoes", CANARY)
+    keeps = ModelConfig.parse("shoes", {**decided.table(), "log_sample": 0.5})
+    with caplog.at_level("WARNING", logger="diptych"):
+        promotion.warn_reverted({"shoes": decided}, {"shoes": keeps})  # another change: the decision stays
+        assert not caplog.records
+        promotion.warn_reverted({"shoes": decided}, {"shoes": before})  # the file as it was before the decision
+    assert [record.getMessage() for record in caplog.records] == \
+        [f"the reloaded config file undoes the promotion decision on shoes: version 4 {decision} against stable "
+         "version 3; write the decision into the file to keep it"]
 
 
 def simulated_runs(test: str, accuracy: float, agreement: float, after: int, max_p: float, looks: int,

@@ -81,3 +81,26 @@ def test_feedback_on_a_model_without_promote_weighs_no_evidence(repository, tiny
         assert weighed == [["shoes"]]
     finally:
         engine.close()
+
+
+def test_a_config_file_reload_that_undoes_a_decision_logs_a_warning(repository, tiny_models, tmp_path, caplog):
+    config = tmp_path / "diptych.toml"
+    written = '[repository.shoes]\nversions = "all"\nlabels = {stable = 1, canary = 2}\n' \
+              'traffic = {stable = 50, canary = 50}\npromote = {after = 50}\n'
+    config.write_text(written)
+    engine = engine_for(repository, tiny_models, config, repository={"shoes": SHOES})
+    store = FakeStore()
+    engine.promotion = Promotion(engine.manager, store)
+    engine.manager.config_reloaded = engine.promotion.warn_reverted
+    engine.promotion.observe("shoes")
+    try:
+        store.tallies = {1: Tally(50, 48), 2: Tally(50, 30)}
+        assert engine.promotion.evaluate("shoes").decision == ROLLED_BACK and served_by(engine) == {"1"}
+        config.write_text(written + "log_sample = 0.0\n")  # the file as it was: the canary serves again
+        with caplog.at_level("WARNING", logger="diptych"):
+            engine.manager.reconcile()
+        assert served_by(engine) == {"1", "2"}
+        assert any("undoes the promotion decision on shoes: version 2 rolled_back" in record.getMessage()
+                   for record in caplog.records)
+    finally:
+        engine.close()

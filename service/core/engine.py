@@ -46,6 +46,7 @@ class Engine:
         self.manager = Manager(settings, kinds, shared, config_file)
         self.feedback = self.manager.feedback  # answers waiting for labels (POST /feedback), accuracy per version
         self.promotion = Promotion(self.manager, self.feedback)  # weighs the labels of models with `promote`
+        self.manager.config_reloaded = self.promotion.warn_reverted  # a config file that undoes a decision
         self._loaded = threading.Event()  # the first pass over the repository is done
         self._ever_ready = False
         self._in_flight = 0

@@ -37,6 +37,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from .errors import Conflict, ServiceError, ValidationError
@@ -190,6 +191,13 @@ def since(now: Any, then: Any) -> Any:
     return type(now)(*(getattr(now, field.name) - getattr(then, field.name) for field in dataclasses.fields(now)))
 
 
+def reverted(decision: Decision, config: ModelConfig) -> bool:
+    """Whether settings `config` undo `decision`: the old pairing is live again, or (a promotion)
+    `stable` names another version than the one promoted."""
+    again = candidate_of(config) == Candidate(decision.stable, decision.candidate, decision.test)
+    return again or (decision.decision == PROMOTED and config.labels.get("stable") != decision.candidate)
+
+
 class Promotion:
     """Decides for each model with `promote`, on `evidence`, and changes it through `manager`."""
 
@@ -262,3 +270,14 @@ class Promotion:
         """Each model's last decision (`GET /models`)."""
         with self._books:
             return {model: decision.to_dict() for model, decision in self._last.items()}
+
+    def warn_reverted(self, before: Mapping[str, ModelConfig], after: Mapping[str, ModelConfig]) -> None:
+        """Warn of each decision a reloaded config file undoes (the manager calls this): the file
+        is the operator's truth, and a decision to keep must be written into it."""
+        with self._books:
+            undone = [decision for model, decision in self._last.items() if (config := after.get(model)) is not None
+                      and config != before.get(model) and reverted(decision, config)]
+        for decision in undone:
+            log.warning("the reloaded config file undoes the promotion decision on %s: version %d %s against stable "
+                        "version %d; write the decision into the file to keep it", decision.model, decision.candidate,
+                        decision.decision, decision.stable)

@@ -242,6 +242,7 @@ class ModelControl:
             self._config_refused = reason
             return
         self._config_seen, self._config_refused = seen, None
+        self.config_reloaded(self.repository.configs, configs)
         self.repository.configs = configs
         with self._lock:  # the file is now newer than any reload request
             self._control = dataclasses.replace(self._control, configs=None)
