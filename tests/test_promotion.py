@@ -25,6 +25,7 @@ from service.core.promotion import (
     Detached,
     Promotion,
     alpha,
+    warn_if_several_workers,
 )
 
 CANARY = {"versions": "all", "labels": {"stable": 3, "canary": 4}, "traffic": {"stable": 90, "canary": 10},
@@ -225,6 +226,18 @@ def test_a_reload_that_undoes_the_last_decision_is_warned_of(tallies, decision, 
     assert [record.getMessage() for record in caplog.records] == \
         [f"the reloaded config file undoes the promotion decision on shoes: version 4 {decision} against stable "
          "version 3; write the decision into the file to keep it"]
+
+
+def test_promotion_across_several_workers_is_warned_of(caplog):
+    configs = {"shoes": ModelConfig.parse("shoes", CANARY), "hats": ModelConfig("hats")}
+    with caplog.at_level("WARNING", logger="diptych"):
+        for workers in (None, 1):
+            warn_if_several_workers(configs, workers)
+        warn_if_several_workers({"hats": ModelConfig("hats")}, 4)
+        assert not caplog.records
+        warn_if_several_workers(configs, 4)
+    assert [record.getMessage()[:72] for record in caplog.records] == \
+        ["promotion by evidence (shoes) assumes one worker per model server; this service runs 4"[:72]]
 
 
 def simulated_runs(test: str, accuracy: float, agreement: float, after: int, max_p: float, looks: int,

@@ -198,6 +198,16 @@ def reverted(decision: Decision, config: ModelConfig) -> bool:
     return again or (decision.decision == PROMOTED and config.labels.get("stable") != decision.candidate)
 
 
+def warn_if_several_workers(configs: Mapping[str, ModelConfig], workers: object) -> None:
+    """Each BentoML worker keeps its own feedback store and decides on its own share of the labels:
+    promotion assumes one worker per model server (the default). `workers`: BentoML's setting."""
+    promoting = sorted(name for name, config in configs.items() if config.promote is not None)
+    if promoting and workers not in (None, 1):
+        log.warning("promotion by evidence (%s) assumes one worker per model server; this service runs %s: each "
+                    "worker decides on its own share of the labels (set DIPTYCH_WORKERS=1)", ", ".join(promoting),
+                    workers)
+
+
 class Promotion:
     """Decides for each model with `promote`, on `evidence`, and changes it through `manager`."""
 
