@@ -17,6 +17,7 @@ import bentoml
 from . import http, logs
 from .core import Engine, Settings
 from .core.control import SharedControl
+from .core.promotion import warn_if_several_workers
 from .kinds import registered
 
 settings = Settings.load()
@@ -36,6 +37,7 @@ class Diptych:
     def __init__(self) -> None:
         logs.configure(settings.log_format)  # here: BentoML has set up the worker's log handlers
         self.engine = Engine(settings, KINDS, SharedControl.of_supervisor(), os.environ.get("DIPTYCH_CONFIG"))
+        warn_if_several_workers(self.engine.manager.repository.configs, bentoml_workers())
         self.engine.start()
         self.grpc = None  # a service.grpc.GrpcServer once started
 
@@ -60,6 +62,14 @@ class Diptych:
         if self.grpc is not None:
             await self.grpc.stop(settings.timeout_s)
         self.engine.close()
+
+
+def bentoml_workers() -> object:
+    """This service's `workers` as BentoML's configuration says (BENTOML_CONFIG_OVERRIDES, where
+    deploy/image puts DIPTYCH_WORKERS): a number, "cpu_count", or None where it is not said."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return BentoMLContainer.config.get().get("services", {}).get(Diptych.name, {}).get("workers")
 
 
 ROUTES = http.routes_for(KINDS.values())

@@ -74,6 +74,17 @@ def test_a_promote_table_parses_and_round_trips():
     assert ModelConfig.parse("shoes", SHOES).promote is None and "promote" not in ModelConfig.parse("shoes", SHOES).table()
 
 
+def test_an_exact_policy_round_trips_through_its_table():
+    """A default named `name:3` serves that version and no other: its table (a decision's undo)
+    must say so, or a load of it would let another version stand in."""
+    exact = ModelConfig("shoes", policy=Policy(latest=None, specific=(3,), exact=True), labels={"stable": 3})
+    assert exact.table()["versions"] == "exact:3" and ModelConfig.parse("shoes", exact.table()) == exact
+    assert Policy.parse("specific:3", "here") != exact.policy
+    for text in ("exact:", "exact:3,4", "exact:x"):
+        with pytest.raises(ValueError, match="exact:V"):
+            Policy.parse(text, "here")
+
+
 def test_version_numbers_are_ascii_digits_within_int64():
     assert ascii_number("3") == 3 and ascii_number(str(2**63 - 1)) == 2**63 - 1
     assert [ascii_number(text) for text in ("²", "٣", "-1", "+1", " 1", "", str(2**63), "9" * 5000)] == [None] * 8

@@ -48,6 +48,7 @@ class Engine:
         self.manager = Manager(settings, kinds, shared, config_file)
         self.feedback = self.manager.feedback  # answers waiting for labels (POST /feedback), accuracy per version
         self.promotion = Promotion(self.manager, self.feedback)  # weighs the labels of models with `promote`
+        self.manager.config_reloaded = self.promotion.warn_reverted  # a config file that undoes a decision
         self._loaded = threading.Event()  # the first pass over the repository is done
         self._ever_ready = False
         self._in_flight = 0
@@ -167,16 +168,19 @@ class Engine:
     async def feed_back(self, items: Sequence[tuple[str, str | int, int]]) -> list[Labelled]:
         """Labels (request id, label, item index) joined to the answers they are for; then each
         model that promotes by evidence weighs what it has (a decision is a manager pass: in
-        its own thread, as a load is)."""
+        its own thread, as a load is). Promotion sees each model's settings first: a pairing's
+        evidence counts from the first labels under them."""
+        promoting = self.manager.promoting()
+        for name in promoting:
+            self.promotion.observe(name)
         labelled = self.feedback.label_items(items)
-        if any(each.error is None for each in labelled):
-            await _in_own_thread(self._weigh_evidence)
+        if promoting and any(each.error is None for each in labelled):  # no thread where nothing promotes
+            await _in_own_thread(self._weigh_evidence, promoting)
         return labelled
 
-    def _weigh_evidence(self) -> None:
-        for name in self.manager.status():
-            if (config := self.manager.config(name)) is not None and config.promote is not None:
-                self.promotion.evaluate(name)
+    def _weigh_evidence(self, promoting: list[str]) -> None:
+        for name in promoting:
+            self.promotion.evaluate(name)
 
     def sources(self) -> dict[str, dict[str, str]]:
         """Model sources that cannot be read now, and folders ignored, with the reasons."""

@@ -59,7 +59,10 @@ class Policy:
         numbers = [ascii_number(part) for part in value.split(",")]
         if kind == "specific" and value and None not in numbers:
             return cls(latest=None, specific=tuple(sorted(set(numbers))))
-        raise ValueError(f"{where}: versions = {text!r}: use latest:N, all, or specific:V1,V2")
+        if kind == "exact" and len(numbers) == 1 and None not in numbers:
+            return cls(latest=None, specific=tuple(numbers), exact=True)
+        raise ValueError(f"{where}: versions = {text!r}: use latest:N, all, or specific:V1,V2 (or exact:V: that "
+                         "version only, never another in its place)")
 
     def choose(self, found: list[int]) -> list[int]:
         if self.specific:
@@ -67,6 +70,8 @@ class Policy:
         return found if self.latest is None else found[-self.latest:]
 
     def __str__(self) -> str:
+        if self.exact:
+            return f"exact:{self.specific[0]}"
         if self.specific:
             return "specific:" + ",".join(map(str, self.specific))
         return "all" if self.latest is None else f"latest:{self.latest}"

@@ -15,6 +15,13 @@ look there could ever be); a look skipped (labels arriving in a large batch) onl
 Looks are counted per (model, stable, candidate, test) and never reset, so undoing a decision
 and looking again on the same labels spends a new, smaller share.
 
+**From when the pairing is live.** Both versions' evidence counts from when promotion first saw
+the model's settings as they are (`observe`, which the feedback path calls before it labels
+anything, and `evaluate` again): a snapshot of both tallies and the pairs then, subtracted from
+what the store counts later. The stable version's labels from before its canary existed are not
+compared with the canary's. A change of the model's settings, or a decision, starts a new count
+(the look index goes on from the pairing's last: a count started again never reuses a level).
+
 Significantly better: the `stable` label moves to the candidate (a shadow stops shadowing: it
 serves now). Significantly worse: its traffic weights go to 0 (a shadow stops shadowing).
 Neither while stable or candidate is unavailable. The change goes through the manager's control
@@ -30,6 +37,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from .errors import Conflict, ServiceError, ValidationError
@@ -111,8 +119,12 @@ class Decision:
     undo: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
+        """As shown to any caller: the undo table without `path` (a folder is an admin's to see).
+        A load without it finds the model by name, as the repository does; one configured with
+        `path` needs it added back (docs/promotion.md)."""
         return {**dataclasses.asdict(self), "stable_tally": dataclasses.asdict(self.stable_tally),
-                "candidate_tally": dataclasses.asdict(self.candidate_tally)}
+                "candidate_tally": dataclasses.asdict(self.candidate_tally),
+                "undo": {key: value for key, value in self.undo.items() if key != "path"}}
 
 
 def candidate_of(config: ModelConfig) -> Candidate | None:
@@ -137,14 +149,16 @@ def verdict(stable: Tally, candidate: Tally, p: float, level: float) -> str | No
     return PROMOTED if candidate.correct * stable.labelled > stable.correct * candidate.labelled else ROLLED_BACK
 
 
-def weigh(evidence: Evidence, model: str, candidate: Candidate) -> tuple[Tally, Tally, float, int]:
-    """(stable's tally, the candidate's, the p-value, how many labelled answers each has at least)."""
+def weigh(evidence: Evidence, model: str, candidate: Candidate, baseline: Baseline) -> tuple[Tally, Tally, float, int]:
+    """(stable's tally, the candidate's, the p-value, how many labelled answers each has at
+    least), counted since `baseline`."""
     if candidate.test == SHADOW:
-        paired = evidence.paired(model, candidate.stable, candidate.version)
+        paired = since(evidence.paired(model, candidate.stable, candidate.version), baseline.paired)
         stable = Tally(paired.labelled, paired.both_right + paired.stable_only)
         return stable, Tally(paired.labelled, paired.both_right + paired.candidate_only), mcnemar(paired), \
             paired.labelled
-    stable, other = evidence.tally(model, candidate.stable), evidence.tally(model, candidate.version)
+    stable = since(evidence.tally(model, candidate.stable), baseline.stable)
+    other = since(evidence.tally(model, candidate.version), baseline.candidate)
     return stable, other, two_proportions(stable, other), min(stable.labelled, other.labelled)
 
 
@@ -162,6 +176,38 @@ def decided_table(config: ModelConfig, candidate: Candidate, decision: str) -> d
     return table
 
 
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """A pairing's counts when promotion first saw the model's settings `config`."""
+
+    config: ModelConfig
+    stable: Tally
+    candidate: Tally
+    paired: Paired
+
+
+def since(now: Any, then: Any) -> Any:
+    """A Tally's or Paired's counts added since `then`."""
+    return type(now)(*(getattr(now, field.name) - getattr(then, field.name) for field in dataclasses.fields(now)))
+
+
+def reverted(decision: Decision, config: ModelConfig) -> bool:
+    """Whether settings `config` undo `decision`: the old pairing is live again, or (a promotion)
+    `stable` names another version than the one promoted."""
+    again = candidate_of(config) == Candidate(decision.stable, decision.candidate, decision.test)
+    return again or (decision.decision == PROMOTED and config.labels.get("stable") != decision.candidate)
+
+
+def warn_if_several_workers(configs: Mapping[str, ModelConfig], workers: object) -> None:
+    """Each BentoML worker keeps its own feedback store and decides on its own share of the labels:
+    promotion assumes one worker per model server (the default). `workers`: BentoML's setting."""
+    promoting = sorted(name for name, config in configs.items() if config.promote is not None)
+    if promoting and workers not in (None, 1):
+        log.warning("promotion by evidence (%s) assumes one worker per model server; this service runs %s: each "
+                    "worker decides on its own share of the labels (set DIPTYCH_WORKERS=1)", ", ".join(promoting),
+                    workers)
+
+
 class Promotion:
     """Decides for each model with `promote`, on `evidence`, and changes it through `manager`."""
 
@@ -171,16 +217,34 @@ class Promotion:
         self._looks: dict[tuple[str, int, int, str], int] = {}  # the last look taken, per pairing
         self._last: dict[str, Decision] = {}
         self._lock = threading.Lock()  # one evaluation at a time: a look is spent once
+        self._baselines: dict[str, Baseline] = {}
+        self._books = threading.Lock()  # baselines and decisions; never held across a manager pass (`_lock` is)
+
+    def observe(self, model: str) -> None:
+        """Take `model`'s pairing's counts as its baseline if its settings changed since last seen
+        (the feedback path calls this before labelling: the counts of the moment they changed)."""
+        config = self.manager.config(model)
+        candidate = candidate_of(config) if config is not None and config.promote is not None else None
+        with self._books:
+            if candidate is None:
+                self._baselines.pop(model, None)
+            elif (seen := self._baselines.get(model)) is None or seen.config != config:
+                paired = self.evidence.paired(model, candidate.stable, candidate.version)
+                self._baselines[model] = Baseline(config, self.evidence.tally(model, candidate.stable),
+                                                  self.evidence.tally(model, candidate.version), paired)
 
     def evaluate(self, model: str) -> Decision | None:
         """Look at `model`'s evidence, and decide if it is enough (the feedback path calls this
         after each batch of labels; it may run a manager pass: call it off the event loop)."""
         with self._lock:
-            config = self.manager.config(model)
-            candidate = candidate_of(config) if config is not None and config.promote is not None else None
+            self.observe(model)
+            with self._books:
+                baseline = self._baselines.get(model)
+            config = baseline.config if baseline is not None else None
+            candidate = candidate_of(config) if config is not None else None
             if candidate is None or not {candidate.stable, candidate.version} <= self.manager.available_versions(model):
                 return None
-            stable, other, p, labelled = weigh(self.evidence, model, candidate)
+            stable, other, p, labelled = weigh(self.evidence, model, candidate, baseline)
             key = (model, candidate.stable, candidate.version, candidate.test)
             look = labelled // config.promote.after
             if look <= self._looks.get(key, 0):
@@ -207,10 +271,23 @@ class Promotion:
                  record.decision, record.stable, record.test, record.look, record.p, record.alpha,
                  record.candidate_tally.correct, record.candidate_tally.labelled, record.stable_tally.correct,
                  record.stable_tally.labelled, record.undo)
-        self._last[record.model] = record
+        with self._books:
+            self._last[record.model] = record
+            self._baselines.pop(record.model, None)  # the pairing ended: a later one counts afresh
         return record
 
     def decisions(self) -> dict[str, dict[str, Any]]:
         """Each model's last decision (`GET /models`)."""
-        with self._lock:
+        with self._books:
             return {model: decision.to_dict() for model, decision in self._last.items()}
+
+    def warn_reverted(self, before: Mapping[str, ModelConfig], after: Mapping[str, ModelConfig]) -> None:
+        """Warn of each decision a reloaded config file undoes (the manager calls this): the file
+        is the operator's truth, and a decision to keep must be written into it."""
+        with self._books:
+            undone = [decision for model, decision in self._last.items() if (config := after.get(model)) is not None
+                      and config != before.get(model) and reverted(decision, config)]
+        for decision in undone:
+            log.warning("the reloaded config file undoes the promotion decision on %s: version %d %s against stable "
+                        "version %d; write the decision into the file to keep it", decision.model, decision.candidate,
+                        decision.decision, decision.stable)

@@ -127,6 +127,10 @@ class ModelControl:
         """`name`'s settings now (those `amend` compares with)."""
         return self.repository.configs.get(name)
 
+    def promoting(self) -> list[str]:
+        """The models whose settings say `promote` (a cheap look: the feedback path asks per call)."""
+        return [name for name, config in self.repository.configs.items() if config.promote is not None]
+
     def amend(self, name: str, decided_on: ModelConfig, table: Mapping[str, Any]) -> None:
         """`name`'s settings `table`, whole, if they are still those a decision was taken on
         (`decided_on`: promotion.py); else a `Conflict` and nothing changes. Checked and applied
@@ -238,6 +242,7 @@ class ModelControl:
             self._config_refused = reason
             return
         self._config_seen, self._config_refused = seen, None
+        self.config_reloaded(self.repository.configs, configs)
         self.repository.configs = configs
         with self._lock:  # the file is now newer than any reload request
             self._control = dataclasses.replace(self._control, configs=None)

@@ -54,6 +54,7 @@ class Manager(Routing, ModelControl):
         self._config_file = config_file  # DIPTYCH_CONFIG: its [repository] tables are read again when it changes
         self._config_seen = mtime(config_file)
         self._config_refused: str | None = None  # why the file's last version was not applied (logged once)
+        self.config_reloaded: Callable[[Mapping, Mapping], None] = lambda before, after: None  # promotion's warning
         self._shared = shared  # the load/unload API's changes, shared with sibling workers
         self.payload_log = PayloadLog(settings.payload_log, settings.payload_log_queue,
                                       int(settings.payload_log_max_mb * 2**20), settings.payload_log_files) \
