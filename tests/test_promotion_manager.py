@@ -73,7 +73,7 @@ def test_feedback_on_a_model_without_promote_weighs_no_evidence(repository, tiny
     weighed = []
     monkeypatch.setattr(engine, "_weigh_evidence", weighed.append)
     try:
-        engine.feedback.record("request-1", "shoes", 1, "predictor", ["sandal", "boot"], [(0, 0.9)])
+        engine.feedback.record("request-1", "shoes", 1, "predictor", ("sandal", "boot"), [(0, 0.9)], {})
         assert asyncio.run(engine.feed_back([("request-1", "boot", 0)]))[0].error is None
         assert weighed == []
         asyncio.run(engine.load_model("shoes", None, {**SHOES, "feedback": True}))

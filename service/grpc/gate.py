@@ -62,7 +62,7 @@ PRIVILEGED = frozenset({  # the load/unload API: an admin key, and no request sl
     "/inference.GRPCInferenceService/RepositoryModelUnload",
     "/tensorflow.serving.ModelService/HandleReloadConfigRequest",
 })
-LABELS = frozenset({"/diptych.v1.Diptych/Feedback"})  # labels drive promotion: a feedback or admin key (auth.py)
+LABELS = frozenset({"/diptych.v1.Diptych/Feedback"})  # labels drive promotion: a feedback or admin key (core/auth.py)
 STATUS = {  # most specific first; LimitExceeded, UnknownSignature and Conflict are ValidationErrors
     UnknownSignature: grpc.StatusCode.FAILED_PRECONDITION,
     Conflict: grpc.StatusCode.FAILED_PRECONDITION,
