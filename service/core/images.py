@@ -5,8 +5,9 @@ limit) before they join a batch; the batch workers then decode each image once, 
 parallel, as the exported graph's `serving_default` does: upright (EXIF), RGB, resized with
 an antialiased bilinear filter, rounded to uint8. JPEGs (what apps send) go through
 libjpeg-turbo's DCT scaling (simplejpeg) and Pillow's one-pass uint8 resize, both with the
-GIL released; other formats through Pillow and a float resize equal to the graph's up to
-rounding ties. The runtimes take those pixels (`classify_resized`, or its LiteRT conversion).
+GIL released; other formats through Pillow. An image enlarged to the model's size gets the
+graph's own pixels (enlarge.py), a shrunk one the graph's up to rounding ties. The runtimes
+take those pixels (`classify_resized`, or its LiteRT conversion).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from PIL import Image, ImageOps
 
 from contract.runtime import cores
 
+from .enlarge import enlarge
 from .errors import LimitExceeded, ValidationError
 
 DRAFT_FACTOR = 2  # JPEG draft decoding stops at this multiple of the model's input size
@@ -123,11 +125,14 @@ def _rgb_or_grey(image: Image.Image) -> np.ndarray:
 
 def resize(pixels: np.ndarray, size: int) -> np.ndarray:
     """uint8 [H, W, C] (C 1 or 3) → uint8 [size, size, 3], as the graph's
-    `tf.image.resize(..., antialias=True)` then round: Pillow's bilinear filter widens with
-    the scale as TF's does, and in float ("F") mode it matches TF to rounding (one grey level
-    at most, on ties); Pillow's uint8 mode rounds between its two passes and differs more."""
+    `tf.image.resize(..., antialias=True)` then round. Enlarged: TensorFlow's own float32
+    steps (`enlarge`), bit for bit. Shrunk: Pillow's bilinear filter, which widens with the
+    scale as TF's does, in float ("F") mode: TF's pixels but for rounding ties (one grey
+    level, rare when shrinking); Pillow's uint8 mode rounds between its two passes and differs more."""
     height, width, channels = pixels.shape
-    if (height, width) != (size, size):
+    if height <= size and width <= size and (height, width) != (size, size):
+        pixels = np.clip(np.round(enlarge(pixels, size)), 0, 255).astype(np.uint8)
+    elif (height, width) != (size, size):
         planes = [
             np.asarray(Image.fromarray(pixels[..., c].astype(np.float32), "F").resize((size, size), Image.BILINEAR))
             for c in range(channels)
