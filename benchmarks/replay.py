@@ -73,6 +73,7 @@ def replay(right: dict[int, np.ndarray], test: str, args: argparse.Namespace, se
         last = request == len(order)
         due = len(answered) if last else max(0, request - args.delay)
         if due - arrived >= args.batch or (last and due > arrived):
+            promotion.observe(MODEL)  # as the feedback path does before it labels (the pairing's baseline)
             for labelled in answered[arrived:due]:
                 store.add(*labelled)
             arrived = due
