@@ -189,7 +189,9 @@ class FeedbackStore:
             entry = self._entries.get((request_id, index))
             if entry is None:
                 raise NotFound(f"no answer to label for request {request_id!r}" + (f" item {index}" if index else "")
-                               + ": unknown, or older than the feedback store keeps", "request_id")
+                               + ": unknown, older than the feedback store keeps, or answered by a model "
+                               "without feedback on (feedback = true in its table, or DIPTYCH_FEEDBACK=true)",
+                               "request_id")
             name = _truth(truth, next(iter(entry.answers.values())).labels)
             replaced = entry.truth is not None
             self._count(entry, -1)
