@@ -52,10 +52,18 @@ def served(server_env, tiny_models, tmp_path_factory):
 
 
 def state(server: Server) -> tuple[dict, int]:
-    """What a change could change: each version's state, labels and policy; readiness."""
-    models = {(entry["name"], entry["version"]): (entry["state"], entry["labels"], entry["policy"])
-              for entry in server.client.get("/models").json()["models"]}
-    return models, server.client.get("/readyz").status_code
+    """What a change could change: each version's state, labels and policy; readiness. Read once
+    no version is loading or unloading: a test before may have left one draining, and it would
+    be gone by the next read whatever the change under test did."""
+    seen = {}
+
+    def settled() -> bool:
+        seen["models"] = {(entry["name"], entry["version"]): (entry["state"], entry["labels"], entry["policy"])
+                          for entry in server.client.get("/models").json()["models"]}
+        return not any(entry[0] in ("loading", "unloading") for entry in seen["models"].values())
+
+    assert eventually(settled, 120), f"versions still loading or unloading: {seen['models']}"
+    return seen["models"], server.client.get("/readyz").status_code
 
 
 def http_load(server: Server, table: dict) -> tuple[int, str]:

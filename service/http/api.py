@@ -33,9 +33,10 @@ async def list_models(request: Request) -> Response:
     failed and why), the labels naming it, its model's policy, and its card once read; the
     model sources that cannot be read now, and the folders ignored, with the reasons; and each
     model's last promotion or rollback by evidence (core/promotion.py)."""
-    return JSONResponse({"models": [version_entry(version) for model in engine().status().values()
-                                    for version in model.versions.values()],
-                         "sources": engine().sources(), "promotions": engine().promotions()})
+    served = engine()
+    return JSONResponse({"models": [version_entry(version, served.feedback.report(version.name, version.version))
+                                    for model in served.status().values() for version in model.versions.values()],
+                         "sources": served.sources(), "promotions": served.promotions()})
 
 
 @errors
@@ -81,11 +82,12 @@ def card(info: ModelInfo) -> dict[str, Any]:
             "signature": info.provenance.to_dict() if info.provenance else None}
 
 
-def version_entry(status: VersionStatus) -> dict[str, Any]:
-    """One version as `/models` lists it; its card while it is loaded. (`litert`: the key the
-    runtime's conversion report has always had here.)"""
+def version_entry(status: VersionStatus, feedback: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One version as `/models` lists it; its card while it is loaded, and its labelled answers'
+    `feedback` report (feedback.py) when given. (`litert`: the key the runtime's conversion
+    report has always had here.)"""
     known = card(status.info) if status.info is not None else {
         "name": status.name, "version": str(status.version), "kind": status.kind, "source": status.source}
     return {**known, "state": status.state.value, "since": status.since, "reason": status.reason,
             "labels": list(status.labels), "policy": status.policy,
-            "feedback": engine().feedback.report(status.name, status.version)}
+            "feedback": feedback}
