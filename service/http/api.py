@@ -84,7 +84,7 @@ def card(info: ModelInfo) -> dict[str, Any]:
 
 def version_entry(status: VersionStatus, feedback: dict[str, Any] | None = None) -> dict[str, Any]:
     """One version as `/models` lists it; its card while it is loaded, and its labelled answers'
-    `feedback` report (feedback.py) when given. (`litert`: the key the runtime's conversion
+    `feedback` report (core/feedback.py) when given. (`litert`: the key the runtime's conversion
     report has always had here.)"""
     known = card(status.info) if status.info is not None else {
         "name": status.name, "version": str(status.version), "kind": status.kind, "source": status.source}
