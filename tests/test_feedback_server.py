@@ -44,11 +44,16 @@ def server(tiny_models, tmp_path_factory):
         yield server
 
 
+def random_pngs(count: int, seed: int) -> list[str]:
+    """`count` random 28-px RGB PNGs, base64: images two classifiers of different weights disagree on."""
+    rng = np.random.default_rng(seed)
+    return [base64.b64encode(png_bytes(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8))).decode()
+            for _ in range(count)]
+
+
 @pytest.fixture(scope="module")
 def images() -> list[str]:
-    rng = np.random.default_rng(7)
-    return [base64.b64encode(png_bytes(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8))).decode()
-            for _ in range(IMAGES)]
+    return random_pngs(IMAGES, seed=7)
 
 
 def classify(server, images: list[str], model: str = "shoes") -> tuple[str, str, list[str]]:

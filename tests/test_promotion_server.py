@@ -6,15 +6,12 @@ stable version roll the canary back (it stops shadowing). Fewer than `after` lab
 
 from __future__ import annotations
 
-import base64
 import json
 
-import numpy as np
 import pytest
 
 from tests.conftest import eventually, repository_server
-from tests.grpc_clients import png_bytes
-from tests.test_feedback_server import classify, feedback, metric
+from tests.test_feedback_server import classify, feedback, metric, random_pngs
 from tests.test_repository_server import add_version
 
 pytestmark = pytest.mark.slow
@@ -38,9 +35,7 @@ def server(tiny_models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images() -> list[str]:
-    rng = np.random.default_rng(11)
-    return [base64.b64encode(png_bytes(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8))).decode()
-            for _ in range(IMAGES)]
+    return random_pngs(IMAGES, seed=11)
 
 
 def answered(server, name: str, images: list[str]) -> list[tuple[str, int, str, str]]:
